@@ -1,0 +1,17 @@
+"""vulnscope: how easily can small changes to a classifier's input be turned against it.
+
+Subpackages:
+    attacks: FGSM, BIM, PGD, APGD on one attack contract.
+    evaluate: clean accuracy and robust-accuracy curves.
+    data: the embedded 8x8 digits, IDX and ``.npz`` loaders.
+    models: reference digits models, training, the weight cache, safe model loading.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("vulnscope")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,200 @@
+"""The ``vulnscope`` command line.
+
+The CLI owns the terminal: the library logs and warns, the CLI turns that into short
+lines. A user error is one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from vulnscope import __version__
+from vulnscope.errors import VulnscopeError
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _UsageError(Exception):
+    """A bad command line, reported in one line with exit status 2."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, not usage plus a message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+def _eps_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.05,0.1, got {text!r}"
+        ) from None
+    if not values or any(not value >= 0 or value == float("inf") for value in values):
+        raise argparse.ArgumentTypeError(f"expected finite budgets >= 0, got {text!r}")
+    return values
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number >= 1, got 0")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="vulnscope",
+        description="How easily can small changes to a classifier's input be turned against it?",
+    )
+    parser.add_argument("--version", action="version", version=f"vulnscope {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    audit = commands.add_parser(
+        "audit",
+        help="attack a model and write results.json",
+        description="Measure clean accuracy and robust accuracy under PGD and APGD "
+        "(the embedded digits CNN when no model is given) and write results.json.",
+    )
+    audit.add_argument(
+        "--model", default="digits-cnn",
+        help="'digits-cnn' (default), 'digits-mlp', 'package.module:factory', "
+        "or a TorchScript file",
+    )  # fmt: skip
+    audit.add_argument("--weights", help="weights for --model: .safetensors or a torch state dict")
+    audit.add_argument(
+        "--data", default="digits",
+        help="'digits' (the embedded test split, default), an .npz file with arrays x "
+        "and y, or 'IMAGES,LABELS' IDX files",
+    )  # fmt: skip
+    audit.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model")
+    audit.add_argument(
+        "--eps", type=_eps_list, help="comma-separated budgets (default depends on --norm)"
+    )
+    audit.add_argument(
+        "--out", default="vulnscope-audit", type=Path, help="output directory (default %(default)s)"
+    )
+    audit.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+    audit.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT samples")
+    audit.add_argument(
+        "--batch-size", type=_positive_int, default=512, help="samples per attack call"
+    )
+    audit.set_defaults(handler=_run_audit)
+    return parser
+
+
+def _print_table(record: dict[str, Any]) -> None:
+    curves = record["robust_accuracy"]
+    names = [*curves, "worst case"]
+    print(
+        f"{record['model']['name']} on {record['data']['source']} "
+        f"({record['data']['samples']} samples): clean accuracy {record['clean_accuracy']:.1%}"
+    )
+    print(f"robust accuracy ({record['settings']['norm']}):")
+    print("  " + f"{'eps':>8}" + "".join(f"{name:>12}" for name in names))
+    columns = [curve["robust_accuracy"] for curve in curves.values()]
+    columns.append(record["worst_case"]["robust_accuracy"])
+    for row, eps in enumerate(record["settings"]["epsilons"]):
+        cells = "".join(f"{column[row]:>12.1%}" for column in columns)
+        print("  " + f"{eps:>8g}" + cells)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from vulnscope._io import write_json_atomic
+    from vulnscope.audit import audit
+    from vulnscope.data import load_data
+    from vulnscope.models.loading import load_model
+
+    if ":" in args.model and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # so that 'mymodels:build' finds ./mymodels.py
+    data = load_data(args.data, seed=args.seed)
+    if args.limit is not None:
+        data = data.take(args.limit)
+    model = load_model(args.model, weights=args.weights, seed=args.seed)
+    record = audit(
+        model, data, model_name=args.model, norm=args.norm, epsilons=args.eps,
+        seed=args.seed, batch_size=args.batch_size,
+        on_stage=lambda stage: logging.getLogger("vulnscope").info("running %s", stage),
+    )  # fmt: skip
+    path = write_json_atomic(args.out / "results.json", record)
+    _print_table(record)
+    print(f"wrote {path}")
+    return 0
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    print(f"vulnscope: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = _build_parser()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vulnscope: %(message)s"))
+    library_logger = logging.getLogger("vulnscope")
+    library_logger.addHandler(handler)
+    previous_level = library_logger.level
+    library_logger.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return _dispatch(parser, argv)
+    finally:
+        library_logger.removeHandler(handler)
+        library_logger.setLevel(previous_level)
+
+
+def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        status: int = args.handler(args)
+        return status
+    except _UsageError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    except VulnscopeError as error:
+        print(f"vulnscope: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        print(f"vulnscope: error: {error.strerror or error}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("vulnscope: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Reference digits models, training, the weight cache, and safe model loading."""
+
+from vulnscope.models.cache import CACHE_ENV, PRETRAINED, cache_dir, pretrained
+from vulnscope.models.checks import warn_if_probabilities, warn_if_training_mode
+from vulnscope.models.digits import DigitsCNN, DigitsMLP
+from vulnscope.models.loading import load_model, load_state_dict_file
+from vulnscope.models.state import preserved_model_state
+from vulnscope.models.training import train_classifier
+
+__all__ = [
+    "CACHE_ENV",
+    "PRETRAINED",
+    "DigitsCNN",
+    "DigitsMLP",
+    "cache_dir",
+    "load_model",
+    "load_state_dict_file",
+    "preserved_model_state",
+    "pretrained",
+    "train_classifier",
+    "warn_if_probabilities",
+    "warn_if_training_mode",
+]

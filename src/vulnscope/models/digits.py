@@ -1,0 +1,74 @@
+"""Small reference classifiers for the 8x8 digits."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from vulnscope._validation import check_int
+
+__all__ = ["DigitsCNN", "DigitsMLP"]
+
+
+class DigitsMLP(nn.Sequential):
+    """A multilayer perceptron for (N, 1, 8, 8) digits: flatten, two ReLU layers, logits.
+
+    Args:
+        hidden: width of each hidden layer.
+        num_classes: number of output logits.
+
+    Shape:
+        input (N, 1, 8, 8) in [0, 1]; output (N, num_classes) logits.
+
+    """
+
+    def __init__(self, *, hidden: int = 128, num_classes: int = 10) -> None:
+        hidden = check_int(hidden, "hidden")
+        num_classes = check_int(num_classes, "num_classes", minimum=2)
+        super().__init__(
+            OrderedDict(
+                flatten=nn.Flatten(),
+                fc1=nn.Linear(64, hidden),
+                relu1=nn.ReLU(),
+                fc2=nn.Linear(hidden, hidden),
+                relu2=nn.ReLU(),
+                logits=nn.Linear(hidden, num_classes),
+            )
+        )
+
+
+class DigitsCNN(nn.Sequential):
+    """A small convolutional network for (N, 1, 8, 8) digits.
+
+    Two 3x3 convolutions (16 and 32 channels, ReLU), 2x2 max pooling, a 128-unit ReLU
+    layer and the logits. Its children are named, so layer-wise diagnostics can refer to
+    them.
+
+    Args:
+        channels: channels of the first convolution (the second has twice as many).
+        hidden: width of the fully connected layer.
+        num_classes: number of output logits.
+
+    Shape:
+        input (N, 1, 8, 8) in [0, 1]; output (N, num_classes) logits.
+
+    """
+
+    def __init__(self, *, channels: int = 16, hidden: int = 128, num_classes: int = 10) -> None:
+        channels = check_int(channels, "channels")
+        hidden = check_int(hidden, "hidden")
+        num_classes = check_int(num_classes, "num_classes", minimum=2)
+        super().__init__(
+            OrderedDict(
+                conv1=nn.Conv2d(1, channels, 3, padding=1),
+                relu1=nn.ReLU(),
+                conv2=nn.Conv2d(channels, 2 * channels, 3, padding=1),
+                relu2=nn.ReLU(),
+                pool=nn.MaxPool2d(2),
+                flatten=nn.Flatten(),
+                fc=nn.Linear(2 * channels * 16, hidden),
+                relu3=nn.ReLU(),
+                logits=nn.Linear(hidden, num_classes),
+            )
+        )
