@@ -20,9 +20,16 @@ NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 
 
 def _describe(value: Any) -> str:
+    """A short description of an argument for an error message: never a whole array."""
+    kind = type(value)
     if isinstance(value, Tensor):
         return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"{value!r} ({type(value).__name__})"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"a {kind.__module__}.{kind.__name__} of shape {tuple(value.shape)}"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({kind.__name__})"
 
 
 def check_real(

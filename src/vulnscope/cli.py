@@ -133,6 +133,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     if args.limit is not None:
         data = data.take(args.limit)
     model = load_model(args.model, weights=args.weights, seed=args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
     record = audit(
         model, data, model_name=args.model, norm=args.norm, epsilons=args.eps,
         seed=args.seed, batch_size=args.batch_size,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self, final
+from typing import Any, ClassVar, NamedTuple, Self, final
 
 import torch
 from torch import Tensor
@@ -22,6 +24,7 @@ from vulnscope._validation import (
     check_bool,
     check_bounds,
     check_eps,
+    check_epsilons,
     check_inputs,
     check_labels,
     check_labels_in_range,
@@ -34,10 +37,14 @@ from vulnscope._validation import (
 from vulnscope.attacks.losses import is_adversarial
 from vulnscope.attacks.norms import lp_norm, project
 from vulnscope.errors import InvalidArgumentError
-from vulnscope.models.checks import warn_if_probabilities, warn_if_training_mode
+from vulnscope.models.checks import (
+    is_batch_independent,
+    warn_if_probabilities,
+    warn_if_training_mode,
+)
 from vulnscope.models.state import preserved_model_state
 
-__all__ = ["Attack", "AttackResult", "CountingModel", "make_generator"]
+__all__ = ["Attack", "AttackResult", "CountingModel", "Sweep", "make_generator"]
 
 
 @dataclass(frozen=True)
@@ -71,28 +78,102 @@ class AttackResult:
         return float(self.success.float().mean())
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """Success of an attack at several budgets.
+
+    Attributes:
+        success: (E, N) bool: sample n is misclassified somewhere inside budget e
+            (non-decreasing in e; a sample the model already gets wrong is broken at
+            every budget).
+        clean_correct: (N,) bool: the model classifies the unperturbed sample correctly.
+        forward_evals: model evaluations the attack used, counted per sample.
+        gradient_evals: backward passes, counted per sample.
+
+    """
+
+    success: Tensor
+    clean_correct: Tensor
+    forward_evals: int
+    gradient_evals: int
+
+
 class CountingModel:
-    """Wraps a model and counts its forward and backward evaluations, per sample.
+    """Wraps a model: counts its evaluations per sample and keeps batch shapes few.
 
     Attacks receive their model through this wrapper, so the counts in
     :class:`AttackResult` need no bookkeeping in the attacks themselves.
+
+    Early stopping shrinks the batch a little at every step. On a CPU, oneDNN builds
+    (and caches) kernels for each new input shape, which costs more than a small model's
+    whole forward pass; so, for a model that treats samples independently, each batch is
+    padded with copies of its first sample up to the next size of a geometric ladder
+    (ratio 0.8) below the largest batch seen, and only the real rows are returned. A
+    whole audit then sees a few dozen shapes instead of hundreds. Counts are of real
+    samples.
+
+    Args:
+        model: the wrapped model.
+        deterministic: whether the model is a deterministic function of its input (False
+            for a model in training mode with dropout or batch norm); attacks may exploit
+            determinism, e.g. to stop a trajectory that has entered a cycle.
+        batch_independent: whether a sample's output is independent of the rest of its
+            batch; only then are batches padded.
+
     """
 
-    def __init__(self, model: Callable[[Tensor], Tensor]) -> None:
+    _SHRINK = 0.8
+    _SMALLEST_PADDED = 8
+
+    def __init__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        *,
+        deterministic: bool = True,
+        batch_independent: bool = True,
+    ) -> None:
         self.model = model
+        self.deterministic = deterministic
+        self.batch_independent = batch_independent
         self.forward_evals = 0
         self.gradient_evals = 0
+        self._largest = 0
+
+    def padded_size(self, n: int) -> int:
+        """The batch size a batch of ``n`` samples is run at."""
+        self._largest = max(self._largest, n)
+        if not self.batch_independent or n <= self._SMALLEST_PADDED:
+            return n
+        size = self._largest
+        while math.ceil(size * self._SHRINK) >= n:
+            size = math.ceil(size * self._SHRINK)
+        return size
 
     def __call__(self, x: Tensor) -> Tensor:
         """Logits of ``x`` (N, ...) -> (N, C)."""
-        logits = self.model(x)
-        self.forward_evals += x.shape[0]
+        n = x.shape[0]
+        size = self.padded_size(n)
+        if size > n:
+            padding = x[:1].detach().expand(size - n, *x.shape[1:])
+            logits = self.model(torch.cat([x, padding]))[:n]
+        else:
+            logits = self.model(x)
+        self.forward_evals += n
         if logits.requires_grad:
             logits.register_hook(self._count_backward)
         return logits
 
     def _count_backward(self, grad: Tensor) -> None:
         self.gradient_evals += grad.shape[0]
+
+
+class _Session(NamedTuple):
+    model: CountingModel
+    x: Tensor
+    y: Tensor
+    target: Tensor | None
+    generator: torch.Generator
+    clean_logits: Tensor
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -170,6 +251,52 @@ class Attack(abc.ABC):
         args = ", ".join(f"{name}={value!r}" for name, value in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    @contextmanager
+    def _session(
+        self,
+        model: Callable[[Tensor], Tensor],
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        *,
+        needs_eps: bool = True,
+    ) -> Iterator[_Session]:
+        """Validate the inputs, guard the model's state, and set up counting and randomness."""
+        model = check_model(model)
+        if needs_eps and self.requires_eps and self.eps is None:
+            raise InvalidArgumentError(
+                f"eps is not set: construct {type(self).__name__}(eps=...) or pass the attack "
+                "to robust_accuracy(..., epsilons=[...])"
+            )
+        x = check_inputs(x, bounds=self.bounds)
+        y = check_labels(y, n=x.shape[0], device=x.device)
+        if self.targeted:
+            if target is None:
+                raise InvalidArgumentError(
+                    "target is required: the attack was constructed with targeted=True"
+                )
+            target = check_labels(target, n=x.shape[0], device=x.device, name="target")
+        elif target is not None:
+            raise InvalidArgumentError(
+                "target is only used by targeted attacks: construct the attack with targeted=True"
+            )
+        check_model_matches_inputs(model, x)
+        with preserved_model_state(model), torch.inference_mode(False):
+            stochastic = warn_if_training_mode(model, stacklevel=5)
+            x = x.detach().clone()
+            with torch.no_grad():
+                logits = check_logits(model(x), x.shape[0])
+            check_labels_in_range(y, logits.shape[1])
+            if target is not None:
+                check_labels_in_range(target, logits.shape[1], name="target")
+            warn_if_probabilities(logits, stacklevel=5)
+            counting = CountingModel(
+                model, deterministic=not stochastic, batch_independent=is_batch_independent(model)
+            )
+            with torch.enable_grad():
+                generator = make_generator(self.seed, x.device)
+                yield _Session(counting, x, y, target, generator, logits)
+
     @final
     def __call__(
         self,
@@ -193,39 +320,12 @@ class Attack(abc.ABC):
             An :class:`AttackResult`.
 
         """
-        model = check_model(model)
-        if self.requires_eps and self.eps is None:
-            raise InvalidArgumentError(
-                f"eps is not set: construct {type(self).__name__}(eps=...) or pass the attack "
-                "to robust_accuracy(..., epsilons=[...])"
-            )
-        x = check_inputs(x, bounds=self.bounds)
-        y = check_labels(y, n=x.shape[0], device=x.device)
-        if self.targeted:
-            if target is None:
-                raise InvalidArgumentError(
-                    "target is required: the attack was constructed with targeted=True"
-                )
-            target = check_labels(target, n=x.shape[0], device=x.device, name="target")
-        elif target is not None:
-            raise InvalidArgumentError(
-                "target is only used by targeted attacks: construct the attack with targeted=True"
-            )
-        check_model_matches_inputs(model, x)
-        with preserved_model_state(model), torch.inference_mode(False):
-            warn_if_training_mode(model)
-            x = x.detach().clone()
-            with torch.no_grad():
-                logits = check_logits(model(x), x.shape[0])
-            check_labels_in_range(y, logits.shape[1])
-            if target is not None:
-                check_labels_in_range(target, logits.shape[1], name="target")
-            warn_if_probabilities(logits)
-            counting = CountingModel(model)
-            with torch.enable_grad():
-                x_adv = self.run(
-                    counting, x, y, target=target, generator=make_generator(self.seed, x.device)
-                )
+        with self._session(model, x, y, target) as session:
+            x_adv = self.run(
+                session.model, session.x, session.y,
+                target=session.target, generator=session.generator,
+            )  # fmt: skip
+            x = session.x
             if x_adv.shape != x.shape:
                 raise RuntimeError(
                     f"{type(self).__name__}.run returned shape {tuple(x_adv.shape)} "
@@ -237,15 +337,88 @@ class Attack(abc.ABC):
             else:
                 x_adv = x_adv.clamp(*self.bounds)
             with torch.no_grad():
-                success = is_adversarial(model(x_adv), y, target)
+                success = is_adversarial(session.model.model(x_adv), session.y, session.target)
         return AttackResult(
             x_adv=x_adv,
             success=success,
             norms=lp_norm(x_adv - x, self.norm),
             norm=self.norm,
-            forward_evals=counting.forward_evals,
-            gradient_evals=counting.gradient_evals,
+            forward_evals=session.model.forward_evals,
+            gradient_evals=session.model.gradient_evals,
         )
+
+    @final
+    def sweep(
+        self, model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *, epsilons: Sequence[float]
+    ) -> Sweep:
+        """Success of this untargeted attack at each budget, exploiting that balls are nested.
+
+        An adversarial example found inside a ball lies inside every larger ball, so a
+        sample broken at one budget is broken at every larger one and is not attacked
+        again; samples the model already misclassifies are not attacked at all. Attacks
+        with a faster way to climb the budgets (see :meth:`run_curve`) use it; the others
+        are called once per budget on the samples still robust.
+
+        Args:
+            model: maps inputs (N, ...) to logits (N, C).
+            x: inputs (N, ...), inside ``bounds``.
+            y: true labels (N,).
+            epsilons: budgets, in increasing order, each > 0.
+
+        Returns:
+            :class:`Sweep` with ``success`` of shape (E, N).
+
+        """
+        budgets = check_epsilons(epsilons)
+        if any(b <= 0 for b in budgets) or budgets != sorted(set(budgets)):
+            raise InvalidArgumentError(f"epsilons must increase strictly from > 0, got {budgets}")
+        if self.targeted:
+            raise InvalidArgumentError("sweep needs an untargeted attack")
+        if not self.requires_eps:
+            raise InvalidArgumentError(
+                f"{type(self).__name__} minimises the perturbation; sweep needs a budget"
+            )
+        with self._session(model, x, y, None, needs_eps=False) as session:
+            correct = session.clean_logits.argmax(dim=1) == session.y
+            broken = (~correct).expand(len(budgets), -1).clone()
+            robust = correct.nonzero()[:, 0]
+            fast = None
+            if robust.numel() > 0:
+                fast = self.run_curve(
+                    session.model, session.x[robust], session.y[robust],
+                    epsilons=budgets, generator=session.generator,
+                )  # fmt: skip
+            counts = session.model
+        if fast is not None:
+            broken[:, robust] = fast
+            return Sweep(broken, correct, counts.forward_evals, counts.gradient_evals)
+        forward_evals = gradient_evals = 0
+        for level, eps in enumerate(budgets):
+            robust = (~broken[level]).nonzero()[:, 0]
+            if robust.numel() == 0:
+                break
+            result = self.replace(eps=eps)(model, x[robust], y[robust])
+            broken[level:, robust[result.success]] = True
+            forward_evals += result.forward_evals
+            gradient_evals += result.gradient_evals
+        return Sweep(broken, correct, forward_evals, gradient_evals)
+
+    def run_curve(
+        self,
+        model: CountingModel,
+        x: Tensor,
+        y: Tensor,
+        *,
+        epsilons: list[float],
+        generator: torch.Generator,
+    ) -> Tensor | None:
+        """Optional fast path for :meth:`sweep`: success (E, N) at increasing budgets.
+
+        The default returns ``None``, and :meth:`sweep` calls the attack once per budget.
+        An attack overrides it when it can climb all budgets at once; it must then give
+        the same answer as one early-stopping run per budget on the samples still robust.
+        """
+        return None
 
     @abc.abstractmethod
     def run(

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from vulnscope._validation import check_choice, check_fraction
 from vulnscope.attacks.base import Attack, CountingModel
-from vulnscope.attacks.iterative import gradient_ascent
+from vulnscope.attacks.iterative import Budget, gradient_ascent
 from vulnscope.attacks.losses import LOSSES
 
 __all__ = ["FGSM"]
@@ -68,9 +68,8 @@ class FGSM(Attack):
     ) -> Tensor:
         """One full-size step from ``x``."""
         eps = self.budget()
-        x_adv, _ = gradient_ascent(
-            model, x, x, y, target,
-            loss=LOSSES[self.loss], norm=self.norm, eps=eps, steps=1, step_size=eps,
+        return gradient_ascent(
+            model, x, y, target,
+            budgets=[Budget(eps, 1, eps)], loss=LOSSES[self.loss], norm=self.norm,
             bounds=self.bounds, early_stop=False, l1_sparsity=self.l1_sparsity,
-        )  # fmt: skip
-        return x_adv
+        ).x_adv  # fmt: skip

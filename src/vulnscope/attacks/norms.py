@@ -32,6 +32,15 @@ def _per_sample(values: Tensor, like: Tensor) -> Tensor:
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
+Radius = float | Tensor
+"""A ball radius: one number for the whole batch, or a (N,) tensor, one per sample."""
+
+
+def _radius(eps: Radius, like: Tensor) -> float | Tensor:
+    """``eps`` broadcastable against ``like`` (N, ...)."""
+    return _per_sample(eps, like) if isinstance(eps, Tensor) else eps
+
+
 def lp_norm(delta: Tensor, norm: str) -> Tensor:
     """Per-sample norm of a batch of perturbations.
 
@@ -53,10 +62,11 @@ def lp_norm(delta: Tensor, norm: str) -> Tensor:
     return flat.abs().sum(dim=1)
 
 
-def _project_l1_box(z: Tensor, low: Tensor, high: Tensor, eps: float) -> Tensor:
+def _project_l1_box(z: Tensor, low: Tensor, high: Tensor, eps: Radius) -> Tensor:
     """Euclidean projection of each row of ``z`` onto ``{d : |d|_1 <= eps, low <= d <= high}``.
 
-    ``low <= 0 <= high`` elementwise, all of shape (N, D). The projection has the form
+    ``low <= 0 <= high`` elementwise, all of shape (N, D); ``eps`` a number or (N,).
+    The projection has the form
     ``d_i = sign(z_i) clip(|z_i| - lam, 0, cap_i)`` with ``cap_i`` the box side that ``z_i``
     points to, and ``lam >= 0`` the root of the piecewise-linear, decreasing function
     ``f(lam) = sum_i clip(|z_i| - lam, 0, cap_i) = eps``. Sorting its 2D breakpoints gives
@@ -67,9 +77,8 @@ def _project_l1_box(z: Tensor, low: Tensor, high: Tensor, eps: float) -> Tensor:
     magnitude = z.abs()
     cap = torch.where(z >= 0, high, -low)
     clipped = torch.minimum(magnitude, cap)
-    if eps == 0.0:
-        return torch.zeros_like(z)
-    inside = clipped.sum(dim=1) <= eps
+    radius = (eps if isinstance(eps, Tensor) else torch.full_like(z[:, 0], eps))[:, None]
+    inside = clipped.sum(dim=1, keepdim=True) <= radius
     if bool(inside.all()):
         return torch.sign(z) * clipped
     # The root search runs in float64: the cumulative sums would otherwise drift.
@@ -82,32 +91,37 @@ def _project_l1_box(z: Tensor, low: Tensor, high: Tensor, eps: float) -> Tensor:
     start = c.sum(dim=1, keepdim=True)
     values = torch.cat([start, start + (slope[:, :-1] * gaps).cumsum(dim=1)], dim=1)
     # f decreases, so the number of breakpoints above eps is the index just after the root.
-    after = (values > eps).sum(dim=1, keepdim=True).clamp(1, points.shape[1] - 1)
+    target = radius.double()
+    after = (values > target).sum(dim=1, keepdim=True).clamp(1, points.shape[1] - 1)
     before = after - 1
-    lam = points.gather(1, before) + (values.gather(1, before) - eps) / (
+    lam = points.gather(1, before) + (values.gather(1, before) - target) / (
         -slope.gather(1, before)
     ).clamp_min(1.0)
     lam = lam.clamp_min(0.0).to(z.dtype)
     projected = torch.sign(z) * torch.minimum((magnitude - lam).clamp_min(0.0), cap)
-    projected = torch.where(inside[:, None], torch.sign(z) * clipped, projected)
+    projected = torch.where(inside, torch.sign(z) * clipped, projected)
     # Guard against the last ulp of rounding: shrinking towards 0 stays inside the box.
     size = projected.abs().sum(dim=1, keepdim=True)
-    return projected * torch.where(size > eps, eps / size.clamp_min(_TINY), torch.ones_like(size))
+    scale = torch.where(size > radius, radius / size.clamp_min(_TINY), torch.ones_like(size))
+    return projected * scale
 
 
-def project_ball(delta: Tensor, norm: str, eps: float) -> Tensor:
+def project_ball(delta: Tensor, norm: str, eps: Radius) -> Tensor:
     """Euclidean projection of each perturbation onto the Lp ball of radius ``eps``.
 
     Args:
         delta: perturbations, shape (N, ...).
         norm: ``"linf"``, ``"l2"`` or ``"l1"``.
-        eps: radius, >= 0.
+        eps: radius >= 0: a number, or (N,) for one radius per sample.
 
     Returns:
         Projected perturbations, shape (N, ...).
 
     """
     if norm == "linf":
+        if isinstance(eps, Tensor):
+            radius = _per_sample(eps, delta)
+            return torch.minimum(torch.maximum(delta, -radius), radius)
         return delta.clamp(-eps, eps)
     if norm == "l2":
         size = lp_norm(delta, "l2")
@@ -119,7 +133,7 @@ def project_ball(delta: Tensor, norm: str, eps: float) -> Tensor:
 
 
 def project(
-    x: Tensor, x_adv: Tensor, *, norm: str, eps: float, bounds: tuple[float, float]
+    x: Tensor, x_adv: Tensor, *, norm: str, eps: Radius, bounds: tuple[float, float]
 ) -> Tensor:
     """Map ``x_adv`` to a point of the eps-ball around ``x`` that is inside ``bounds``.
 
@@ -131,7 +145,7 @@ def project(
         x: centres, shape (N, ...), inside ``bounds``.
         x_adv: points to project, shape (N, ...).
         norm: ``"linf"``, ``"l2"`` or ``"l1"``.
-        eps: radius, >= 0.
+        eps: radius >= 0: a number, or (N,) for one radius per sample.
         bounds: ``(low, high)`` input bounds.
 
     Returns:
@@ -140,7 +154,8 @@ def project(
     """
     low, high = bounds
     if norm == "linf":
-        return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(low, high)
+        radius = _radius(eps, x)
+        return torch.minimum(torch.maximum(x_adv, x - radius), x + radius).clamp(low, high)
     if norm == "l2":
         return (x + project_ball(x_adv - x, "l2", eps)).clamp(low, high)
     flat_x = _flat(x)
@@ -180,7 +195,7 @@ def steepest_ascent(grad: Tensor, norm: str, *, l1_sparsity: float = 0.05) -> Te
 
 
 def random_in_ball(
-    like: Tensor, norm: str, eps: float, *, generator: torch.Generator | None
+    like: Tensor, norm: str, eps: Radius, *, generator: torch.Generator | None
 ) -> Tensor:
     """Perturbations drawn uniformly from the Lp ball of radius ``eps``.
 
@@ -191,7 +206,7 @@ def random_in_ball(
     Args:
         like: a tensor of shape (N, ...) whose shape, dtype and device the draw takes.
         norm: ``"linf"``, ``"l2"`` or ``"l1"``.
-        eps: radius, >= 0.
+        eps: radius >= 0: a number, or (N,) for one radius per sample.
         generator: the source of randomness (on ``like``'s device).
 
     Returns:
@@ -204,14 +219,15 @@ def random_in_ball(
     def uniform(*shape: int) -> Tensor:
         return torch.rand(shape, generator=generator, dtype=dtype, device=device)
 
+    scale = _radius(eps, torch.empty(n, 1))
     if norm == "linf":
-        return (uniform(*like.shape) * 2.0 - 1.0) * eps
+        return ((uniform(n, dim) * 2.0 - 1.0) * scale).reshape(like.shape)
     if norm == "l2":
         direction = torch.randn((n, dim), generator=generator, dtype=dtype, device=device)
         direction = direction / lp_norm(direction, "l2").clamp_min(_TINY)[:, None]
         radius = uniform(n, 1) ** (1.0 / max(dim, 1))
-        return (direction * radius * eps).reshape(like.shape)
+        return (direction * radius * scale).reshape(like.shape)
     exponential = -torch.log1p(-uniform(n, dim + 1))  # in [0, inf), never log(0)
     simplex = exponential[:, :dim] / exponential.sum(dim=1, keepdim=True)
     signs = uniform(n, dim).lt(0.5).to(dtype) * 2.0 - 1.0
-    return (simplex * signs * eps).reshape(like.shape)
+    return (simplex * signs * scale).reshape(like.shape)

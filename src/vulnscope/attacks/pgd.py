@@ -7,7 +7,7 @@ from torch import Tensor
 
 from vulnscope._validation import check_bool, check_choice, check_fraction, check_int, check_real
 from vulnscope.attacks.base import Attack, CountingModel
-from vulnscope.attacks.iterative import gradient_ascent, random_start
+from vulnscope.attacks.iterative import AscentResult, Budget, gradient_ascent, random_start
 from vulnscope.attacks.losses import LOSSES, is_adversarial
 from vulnscope.errors import InvalidArgumentError
 
@@ -93,6 +93,23 @@ class PGD(Attack):
         self.early_stop = check_bool(early_stop, "early_stop")
         self.l1_sparsity = check_fraction(l1_sparsity, "l1_sparsity")
 
+    def _budget_at(self, eps: float) -> Budget:
+        step_size = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
+        return Budget(eps, self.steps, step_size)
+
+    def _climb(
+        self, model: CountingModel, x: Tensor, y: Tensor, target: Tensor | None,
+        budgets: list[Budget], generator: torch.Generator, *, early_stop: bool,
+        evaluate_final: bool,
+    ) -> AscentResult:  # fmt: skip
+        start = random_start(self.norm, self.bounds, generator) if self.random_start else None
+        return gradient_ascent(
+            model, x, y, target,
+            budgets=budgets, loss=LOSSES[self.loss], norm=self.norm, bounds=self.bounds,
+            early_stop=early_stop, start=start, evaluate_final=evaluate_final,
+            l1_sparsity=self.l1_sparsity, detect_cycles=model.deterministic,
+        )  # fmt: skip
+
     def run(
         self,
         model: CountingModel,
@@ -103,8 +120,7 @@ class PGD(Attack):
         generator: torch.Generator,
     ) -> Tensor:
         """Restarts of projected gradient ascent; each sample keeps its best run."""
-        eps = self.budget()
-        step_size = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
+        budgets = [self._budget_at(self.budget())]
         loss = LOSSES[self.loss]
         best = x.clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
@@ -113,26 +129,39 @@ class PGD(Attack):
             todo = (~broken).nonzero()[:, 0]
             if todo.numel() == 0:
                 break
-            xs, ys = x[todo], y[todo]
             ts = None if target is None else target[todo]
-            start = (
-                random_start(xs, norm=self.norm, eps=eps, bounds=self.bounds, generator=generator)
-                if self.random_start
-                else xs
-            )
-            x_adv, _ = gradient_ascent(
-                model, xs, start, ys, ts,
-                loss=loss, norm=self.norm, eps=eps, steps=self.steps, step_size=step_size,
-                bounds=self.bounds, early_stop=self.early_stop, l1_sparsity=self.l1_sparsity,
-            )  # fmt: skip
+            x_adv = self._climb(
+                model, x[todo], y[todo], ts, budgets, generator,
+                early_stop=self.early_stop, evaluate_final=False,
+            ).x_adv  # fmt: skip
             if self.restarts == 1:
                 return x_adv
             with torch.no_grad():
                 logits = model(x_adv)
-            success = is_adversarial(logits, ys, ts)
-            values = loss(logits, ys, ts)
+            success = is_adversarial(logits, y[todo], ts)
+            values = loss(logits, y[todo], ts)
             better = success | (values > best_loss[todo])
             best[todo[better]] = x_adv[better]
             best_loss[todo[better]] = values[better]
             broken[todo[success]] = True
         return best
+
+    def run_curve(
+        self,
+        model: CountingModel,
+        x: Tensor,
+        y: Tensor,
+        *,
+        epsilons: list[float],
+        generator: torch.Generator,
+    ) -> Tensor | None:
+        """All budgets in one ladder: the samples still robust climb to the next budget.
+
+        Only with early stopping and a single restart; otherwise one run per budget.
+        """
+        if not self.early_stop or self.restarts > 1:
+            return None
+        budgets = [self._budget_at(eps) for eps in epsilons]
+        return self._climb(
+            model, x, y, None, budgets, generator, early_stop=True, evaluate_final=True
+        ).broken

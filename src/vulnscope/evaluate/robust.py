@@ -77,12 +77,13 @@ def robust_accuracy(
 ) -> RobustAccuracyCurve:
     """Robust accuracy of ``model`` under ``attack`` at each budget in ``epsilons``.
 
-    Much cheaper than one attack per budget: budgets are visited in increasing order and
-    only the samples still robust are attacked at the next budget, since an adversarial
-    example found at a smaller budget lies inside every larger ball. Samples the model
-    already misclassifies are never attacked. With ``early_stop=True`` the attack also
-    stops working on a sample at its first adversarial iterate (for attacks that have an
-    ``early_stop`` hyperparameter), which finds at least as many adversarial examples.
+    Much cheaper than one attack per budget (see :meth:`Attack.sweep`): a sample broken
+    inside one ball is broken inside every larger ball, so only the samples still robust
+    are attacked at the next budget, and attacks that can climb all budgets in one pass
+    (PGD, BIM) do. Samples the model already misclassifies are never attacked. With
+    ``early_stop=True`` the attack also stops working on a sample at its first
+    adversarial iterate (for attacks that have an ``early_stop`` hyperparameter), which
+    finds at least as many adversarial examples as classic semantics.
 
     Args:
         model: maps inputs (N, ...) to logits (N, C).
@@ -122,24 +123,23 @@ def robust_accuracy(
     size = x.shape[0] if batch_size is None else check_int(batch_size, "batch_size")
     if check_bool(early_stop, "early_stop") and "early_stop" in attack.get_params():
         attack = attack.replace(early_stop=True)
-    with preserved_model_state(model):
-        broken = predict(model, x, batch_size=size) != y
-    clean_accuracy = float((~broken).double().mean())
-    success = torch.zeros(len(budgets), x.shape[0], dtype=torch.bool, device=x.device)
+    ladder = sorted({eps for eps in budgets if eps > 0})
+    success_on_ladder = torch.zeros(len(ladder), x.shape[0], dtype=torch.bool, device=x.device)
+    broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     forward_evals = gradient_evals = 0
-    previous = 0.0
-    for position in sorted(range(len(budgets)), key=budgets.__getitem__):
-        eps = budgets[position]
-        robust = (~broken).nonzero()[:, 0]
-        if eps > previous and robust.numel() > 0:
-            attack_at_eps = attack.replace(eps=eps)
-            for chunk in robust.split(size):
-                result = attack_at_eps(model, x[chunk], y[chunk])
-                broken[chunk[result.success]] = True
-                forward_evals += result.forward_evals
-                gradient_evals += result.gradient_evals
-        previous = eps
-        success[position] = broken
+    for chunk in torch.arange(x.shape[0], device=x.device).split(size):
+        if not ladder:  # only eps = 0: clean accuracy
+            with preserved_model_state(model):
+                broken[chunk] = predict(model, x[chunk], batch_size=size) != y[chunk]
+            continue
+        sweep = attack.sweep(model, x[chunk], y[chunk], epsilons=ladder)
+        success_on_ladder[:, chunk] = sweep.success
+        broken[chunk] = ~sweep.clean_correct
+        forward_evals += sweep.forward_evals
+        gradient_evals += sweep.gradient_evals
+    clean_accuracy = float((~broken).double().mean())
+    rows = [success_on_ladder[ladder.index(eps)] if eps > 0 else broken for eps in budgets]
+    success = torch.stack(rows)
     return RobustAccuracyCurve(
         epsilons=torch.tensor(budgets, dtype=torch.float64),
         accuracy=1.0 - success.double().mean(dim=1).cpu(),

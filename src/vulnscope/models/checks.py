@@ -15,7 +15,12 @@ from torch import Tensor, nn
 
 from vulnscope.errors import VulnscopeWarning
 
-__all__ = ["looks_like_probabilities", "warn_if_probabilities", "warn_if_training_mode"]
+__all__ = [
+    "is_batch_independent",
+    "looks_like_probabilities",
+    "warn_if_probabilities",
+    "warn_if_training_mode",
+]
 
 _STOCHASTIC_IN_TRAINING = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
@@ -43,6 +48,25 @@ def warn_if_training_mode(model: Callable[..., Any], *, stacklevel: int = 3) -> 
             stacklevel=stacklevel,
         )
     return bool(culprits)
+
+
+def is_batch_independent(model: Callable[..., Any]) -> bool:
+    """Whether each sample's output depends on that sample alone, for the model as it is now.
+
+    False for batch norm in training mode or without running statistics (it normalises
+    with the batch's own statistics) and for dropout in training mode (its masks are
+    drawn per call). A callable that is not an ``nn.Module`` is assumed independent.
+    """
+    if not isinstance(model, nn.Module):
+        return True
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            module.training or not module.track_running_stats
+        ):
+            return False
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.training:
+            return False
+    return True
 
 
 def looks_like_probabilities(outputs: Tensor, *, atol: float = 1e-4) -> bool:

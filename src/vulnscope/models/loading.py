@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -120,7 +121,10 @@ def _load_into(model: nn.Module, weights: str | Path, spec: str) -> None:
 
 def _load_torchscript(path: Path) -> nn.Module:
     try:
-        scripted: nn.Module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch 2.9+ deprecates TorchScript, but it is what many users still export
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted: nn.Module = torch.jit.load(str(path), map_location="cpu")
         return scripted
     except (RuntimeError, ValueError) as script_error:
         script_reason = str(script_error).strip().splitlines()[0] if str(script_error) else ""

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every test writes trained weights to a private cache, never to ~/.cache."""
+    path = str(tmp_path_factory.mktemp("vulnscope-cache"))
+    previous = os.environ.get("VULNSCOPE_CACHE_DIR")
+    os.environ["VULNSCOPE_CACHE_DIR"] = path
+    yield path
+    if previous is None:
+        del os.environ["VULNSCOPE_CACHE_DIR"]
+    else:
+        os.environ["VULNSCOPE_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from vulnscope.data import load_digits
+
+    return load_digits("test")
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(isolated_cache):
+    from vulnscope.models import pretrained
+
+    return pretrained("digits-cnn")

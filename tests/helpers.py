@@ -1,0 +1,66 @@
+"""Shared test fixtures that are plain functions: tiny models and the attack catalogue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from vulnscope.attacks import APGD, BIM, FGSM, PGD, Attack
+
+
+def tiny_classifier(
+    seed: int,
+    in_shape: tuple[int, ...] = (1, 2, 3),
+    classes: int = 4,
+    *,
+    hidden: int = 8,
+    dtype: torch.dtype = torch.float64,
+) -> nn.Sequential:
+    """A small random MLP (flatten, linear, tanh, linear) in eval mode."""
+    features = 1
+    for size in in_shape:
+        features *= size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(
+            nn.Flatten(), nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, classes)
+        )
+    return model.to(dtype).eval()
+
+
+def random_inputs(
+    seed: int, n: int, in_shape: tuple[int, ...], bounds: tuple[float, float], dtype=torch.float64
+) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    unit = torch.rand((n, *in_shape), generator=generator, dtype=dtype)
+    return bounds[0] + (bounds[1] - bounds[0]) * unit
+
+
+AttackBuilder = Callable[..., Attack]
+
+# Every attack of the suite, in the configurations the shared contract tests exercise.
+# Each builder takes norm, eps, targeted and bounds; later attacks join this list.
+ATTACK_CASES: list[tuple[str, tuple[str, ...], AttackBuilder]] = [
+    ("FGSM", ("linf", "l2", "l1"), lambda **kw: FGSM(**kw)),
+    ("FGSM-margin", ("linf",), lambda **kw: FGSM(loss="margin", **kw)),
+    ("BIM", ("linf", "l2", "l1"), lambda **kw: BIM(steps=5, **kw)),
+    ("BIM-default-schedule", ("linf",), lambda **kw: BIM(**kw)),
+    ("PGD", ("linf", "l2", "l1"), lambda **kw: PGD(steps=5, seed=1, **kw)),
+    ("PGD-classic", ("linf", "l2", "l1"), lambda **kw: PGD(steps=5, random_start=False, **kw)),
+    ("PGD-early-stop", ("linf", "l2", "l1"), lambda **kw: PGD(steps=5, early_stop=True, **kw)),
+    ("PGD-restarts", ("linf", "l2", "l1"), lambda **kw: PGD(steps=3, restarts=3, **kw)),
+    ("PGD-dlr", ("linf",), lambda **kw: PGD(steps=5, loss="dlr", **kw)),
+    ("APGD-CE", ("linf", "l2"), lambda **kw: APGD(steps=10, **kw)),
+    ("APGD-DLR", ("linf", "l2"), lambda **kw: APGD(steps=10, loss="dlr", **kw)),
+    ("APGD-no-early-stop", ("linf", "l2"), lambda **kw: APGD(steps=10, early_stop=False, **kw)),
+    ("APGD-restarts", ("linf",), lambda **kw: APGD(steps=5, restarts=2, **kw)),
+]
+
+NORM_ORDER = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}
+
+
+def reference_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm computed by torch.linalg, independently of vulnscope."""
+    return torch.linalg.vector_norm(delta.flatten(1), ord=NORM_ORDER[norm], dim=1)

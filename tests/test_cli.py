@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vulnscope.cli import main
+
+
+def _audit(tmp_path, *extra):
+    return main(["audit", "--out", str(tmp_path / "out"), *extra])
+
+
+def _check_record(record, *, samples, epsilons):
+    assert record["schema_version"] == 1 and isinstance(record["vulnscope_version"], str)
+    assert record["data"]["samples"] == samples
+    assert record["settings"]["epsilons"] == epsilons
+    assert 0.0 <= record["clean_accuracy"] <= 1.0
+    curves = record["robust_accuracy"]
+    assert set(curves) == {"PGD-40", "APGD-CE", "APGD-DLR"}
+    for curve in [*curves.values(), record["worst_case"]]:
+        values = curve["robust_accuracy"]
+        assert len(values) == len(epsilons)
+        assert all(0.0 <= v <= record["clean_accuracy"] + 1e-12 for v in values)
+        assert values == sorted(values, reverse=True)  # epsilons given in increasing order
+    for i in range(len(epsilons)):  # the worst case is at most every single attack
+        assert record["worst_case"]["robust_accuracy"][i] <= min(
+            c["robust_accuracy"][i] for c in curves.values()
+        )
+
+
+def test_audit_on_the_default_writes_valid_results(tmp_path, capsys, digits_cnn):
+    assert _audit(tmp_path, "--limit", "60", "--eps", "0.05,0.2") == 0
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    _check_record(record, samples=60, epsilons=[0.05, 0.2])
+    assert record["model"] == {"name": "digits-cnn", "parameters": 71754, "num_classes": 10}
+    out = capsys.readouterr().out
+    assert "clean accuracy" in out and "APGD-DLR" in out and "results.json" in out
+
+
+def test_audit_is_reproducible_with_a_seed(tmp_path, digits_cnn):
+    records = []
+    for run in ("a", "b"):
+        assert (
+            main(
+                [
+                    "audit",
+                    "--out",
+                    str(tmp_path / run),
+                    "--limit",
+                    "40",
+                    "--eps",
+                    "0.1",
+                    "--seed",
+                    "3",
+                ]
+            )
+            == 0
+        )
+        record = json.loads((tmp_path / run / "results.json").read_text())
+        records.append({k: v for k, v in record.items() if k not in ("created", "timing")})
+    assert records[0] == records[1]
+
+
+def test_audit_l2_uses_l2_defaults(tmp_path, digits_cnn):
+    assert _audit(tmp_path, "--limit", "20", "--norm", "l2") == 0
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert record["settings"]["norm"] == "l2" and record["settings"]["epsilons"] == [
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        1.5,
+    ]
+
+
+def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
+    np.savez(tmp_path / "d.npz", x=digits_test.x[:30].numpy(), y=digits_test.y[:30].numpy())
+    assert _audit(tmp_path, "--data", str(tmp_path / "d.npz"), "--eps", "0.1") == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["data"]["samples"] == 30
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["--model", "missing.pt"], 1, "vulnscope: error: model file 'missing.pt' does not exist"),
+        (
+            ["--weights", "none.safetensors", "--model", "digits-mlp"],
+            1,
+            "vulnscope: error: weights file 'none.safetensors' does not exist",
+        ),
+        (["--data", "nowhere.npz"], 1, "vulnscope: error: npz file 'nowhere.npz' does not exist"),
+        (
+            ["--eps", "-0.1"],
+            2,
+            "vulnscope audit: error: argument --eps: expected finite budgets >= 0, got '-0.1'",
+        ),
+        (
+            ["--eps", "big"],
+            2,
+            "vulnscope audit: error: argument --eps: expected comma-separated numbers",
+        ),
+        (["--norm", "l7"], 2, "vulnscope audit: error: argument --norm: invalid choice: 'l7'"),
+        (
+            ["--seed", "-3"],
+            2,
+            "vulnscope audit: error: argument --seed: expected a number >= 0, got -3",
+        ),
+        (["--bogus"], 2, "vulnscope: error: unrecognized arguments: --bogus"),
+        (["--model", "nomodule_abc:build"], 1, "vulnscope: error: cannot import 'nomodule_abc'"),
+    ],
+)
+def test_bad_usage_is_one_line_and_a_nonzero_exit(
+    tmp_path, capsys, monkeypatch, args, status, message
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["audit", *args]) == status
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message), err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "vulnscope-audit").exists()
+
+
+def test_model_that_does_not_fit_the_data_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "wide.py").write_text(
+        "import torch\ndef build():\n    return torch.nn.Linear(784, 10)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["audit", "--model", "wide:build"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vulnscope: error: the model cannot process inputs of shape (1, 8, 8)")
+    assert len(err.splitlines()) == 1
+    sys.modules.pop("wide", None)
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "audit" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_one_line(tmp_path, capsys, digits_cnn):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["audit", "--limit", "5", "--eps", "0.1", "--out", str(blocker / "sub")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vulnscope: error:") and len(err.splitlines()) == 1
+
+
+def test_console_script_runs_end_to_end(tmp_path, digits_cnn, isolated_cache):
+    env = {**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache}
+    script = os.path.join(os.path.dirname(sys.executable), "vulnscope")
+    done = subprocess.run(
+        [script, "audit", "--limit", "20", "--eps", "0.1", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "results.json").is_file()
+    failed = subprocess.run(
+        [script, "audit", "--model", "nope.pt"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert (
+        failed.returncode == 1
+        and failed.stderr.count("\n") == 1
+        and "Traceback" not in failed.stderr
+    )
+    version = subprocess.run(
+        [sys.executable, "-m", "vulnscope", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert version.returncode == 0 and version.stdout.startswith("vulnscope ")
