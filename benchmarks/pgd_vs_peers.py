@@ -181,7 +181,6 @@ def main() -> None:
         for eps in EPSILONS:
             contenders[f"{fastest} @ {eps}"] = lambda eps=eps: runners[fastest](eps)
     times = timed_rounds(contenders, args.repeats)
-    print({k: round(statistics.median(v), 3) for k, v in times.items()})
 
     print(
         f"PGD Linf, eps {EPS}, {STEPS} steps of {STEP_SIZE}, no random start; "
@@ -200,6 +199,9 @@ def main() -> None:
     for name in missing:
         print(f"  {name:<14}{'not installed (see benchmarks/README.md)':>30}")
     if fastest is None:
+        if args.json:
+            with open(args.json, "w") as file:
+                json.dump(record, file, indent=2)
         return
 
     one = robust_accuracy(model, x, y, attack=attack, epsilons=[EPS])
