@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from helpers import random_inputs, tiny_classifier
-from vulnscope.attacks.base import CountingModel
+from vulnscope.attacks.counting import CountingModel
 from vulnscope.models.checks import is_batch_independent
 
 SHAPE = (1, 3, 3)

@@ -152,10 +152,10 @@ def test_different_seeds_give_different_random_starts():
 
 
 def test_bim_defaults_follow_kurakin_et_al():
-    budget = BIM().schedule(16 / 255)
+    budget = BIM().budget_at(16 / 255)
     assert budget.step_size == pytest.approx(1 / 255)
     assert budget.steps == 20  # min(16 + 4, 1.25 * 16)
-    assert BIM().schedule(4 / 255).steps == 5  # min(4 + 4, 1.25 * 4)
+    assert BIM().budget_at(4 / 255).steps == 5  # min(4 + 4, 1.25 * 4)
 
 
 def test_replace_changes_only_what_it_names():

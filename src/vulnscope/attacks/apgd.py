@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from vulnscope._validation import check_bool, check_choice, check_fraction, check_int
-from vulnscope.attacks.base import Attack, CountingModel
+from vulnscope.attacks.base import Attack
+from vulnscope.attacks.counting import CountingModel
 from vulnscope.attacks.iterative import value_and_grad
 from vulnscope.attacks.losses import LOSSES, Loss, is_adversarial
 from vulnscope.attacks.norms import lp_norm, project, steepest_ascent

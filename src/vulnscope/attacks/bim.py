@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import Tensor
-
 from vulnscope._validation import check_bool, check_choice, check_fraction, check_int, check_real
-from vulnscope.attacks.base import Attack, CountingModel
-from vulnscope.attacks.iterative import AscentResult, Budget, gradient_ascent
+from vulnscope.attacks.iterative import Budget, GradientAscentAttack
 from vulnscope.attacks.losses import LOSSES
 
 __all__ = ["BIM"]
 
 
-class BIM(Attack):
+class BIM(GradientAscentAttack):
     r"""Basic iterative method: FGSM repeated with small steps, projected after each.
 
     Kurakin, Goodfellow and Bengio (2017), "Adversarial examples in the physical world":
@@ -64,50 +60,9 @@ class BIM(Attack):
         self.early_stop = check_bool(early_stop, "early_stop")
         self.l1_sparsity = check_fraction(l1_sparsity, "l1_sparsity")
 
-    def schedule(self, eps: float) -> Budget:
+    def budget_at(self, eps: float) -> Budget:
         """Steps and step size at budget ``eps``, with Kurakin et al.'s defaults filled in."""
         step_size = self.step_size or (self.bounds[1] - self.bounds[0]) / 255.0
         levels = eps / step_size
         steps = self.steps or max(1, math.ceil(min(levels + 4.0, 1.25 * levels)))
         return Budget(eps, steps, step_size)
-
-    def _climb(
-        self, model: CountingModel, x: Tensor, y: Tensor, target: Tensor | None,
-        budgets: list[Budget], *, early_stop: bool, evaluate_final: bool,
-    ) -> AscentResult:  # fmt: skip
-        return gradient_ascent(
-            model, x, y, target,
-            budgets=budgets, loss=LOSSES[self.loss], norm=self.norm, bounds=self.bounds,
-            early_stop=early_stop, evaluate_final=evaluate_final,
-            l1_sparsity=self.l1_sparsity, detect_cycles=model.deterministic,
-        )  # fmt: skip
-
-    def run(
-        self,
-        model: CountingModel,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator,
-    ) -> Tensor:
-        """Iterate from ``x`` itself."""
-        budgets = [self.schedule(self.budget())]
-        return self._climb(
-            model, x, y, target, budgets, early_stop=self.early_stop, evaluate_final=False
-        ).x_adv
-
-    def run_curve(
-        self,
-        model: CountingModel,
-        x: Tensor,
-        y: Tensor,
-        *,
-        epsilons: list[float],
-        generator: torch.Generator,
-    ) -> Tensor | None:
-        """All budgets in one ladder (with early stopping; otherwise one run per budget)."""
-        if not self.early_stop:
-            return None
-        budgets = [self.schedule(eps) for eps in epsilons]
-        return self._climb(model, x, y, None, budgets, early_stop=True, evaluate_final=True).broken

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from vulnscope._validation import check_choice, check_fraction
-from vulnscope.attacks.base import Attack, CountingModel
-from vulnscope.attacks.iterative import Budget, gradient_ascent
+from vulnscope.attacks.iterative import Budget, GradientAscentAttack
 from vulnscope.attacks.losses import LOSSES
 
 __all__ = ["FGSM"]
 
 
-class FGSM(Attack):
+class FGSM(GradientAscentAttack):
     r"""Fast gradient sign method: one step of size ``eps`` up the loss gradient.
 
     Goodfellow, Shlens and Szegedy (2015), "Explaining and harnessing adversarial
@@ -56,20 +52,8 @@ class FGSM(Attack):
         super().__init__(norm=norm, eps=eps, targeted=targeted, bounds=bounds, seed=None)
         self.loss = check_choice(loss, "loss", tuple(LOSSES))
         self.l1_sparsity = check_fraction(l1_sparsity, "l1_sparsity")
+        self.early_stop = False  # one step: nothing to stop early
 
-    def run(
-        self,
-        model: CountingModel,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator,
-    ) -> Tensor:
-        """One full-size step from ``x``."""
-        eps = self.budget()
-        return gradient_ascent(
-            model, x, y, target,
-            budgets=[Budget(eps, 1, eps)], loss=LOSSES[self.loss], norm=self.norm,
-            bounds=self.bounds, early_stop=False, l1_sparsity=self.l1_sparsity,
-        ).x_adv  # fmt: skip
+    def budget_at(self, eps: float) -> Budget:
+        """One step the size of the ball."""
+        return Budget(eps, 1, eps)

@@ -13,16 +13,27 @@ rather than one shrinking batch per budget. A single budget is a ladder of one r
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
 
-from vulnscope.attacks.losses import Loss, is_adversarial
+from vulnscope.attacks.base import Attack
+from vulnscope.attacks.counting import CountingModel
+from vulnscope.attacks.losses import LOSSES, Loss, is_adversarial
 from vulnscope.attacks.norms import project, random_in_ball, steepest_ascent
 
-__all__ = ["AscentResult", "Budget", "StartFn", "gradient_ascent", "random_start", "value_and_grad"]
+__all__ = [
+    "AscentResult",
+    "Budget",
+    "GradientAscentAttack",
+    "StartFn",
+    "gradient_ascent",
+    "random_start",
+    "value_and_grad",
+]
 
 StartFn = Callable[[Tensor, Tensor], Tensor]
 """Maps centres (n, ...) and their radii (n,) to starting points inside the balls."""
@@ -277,3 +288,76 @@ def _climb(
     walk.x_cur[rows] = start(centres, eps) if start is not None else centres
     if walk.low is not None and walk.high is not None:
         walk.low[rows], walk.high[rows] = _linf_box(centres, eps, bounds)
+
+
+class GradientAscentAttack(Attack):
+    """Base of the attacks that run :func:`gradient_ascent`: FGSM, BIM, PGD.
+
+    A subclass stores ``loss``, ``l1_sparsity`` and ``early_stop`` and says how many steps
+    of what size it takes inside a ball (:meth:`budget_at`) and where it starts
+    (:meth:`start_fn`); running one budget and climbing several (:meth:`run_curve`)
+    come from here.
+    """
+
+    loss: str
+    l1_sparsity: float
+    early_stop: bool
+
+    @abc.abstractmethod
+    def budget_at(self, eps: float) -> Budget:
+        """Steps and step size inside the ball of radius ``eps``."""
+
+    def start_fn(self, generator: torch.Generator) -> StartFn | None:
+        """Where each run starts; ``None`` for the clean input."""
+        return None
+
+    def climb(
+        self,
+        model: CountingModel,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        budgets: list[Budget],
+        generator: torch.Generator,
+        *,
+        evaluate_final: bool = False,
+    ) -> AscentResult:
+        """Run the engine with this attack's settings over ``budgets``."""
+        return gradient_ascent(
+            model, x, y, target,
+            budgets=budgets, loss=LOSSES[self.loss], norm=self.norm, bounds=self.bounds,
+            early_stop=self.early_stop or evaluate_final, start=self.start_fn(generator),
+            evaluate_final=evaluate_final, l1_sparsity=self.l1_sparsity,
+            detect_cycles=model.deterministic,
+        )  # fmt: skip
+
+    def run(
+        self,
+        model: CountingModel,
+        x: Tensor,
+        y: Tensor,
+        *,
+        target: Tensor | None,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """One run inside the eps-ball."""
+        return self.climb(model, x, y, target, [self.budget_at(self.budget())], generator).x_adv
+
+    def run_curve(
+        self,
+        model: CountingModel,
+        x: Tensor,
+        y: Tensor,
+        *,
+        epsilons: list[float],
+        generator: torch.Generator,
+    ) -> Tensor | None:
+        """All budgets in one ladder: the samples still robust climb to the next budget.
+
+        Needs early stopping when a run has several steps (with classic semantics a
+        sample's success depends on its last iterate only, so each budget runs alone).
+        """
+        budgets = [self.budget_at(eps) for eps in epsilons]
+        if not self.early_stop and any(budget.steps > 1 for budget in budgets):
+            return None
+        return self.climb(model, x, y, None, budgets, generator, evaluate_final=True).broken

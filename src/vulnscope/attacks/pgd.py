@@ -6,15 +6,15 @@ import torch
 from torch import Tensor
 
 from vulnscope._validation import check_bool, check_choice, check_fraction, check_int, check_real
-from vulnscope.attacks.base import Attack, CountingModel
-from vulnscope.attacks.iterative import AscentResult, Budget, gradient_ascent, random_start
+from vulnscope.attacks.counting import CountingModel
+from vulnscope.attacks.iterative import Budget, GradientAscentAttack, StartFn, random_start
 from vulnscope.attacks.losses import LOSSES, is_adversarial
 from vulnscope.errors import InvalidArgumentError
 
 __all__ = ["PGD"]
 
 
-class PGD(Attack):
+class PGD(GradientAscentAttack):
     r"""Projected gradient descent in the Linf, L2 or L1 ball, with restarts.
 
     Madry, Makelov, Schmidt, Tsipras and Vladu (2018), "Towards deep learning models
@@ -93,22 +93,14 @@ class PGD(Attack):
         self.early_stop = check_bool(early_stop, "early_stop")
         self.l1_sparsity = check_fraction(l1_sparsity, "l1_sparsity")
 
-    def _budget_at(self, eps: float) -> Budget:
+    def budget_at(self, eps: float) -> Budget:
+        """``steps`` steps of ``step_size`` (default ``2.5 eps / steps``)."""
         step_size = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
         return Budget(eps, self.steps, step_size)
 
-    def _climb(
-        self, model: CountingModel, x: Tensor, y: Tensor, target: Tensor | None,
-        budgets: list[Budget], generator: torch.Generator, *, early_stop: bool,
-        evaluate_final: bool,
-    ) -> AscentResult:  # fmt: skip
-        start = random_start(self.norm, self.bounds, generator) if self.random_start else None
-        return gradient_ascent(
-            model, x, y, target,
-            budgets=budgets, loss=LOSSES[self.loss], norm=self.norm, bounds=self.bounds,
-            early_stop=early_stop, start=start, evaluate_final=evaluate_final,
-            l1_sparsity=self.l1_sparsity, detect_cycles=model.deterministic,
-        )  # fmt: skip
+    def start_fn(self, generator: torch.Generator) -> StartFn | None:
+        """A uniform point of the ball with ``random_start``, else the clean input."""
+        return random_start(self.norm, self.bounds, generator) if self.random_start else None
 
     def run(
         self,
@@ -120,7 +112,9 @@ class PGD(Attack):
         generator: torch.Generator,
     ) -> Tensor:
         """Restarts of projected gradient ascent; each sample keeps its best run."""
-        budgets = [self._budget_at(self.budget())]
+        if self.restarts == 1:
+            return super().run(model, x, y, target=target, generator=generator)
+        budgets = [self.budget_at(self.budget())]
         loss = LOSSES[self.loss]
         best = x.clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
@@ -130,12 +124,7 @@ class PGD(Attack):
             if todo.numel() == 0:
                 break
             ts = None if target is None else target[todo]
-            x_adv = self._climb(
-                model, x[todo], y[todo], ts, budgets, generator,
-                early_stop=self.early_stop, evaluate_final=False,
-            ).x_adv  # fmt: skip
-            if self.restarts == 1:
-                return x_adv
+            x_adv = self.climb(model, x[todo], y[todo], ts, budgets, generator).x_adv
             with torch.no_grad():
                 logits = model(x_adv)
             success = is_adversarial(logits, y[todo], ts)
@@ -155,13 +144,7 @@ class PGD(Attack):
         epsilons: list[float],
         generator: torch.Generator,
     ) -> Tensor | None:
-        """All budgets in one ladder: the samples still robust climb to the next budget.
-
-        Only with early stopping and a single restart; otherwise one run per budget.
-        """
-        if not self.early_stop or self.restarts > 1:
+        """The ladder of :class:`GradientAscentAttack`, for a single restart only."""
+        if self.restarts > 1:
             return None
-        budgets = [self._budget_at(eps) for eps in epsilons]
-        return self._climb(
-            model, x, y, None, budgets, generator, early_stop=True, evaluate_final=True
-        ).broken
+        return super().run_curve(model, x, y, epsilons=epsilons, generator=generator)
