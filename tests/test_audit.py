@@ -27,3 +27,11 @@ def test_model_with_too_few_outputs_is_refused():
     data = ImageData(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 3]), 4, "test")
     with pytest.raises(ModelError, match="the model has 3 outputs but the data has 4 classes"):
         audit(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), data, model_name="m")
+
+
+def test_model_returning_a_vector_is_refused():
+    data = ImageData(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), 2, "test")
+    with pytest.raises(
+        ModelError, match=r"the model must return logits of shape \(N, C\) = \(1, C\)"
+    ):
+        audit(lambda x: x.flatten(1).sum(1), data, model_name="m")

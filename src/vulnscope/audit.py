@@ -12,7 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope import __version__
-from vulnscope._validation import check_epsilons, check_int, check_norm, check_seed
+from vulnscope._validation import (
+    check_epsilons,
+    check_int,
+    check_logits,
+    check_norm,
+    check_seed,
+)
 from vulnscope.attacks import APGD, PGD, Attack
 from vulnscope.data.dataset import ImageData
 from vulnscope.errors import ModelError
@@ -58,10 +64,7 @@ def _num_outputs(model: Callable[[Tensor], Tensor], x: Tensor) -> int:
         raise ModelError(
             f"the model cannot process inputs of shape {tuple(x.shape[1:])}: {message}"
         ) from None
-    if not isinstance(logits, Tensor) or logits.ndim != 2:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ModelError(f"the model must return logits of shape (N, C), returned {shape}")
-    return int(logits.shape[1])
+    return int(check_logits(logits, 1, name="the model").shape[1])
 
 
 def audit(
