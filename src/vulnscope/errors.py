@@ -14,6 +14,7 @@ __all__ = [
     "InvalidTypeError",
     "MissingFileError",
     "ModelError",
+    "SingularMatrixError",
     "VulnscopeError",
     "VulnscopeWarning",
 ]
@@ -41,6 +42,19 @@ class DataError(VulnscopeError, ValueError):
 
 class ModelError(VulnscopeError, ValueError):
     """A model cannot be built, loaded, or called as a classifier."""
+
+
+class SingularMatrixError(VulnscopeError, ArithmeticError):
+    """A linear system is singular or too ill-conditioned to solve reliably.
+
+    Attributes:
+        condition_number: the 2-norm condition number of the matrix (``inf`` if singular).
+
+    """
+
+    def __init__(self, message: str, condition_number: float) -> None:
+        super().__init__(message)
+        self.condition_number = condition_number
 
 
 class VulnscopeWarning(UserWarning):

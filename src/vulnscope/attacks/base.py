@@ -18,6 +18,7 @@ from typing import Any, ClassVar, NamedTuple, Self, final
 import torch
 from torch import Tensor
 
+from vulnscope._random import make_generator
 from vulnscope._validation import (
     NORMS,
     check_bool,
@@ -105,16 +106,6 @@ class _Session(NamedTuple):
     target: Tensor | None
     generator: torch.Generator
     clean_logits: Tensor
-
-
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed`` (fresh entropy when ``None``)."""
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
 
 
 class Attack(abc.ABC):
