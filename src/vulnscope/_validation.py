@@ -144,7 +144,7 @@ def check_inputs(x: Any, *, bounds: tuple[float, float], name: str = "x") -> Ten
     if not bool(finite.all()):
         bad = int((~finite).sum())
         raise InvalidArgumentError(f"{name} must be finite, got {bad} NaN or infinite entries")
-    low, high = float(x.min()), float(x.max())
+    low, high = float(x.detach().min()), float(x.detach().max())
     if low < bounds[0] or high > bounds[1]:
         raise InvalidArgumentError(
             f"{name} must lie inside bounds [{bounds[0]}, {bounds[1]}], "

@@ -1,0 +1,346 @@
+"""The RG vulnerability analysis of a deep RBM classifier, input by input.
+
+For each input ``x`` (RG.md sections 3 and 4; Kenway 2018, eqs. 4-6 and 20-22):
+
+1. ``S`` chains of the classification pass give joint samples of every layer.
+2. For each hidden layer ``k = 2..N-1`` the generic estimator :func:`stability_matrix`
+   gives ``T^(k) = ∂g^(k)/∂g^(k-1)``; the label layer's ``T^(N)`` uses the same estimator
+   with the labels enumerated (each chain contributes every class with weight
+   ``t_N(y | h_{N-1}) / S``), which is exact in ``y`` and sees classes too unlikely to be
+   sampled.
+3. Layer 1 is explicit: ``g_i^(1) = -(W_1 x + a_1)_i / 2`` on the single spins, so
+   ``J = ∂g^(N)/∂x = T^(N) ⋯ T^(2) ∂g^(1)/∂x`` and the input Fisher information is
+   ``F = Jᵀ Cov_{q_N}(O^(N)) J``. Its top eigenvectors are the dangerous directions.
+
+Errors come from one jackknife over blocks of chains, shared by every layer, so that
+they carry through products and eigenvalues. The hidden levels all use the same operator
+subsets, so that each square ``T^(k)`` maps one coupling space to itself and has
+eigenvalues; units of different layers have no natural correspondence, so singular
+values (which do not depend on that choice of basis pairing) are reported too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from vulnscope._validation import check_choice, check_int, check_seed
+from vulnscope.errors import InvalidArgumentError
+from vulnscope.rbm.network import DeepRBM
+from vulnscope.rg.mcrg import (
+    StabilityMatrix,
+    _check_condition,
+    _jackknife_error,
+    _solve,
+    stability_matrix,
+)
+from vulnscope.rg.operators import OperatorSet
+
+__all__ = ["OPERATOR_CHOICES", "InputRG", "analyse_input", "choose_operators"]
+
+OperatorChoice = Literal["singles", "pairs", "correlation", "triples", "complete"]
+OPERATOR_CHOICES: tuple[str, ...] = ("singles", "pairs", "correlation", "triples", "complete")
+"""Operator sets for the hidden levels (see :func:`choose_operators`)."""
+
+
+def choose_operators(
+    network: DeepRBM, choice: OperatorChoice = "pairs", *, states: list[Tensor] | None = None
+) -> OperatorSet:
+    """One operator set for every hidden level of ``network`` (equal widths required).
+
+    - ``"singles"``: the ``n`` spins.
+    - ``"pairs"``: singles plus the ``n`` pairs with the largest ``|Σ_k W_kᵀ W_k|``, the
+      pairwise couplings the layers above induce (RG.md section 2).
+    - ``"correlation"``: singles plus the ``n`` pairs most correlated in ``states``
+      (the hidden layers' samples, pooled).
+    - ``"triples"``: ``"pairs"`` plus ``n / 2`` triples by third-order weight products.
+    - ``"complete"``: all ``2**n - 1`` products (widths up to 16).
+    """
+    choice = check_choice(choice, "operators", OPERATOR_CHOICES)  # type: ignore[assignment]
+    widths = network.widths[1:]
+    if not widths:
+        raise InvalidArgumentError(
+            "the RG analysis needs a network with a hidden layer (depth >= 2)"
+        )
+    if len(set(widths)) != 1:
+        raise InvalidArgumentError(
+            f"the RG analysis needs equal hidden widths (one coupling space), got {widths}"
+        )
+    n = widths[0]
+    singles = OperatorSet.singles(n)
+    if choice == "singles" or n < 2:
+        return singles
+    if choice == "complete":
+        return OperatorSet.complete(n)
+    stacked = torch.cat([rbm.weight.detach() for rbm in network.rbms[1:]], 0)
+    if choice == "correlation":
+        if states is None:
+            raise InvalidArgumentError("operators='correlation' needs sampled states")
+        return singles + OperatorSet.pairs_by_correlation(torch.cat(states, 0), n)
+    pairs = OperatorSet.pairs_by_weight(stacked, min(n, n * (n - 1) // 2))
+    if choice == "triples" and n >= 3:
+        return singles + pairs + OperatorSet.triples_by_weight(stacked, max(1, n // 2))
+    return singles + pairs
+
+
+@dataclass(frozen=True)
+class InputRG:
+    """The RG analysis of one input.
+
+    Attributes:
+        layers: ``T^(k)`` for k = 2..N (the last is the label layer, rectangular).
+        leading: (N-1,) leading |eigenvalue| of each square hidden ``T^(k)`` and, last, the
+            leading singular value of the label layer's ``T^(N)``.
+        leading_stderr: (N-1,) jackknife errors of ``leading``.
+        singular: (N-1,) leading singular value of every ``T^(k)``.
+        relevant: (N-2,) number of relevant eigenvalues (|λ| beyond one error above 1) per
+            square hidden layer.
+        product_norm: spectral norm of ``P = T^(N) ⋯ T^(2)``; ``product_norm_stderr`` its error.
+        jacobian: (C', n_0) ``∂g^(N)/∂x`` in the reduced label basis.
+        fisher_eigenvalues: (k,) top eigenvalues of F; ``fisher_stderr`` their errors.
+        fisher_eigenvectors: (k, n_0) unit eigenvectors (the dangerous directions).
+        label_probs: (C,) ``q_N(y | x)`` from the chains.
+
+    """
+
+    layers: list[StabilityMatrix]
+    leading: Tensor
+    leading_stderr: Tensor
+    singular: Tensor
+    relevant: Tensor
+    product_norm: float
+    product_norm_stderr: float
+    jacobian: Tensor
+    fisher_eigenvalues: Tensor
+    fisher_stderr: Tensor
+    fisher_eigenvectors: Tensor
+    label_probs: Tensor
+    reference_class: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def analyse_input(
+    network: DeepRBM,
+    x: Tensor,
+    operators: OperatorSet,
+    *,
+    samples: int = 10_000,
+    blocks: int = 20,
+    top_k: int = 3,
+    seed: int | None = 0,
+) -> InputRG:
+    """Stability matrices, chain-rule Jacobian and Fisher information for one input.
+
+    Args:
+        network: a trained :class:`DeepRBM` of depth N >= 2 with equal hidden widths.
+        x: one input, (n_0,) or any shape with n_0 values.
+        operators: the operator set of every hidden level (:func:`choose_operators`).
+        samples: chains S.
+        blocks: jackknife blocks of chains.
+        top_k: Fisher eigenpairs kept.
+        seed: seed of the chains.
+
+    Returns:
+        :class:`InputRG`.
+
+    """
+    samples = check_int(samples, "samples", minimum=2)
+    blocks = min(check_int(blocks, "blocks", minimum=2), samples)
+    top_k = check_int(top_k, "top_k")
+    if network.depth < 2:
+        raise InvalidArgumentError("the RG analysis needs depth >= 2 (a hidden layer)")
+    inputs = network.flatten_input(x.reshape(1, -1))
+    with torch.no_grad():
+        chains = network.sample_up(inputs, chains=samples, seed=check_seed(seed))
+    hidden = [state[0] for state in chains.states[1:-1]]  # (S, n) for k = 1..N-1
+    values = [operators(state) for state in hidden]
+    active = [
+        _active_operators(value, operators, state, 2 * blocks)
+        for value, state in zip(values, hidden, strict=True)
+    ]
+    layers = [
+        _embed(stability_matrix(coarse[:, keep_c], fine[:, keep_f], blocks=blocks), keep_c, keep_f)
+        for (fine, keep_f), (coarse, keep_c) in itertools.pairwise(zip(values, active, strict=True))
+    ]
+    label_probs = chains.end_probs[0].double()  # (S, C)
+    label_layer, reference, label_cov, label_cov_replicas = _label_layer(
+        label_probs, values[-1][:, active[-1]].double(), blocks
+    )
+    if label_layer.T.shape[0] == 0:
+        raise InvalidArgumentError("the network is certain of this input's class: no label varies")
+    layers.append(
+        _embed(label_layer, torch.ones(label_layer.T.shape[0], dtype=torch.bool), active[-1])
+    )
+
+    first = network.rbms[0].weight.detach().double()
+    d_first = torch.zeros(len(operators), first.shape[1], dtype=torch.float64)
+    for row, subset in enumerate(operators.subsets):
+        if len(subset) == 1:
+            d_first[row] = -first[subset[0]] / 2
+
+    def chain(Ts: list[Tensor], cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        product = Ts[-1]
+        for T in reversed(Ts[:-1]):
+            product = product @ T
+        jacobian = product @ d_first
+        return product, jacobian, jacobian.transpose(-1, -2) @ cov @ jacobian
+
+    product, jacobian, fisher = chain([layer.T for layer in layers], label_cov)
+    evals, evecs = torch.linalg.eigh(fisher)
+    k = min(top_k, evals.shape[0])
+    fisher_eigenvalues = evals.flip(0)[:k].clamp_min(0)
+    fisher_eigenvectors = evecs.flip(1)[:, :k].t()
+
+    replicas = [layer.replicas for layer in layers]
+    rep_product, _, rep_fisher = chain([r for r in replicas if r is not None], label_cov_replicas)
+    fisher_stderr = _jackknife_error(torch.linalg.eigvalsh(rep_fisher).flip(-1)[:, :k])
+    norm_stderr = float(_jackknife_error(torch.linalg.matrix_norm(rep_product, ord=2)))
+
+    leading, leading_err, singular, relevant = [], [], [], []
+    for index, layer in enumerate(layers):
+        svals = layer.singular_values()
+        singular.append(svals.magnitudes[0])
+        square = index < len(layers) - 1
+        spectrum = layer.eigenvalues() if square else svals
+        leading.append(spectrum.magnitudes[0])
+        leading_err.append(spectrum.stderr[0] if spectrum.stderr is not None else torch.tensor(0.0))
+        if square:
+            relevant.append(layer.relevant().sum())
+    return InputRG(
+        layers=layers,
+        leading=torch.stack(leading).double(),
+        leading_stderr=torch.stack(leading_err).double(),
+        singular=torch.stack(singular).double(),
+        relevant=torch.stack(relevant) if relevant else torch.zeros(0, dtype=torch.long),
+        product_norm=float(torch.linalg.matrix_norm(product, ord=2)),
+        product_norm_stderr=norm_stderr,
+        jacobian=jacobian,
+        fisher_eigenvalues=fisher_eigenvalues,
+        fisher_stderr=fisher_stderr,
+        fisher_eigenvectors=fisher_eigenvectors,
+        label_probs=label_probs.mean(0),
+        reference_class=reference,
+    )
+
+
+def _active_operators(
+    values: Tensor, operators: OperatorSet, states: Tensor, minimum: int
+) -> Tensor:
+    """Operators that vary on the chains: (M,) bool.
+
+    A unit that takes its minority value on fewer than ``minimum`` chains is frozen for
+    this input: its coupling is effectively infinite and a small change of it changes
+    nothing, so it and every product containing it drop out of the chain rule (their
+    rows and columns of T are zero). Requiring ``minimum`` flips also keeps every
+    jackknife replica's covariance invertible.
+    """
+    samples = states.shape[0]
+    unit_on = (states > 0.5).sum(0)
+    unit_ok = torch.minimum(unit_on, samples - unit_on) >= minimum
+    plus = (values > 0).sum(0)
+    ok = torch.minimum(plus, samples - plus) >= minimum
+    units_ok = unit_ok[operators.index.clamp_max(operators.n_units - 1)]
+    units_ok = units_ok | (operators.index == operators.n_units)
+    active = ok & units_ok.all(1)
+    chosen = active.nonzero().flatten()
+    independent = _independent_columns(values[:, chosen].double())
+    mask = torch.zeros_like(active)
+    mask[chosen[independent]] = True
+    return mask
+
+
+def _independent_columns(values: Tensor, tolerance: float = 1e-6) -> Tensor:
+    """Indices of a maximal set of linearly independent columns, in their original order.
+
+    Greedy pivoted Cholesky of the covariance: a column is kept when the part of it that
+    the kept columns do not explain has at least ``tolerance`` of its variance. A product
+    that equals another operator on every chain (``s_i s_j`` with ``s_i = s_j``, say) is
+    redundant: its coupling is not identifiable and fixing it to zero is a gauge choice.
+    """
+    centred = values - values.mean(0)
+    cov = centred.t() @ centred / values.shape[0]
+    kept: list[int] = []
+    factor = cov.new_zeros((0, 0))
+    for column in range(cov.shape[0]):
+        cross = cov[kept, column]
+        solved = (
+            torch.linalg.solve_triangular(factor, cross[:, None], upper=False).flatten()
+            if kept
+            else cross
+        )
+        residual = float(cov[column, column] - solved.pow(2).sum())
+        if residual > tolerance * float(cov[column, column]):
+            size = len(kept)
+            grown = cov.new_zeros((size + 1, size + 1))
+            grown[:size, :size] = factor
+            grown[size, :size] = solved
+            grown[size, size] = residual**0.5
+            factor = grown
+            kept.append(column)
+    return torch.tensor(kept, dtype=torch.long)
+
+
+def _embed(result: StabilityMatrix, rows: Tensor, cols: Tensor) -> StabilityMatrix:
+    """``result`` on the active operators, placed into zero-filled full-size matrices."""
+
+    def place(matrix: Tensor | None, r: Tensor, c: Tensor) -> Tensor | None:
+        if matrix is None:
+            return None
+        full = matrix.new_zeros((*matrix.shape[:-2], r.numel(), c.numel()))
+        full[..., r.nonzero().flatten()[:, None], c.nonzero().flatten()] = matrix
+        return full
+
+    T = place(result.T, rows, cols)
+    A = place(result.coarse_covariance, rows, rows)
+    if T is None or A is None:  # unreachable: both are always tensors; narrows the type
+        raise TypeError("a stability matrix without T or A")
+    return StabilityMatrix(
+        T, place(result.stderr, rows, cols), result.condition_number, result.num_samples, A,
+        place(result.replicas, rows, cols), place(result.covariance_replicas, rows, rows),
+    )  # fmt: skip
+
+
+def _label_layer(
+    label_probs: Tensor, fine: Tensor, blocks: int
+) -> tuple[StabilityMatrix, int, Tensor, Tensor]:
+    """``T^(N)`` with the labels enumerated, and ``Cov_{q_N}(O^(N))``, with jackknife replicas.
+
+    The coarse operators are the class indicators minus a reference class (the most
+    probable: the indicators of all C classes sum to one, so one is redundant). Each chain
+    contributes every class c with weight ``p_c(h_{N-1}) / S``: this is
+    :func:`stability_matrix` with ``weights`` on the enumerated labels (a test checks the
+    two agree), written with per-block sums so that the jackknife costs nothing extra:
+    ``A = diag(p̄) - p̄ p̄ᵀ`` and ``B = E[p(h) (O(h) - Ō)ᵀ]``.
+    """
+    samples, classes = label_probs.shape
+    mean = label_probs.mean(0)
+    reference = int(mean.argmax())
+    kept = [c for c in range(classes) if c != reference and float(mean[c]) > 1e-13]
+    probs = label_probs[:, kept]
+    edges = torch.linspace(0, samples, blocks + 1).round().long().tolist()
+    spans = list(itertools.pairwise(edges))
+    sizes = torch.tensor([hi - lo for lo, hi in spans], dtype=torch.float64)
+    sum_p = torch.stack([probs[lo:hi].sum(0) for lo, hi in spans])
+    sum_o = torch.stack([fine[lo:hi].sum(0) for lo, hi in spans])
+    sum_po = torch.stack([probs[lo:hi].t() @ fine[lo:hi] for lo, hi in spans])
+
+    def solve(n: Tensor, sp: Tensor, so: Tensor, spo: Tensor) -> tuple[Tensor, Tensor, float]:
+        p_bar, o_bar = sp / n[..., None], so / n[..., None]
+        A = torch.diag_embed(p_bar) - p_bar[..., :, None] * p_bar[..., None, :]
+        B = spo / n[..., None, None] - p_bar[..., :, None] * o_bar[..., None, :]
+        condition = _check_condition(A, 1e15) if A.ndim == 2 else math.nan
+        return _solve(A, B), A, condition
+
+    T, A, condition = solve(sizes.sum(), sum_p.sum(0), sum_o.sum(0), sum_po.sum(0))
+    replicas, covariances, _ = solve(
+        sizes.sum() - sizes, sum_p.sum(0) - sum_p, sum_o.sum(0) - sum_o, sum_po.sum(0) - sum_po
+    )
+    layer = StabilityMatrix(
+        T, _jackknife_error(replicas), condition, samples, A, replicas, covariances
+    )
+    return layer, reference, A, covariances

@@ -1,0 +1,123 @@
+"""Figures of the RG analysis (matplotlib, written as PNG files without a display)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import torch
+
+from vulnscope._io import write_bytes_atomic
+from vulnscope.rg.study import DepthStudy, RGReport
+
+__all__ = ["plot_depth_study", "plot_directions", "plot_layers"]
+
+
+def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 4.0)):  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot.subplots(rows, cols, figsize=size, squeeze=False)
+
+
+def _save(figure, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    from matplotlib import pyplot
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    pyplot.close(figure)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def plot_layers(report: RGReport, path: str | Path) -> Path:
+    """Leading |eigenvalue| (hidden layers) and singular value (label layer) by layer."""
+    figure, axes = _figure(size=(6.0, 4.0))
+    ax = axes[0][0]
+    layers = list(range(2, report.depth + 1))
+    rows = report.layer_summary()
+    for key, label in (("leading_mean", "leading |λ| (label layer: σ₁)"),
+                       ("singular_mean", "leading singular value")):  # fmt: skip
+        ax.errorbar(
+            layers,
+            [row[key] for row in rows],
+            yerr=[row["leading_stderr_over_inputs"] for row in rows]
+            if key == "leading_mean"
+            else None,
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="|λ| = 1")
+    ax.set_xlabel("layer k (T^(k) = ∂g^(k)/∂g^(k-1))")
+    ax.set_ylabel("magnitude (mean over inputs)")
+    ax.set_yscale("log")
+    ax.set_xticks(layers)
+    ax.set_title(f"Stability matrices, depth {report.depth}, {len(report.operators)} operators")
+    ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_depth_study(study: DepthStudy, path: str | Path) -> Path:
+    """Leading eigenvalue per layer, ||P|| and class-change distances against depth."""
+    figure, axes = _figure(1, 3, size=(14.0, 4.0))
+    rows = study.to_dict()["rows"]
+    depths = [row["depth"] for row in rows]
+    ax = axes[0][0]
+    for row in rows:
+        values = row["leading_per_layer"][:-1]
+        if values:
+            ax.plot(range(2, 2 + len(values)), values, marker="o", label=f"N = {row['depth']}")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("hidden layer k")
+    ax.set_ylabel("leading |λ| of T^(k)")
+    ax.set_title("Hidden-layer stability by depth")
+    ax.legend(fontsize=8)
+    ax = axes[0][1]
+    ax.errorbar(
+        depths,
+        [row["product_norm_mean"] for row in rows],
+        yerr=[row["product_norm_stderr"] for row in rows],
+        marker="o",
+        capsize=3,
+    )
+    ax.set_xlabel("depth N")
+    ax.set_ylabel("||T^(N) ⋯ T^(2)||₂ (mean over inputs)")
+    ax.set_title("Amplification across the network")
+    ax = axes[0][2]
+    for name in ("fisher", "gradient", "random"):
+        values = [row["class_change_distance_median"][name] for row in rows]
+        ax.plot(depths, [math.nan if v is None else v for v in values], marker="o",
+                label={"fisher": "along v₁ (RG Fisher)", "gradient": "mean-field gradient",
+                       "random": "random"}[name])  # fmt: skip
+    ax.set_xlabel("depth N")
+    ax.set_ylabel("median L2 distance to a class change")
+    ax.set_title("How far the input must move")
+    ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_directions(report: RGReport, x: torch.Tensor, path: str | Path, *, count: int = 6) -> Path:
+    """Inputs, their dangerous direction v₁, and the input moved to its class change."""
+    count = min(count, report.labels.numel())
+    side = math.isqrt(x[0].numel())
+    figure, axes = _figure(3, count, size=(1.8 * count, 5.6))
+    for column in range(count):
+        image = x[int(report.indices[column])].reshape(-1).double()
+        vector = report.fisher_eigenvectors[column, 0].double()
+        distance = float(report.distances["fisher"][column])
+        step = distance if math.isfinite(distance) else 0.0
+        moved = image + step * vector
+        predicted = int(report.predictions[column])
+        panels = ((image, f"class {int(report.labels[column])} → {predicted}"),
+                  (vector, "v₁"), (moved, f"+{step:.2f}·v₁"))  # fmt: skip
+        for row, (panel, title) in enumerate(panels):
+            ax = axes[row][column]
+            shown = panel.reshape(side, side) if side * side == panel.numel() else panel[None]
+            ax.imshow(shown.numpy(), cmap="gray" if row != 1 else "RdBu")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    return _save(figure, path)
