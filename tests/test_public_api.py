@@ -15,6 +15,8 @@ PUBLIC_MODULES = [
     "vulnscope.evaluate",
     "vulnscope.models",
     "vulnscope.audit",
+    "vulnscope.rbm",
+    "vulnscope.rg",
 ]
 
 
@@ -31,6 +33,8 @@ def test_every_public_name_imports_and_has_a_docstring(module_name):
 def test_issue_contract_names_exist():
     from vulnscope.attacks import APGD, BIM, FGSM, PGD  # noqa: F401
     from vulnscope.evaluate import robust_accuracy  # noqa: F401
+    from vulnscope.rbm import DeepRBM, train_layerwise_kl  # noqa: F401
+    from vulnscope.rg import stability_matrix  # noqa: F401
 
 
 def test_every_attack_cites_its_paper():

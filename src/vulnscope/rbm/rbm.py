@@ -30,6 +30,8 @@ def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) 
     uniform = torch.rand(
         (*probs.shape[:-1], 1), generator=generator, dtype=probs.dtype, device=probs.device
     )
+    # rand is in [0, 1): a draw of exactly 0 would pick a leading zero-probability category
+    uniform = uniform.clamp_min(torch.finfo(probs.dtype).tiny)
     cumulative = probs.cumsum(-1)
     index = (cumulative < uniform * cumulative[..., -1:]).sum(-1, keepdim=True)
     index = index.clamp_max(probs.shape[-1] - 1)
