@@ -29,3 +29,20 @@ def test_pgd_benchmark_runs_and_every_installed_implementation_agrees(
         figures = json.loads(out.read_text())
         accuracies = figures["robust_accuracy"].values()
         assert max(accuracies) - min(accuracies) <= 1 / 40 + 1e-9
+
+
+def test_rg_speed_benchmark_runs_and_agrees_with_its_bare_references(tmp_path):
+    out = tmp_path / "figures.json"
+    script = ROOT / "benchmarks" / "rg_speed.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stability_matrix" in done.stdout and "sample_up" in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["coarse_covariance_max_error"] < 1e-4
+    assert max(figures["label_probs_max_difference"].values()) < 1e-4
+    assert all(ratio["median"] > 0 for ratio in figures["ratio"].values())
