@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from timing import timed_rounds  # benchmarks/timing.py, beside this script
 from vulnscope.attacks import PGD
 from vulnscope.data import load_digits
 from vulnscope.evaluate import robust_accuracy
@@ -106,24 +106,6 @@ PEERS = {"torchattacks": torchattacks_pgd, "foolbox": foolbox_pgd, "ART": art_pg
 def robust(model, x_adv, y) -> float:
     with torch.no_grad():
         return float((model(x_adv).argmax(1) == y).double().mean())
-
-
-def timed_rounds(
-    contenders: dict[str, Callable[[], object]], rounds: int
-) -> dict[str, list[float]]:
-    """Time every contender once per round, in an order that rotates from round to round.
-
-    Ratios are then taken within a round, so that the machine's drifting load and the
-    position in the round cancel out.
-    """
-    names = list(contenders)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def paired_ratio(

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
+from timing import timed_rounds  # benchmarks/timing.py, beside this script
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rg.mcrg import stability_matrix
 from vulnscope.rg.operators import OperatorSet
@@ -37,20 +37,6 @@ from vulnscope.rg.operators import OperatorSet
 WIDTHS, CLASSES = [64, 64, 64, 64], 10
 STAGES = ["  of which eigvalsh(A)", "  of which 21 Cholesky solves"]
 QUICK = {"rounds": 1, "samples": 2000, "operators": 40, "chains": 2000, "inputs": 4}
-
-
-def timed_rounds(
-    contenders: dict[str, Callable[[], object]], rounds: int
-) -> dict[str, list[float]]:
-    """Time every contender once per round, in an order that rotates from round to round."""
-    names = list(contenders)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def round_ratios(times: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:

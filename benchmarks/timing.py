@@ -1,0 +1,24 @@
+"""Side-by-side timing shared by the benchmark scripts: rotating rounds, paired ratios."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def timed_rounds(
+    contenders: dict[str, Callable[[], object]], rounds: int
+) -> dict[str, list[float]]:
+    """Time every contender once per round, in an order that rotates from round to round.
+
+    Ratios are then taken within a round, so that the machine's drifting load and the
+    position in the round cancel out.
+    """
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
