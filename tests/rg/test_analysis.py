@@ -141,6 +141,13 @@ def test_rg_analysis_report_is_consistent_and_serialisable():
     record = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert record["summary"]["inputs"] == 4
     assert len(record["summary"]["layers"]) == 3
+    predict = frozen_noise_classifier(network, chains=256, seed=0)
+    for row, index in enumerate(report.indices.tolist()):
+        distance = float(report.distances["fisher"][row])
+        if distance != float("inf"):  # the class changes along the recorded sign of v_1
+            step = distance * float(report.fisher_sign[row]) * report.fisher_eigenvectors[row, 0]
+            moved = x[index] + step.float()
+            assert int(predict(moved[None])) != int(predict(x[index][None]))
     again = rg_analysis(network, x, y, samples=3_000, random_directions=3, seed=0)
     torch.testing.assert_close(again.leading, report.leading)
 

@@ -107,13 +107,15 @@ def plot_directions(report: RGReport, x: torch.Tensor, path: str | Path, *, coun
     figure, axes = _figure(3, count, size=(1.8 * count, 5.6))
     for column in range(count):
         image = x[int(report.indices[column])].reshape(-1).double()
-        vector = report.fisher_eigenvectors[column, 0].double()
+        vector = float(report.fisher_sign[column]) * report.fisher_eigenvectors[column, 0].double()
         distance = float(report.distances["fisher"][column])
         step = distance if math.isfinite(distance) else 0.0
         moved = image + step * vector
         predicted = int(report.predictions[column])
-        panels = ((image, f"class {int(report.labels[column])} → {predicted}"),
-                  (vector, "v₁"), (moved, f"+{step:.2f}·v₁"))  # fmt: skip
+        label = int(report.labels[column])
+        panels = ((image, f"label {label}, network {predicted}"),
+                  (vector, "±v₁, the dangerous direction"),
+                  (moved, f"moved {step:.2f} along it: class changes"))  # fmt: skip
         for row, (panel, title) in enumerate(panels):
             ax = axes[row][column]
             shown = panel.reshape(side, side) if side * side == panel.numel() else panel[None]

@@ -71,6 +71,7 @@ class RGReport:
         mean_field_alignment: (B,) |cos| between the chain-rule v_1 and the mean-field FIM's.
         distances: {"fisher", "gradient", "random"} -> (B,) L2 class-change distance along
             v_1, along the mean-field loss gradient, and the median over random directions.
+        fisher_sign: (B,) +1 or -1: the sign of v_1 along which the class changes first.
         skipped: inputs left out because the network was certain of them (no label varied).
 
     """
@@ -92,6 +93,7 @@ class RGReport:
     fisher_eigenvectors: Tensor
     mean_field_alignment: Tensor
     distances: dict[str, Tensor]
+    fisher_sign: Tensor
     skipped: int
 
     def layer_summary(self) -> list[dict[str, Any]]:
@@ -266,8 +268,18 @@ def rg_analysis(
     generator = make_generator(seed)
     gradient = mean_field_gradient_directions(network, inputs, predictions)
     random = torch.randn(inputs.shape[0], random_directions, inputs.shape[1], generator=generator)
-    directions = torch.cat([fisher_vectors[:, :1].float(), gradient[:, None], random], 1)
-    distances = class_change_distances(network, inputs, directions, max_norm=max_norm, seed=seed)
+    v1 = fisher_vectors[:, :1].float()
+    directions = torch.cat([v1, -v1, gradient[:, None], random], 1)
+    distances = class_change_distances(
+        network, inputs, directions, max_norm=max_norm, seed=seed, both_signs=False
+    )
+    # every direction is searched both ways, as v_1 is (the gradient's sign is only
+    # first order; the class may change sooner the other way)
+    opposite = class_change_distances(
+        network, inputs, -directions[:, 2:], max_norm=max_norm, seed=seed, both_signs=False
+    )
+    distances[:, 2:] = torch.minimum(distances[:, 2:], opposite)
+    fisher_sign = torch.where(distances[:, 1] < distances[:, 0], -1.0, 1.0)
     return RGReport(
         depth=network.depth,
         widths=network.widths,
@@ -285,10 +297,11 @@ def rg_analysis(
         fisher_stderr=torch.stack([r.fisher_stderr for r in results]),
         fisher_eigenvectors=fisher_vectors,
         mean_field_alignment=alignment,
+        fisher_sign=fisher_sign,
         distances={
-            "fisher": distances[:, 0],
-            "gradient": distances[:, 1],
-            "random": distances[:, 2:].nanmedian(1).values
+            "fisher": distances[:, :2].min(1).values,
+            "gradient": distances[:, 2],
+            "random": distances[:, 3:].nanmedian(1).values
             if random_directions
             else distances[:, 2],
         },
