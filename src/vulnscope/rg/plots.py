@@ -104,7 +104,7 @@ def plot_directions(report: RGReport, x: torch.Tensor, path: str | Path, *, coun
     """Inputs, their dangerous direction v₁, and the input moved to its class change."""
     count = min(count, report.labels.numel())
     side = math.isqrt(x[0].numel())
-    figure, axes = _figure(3, count, size=(1.8 * count, 5.6))
+    figure, axes = _figure(3, count, size=(2.2 * count, 6.0))
     for column in range(count):
         image = x[int(report.indices[column])].reshape(-1).double()
         vector = float(report.fisher_sign[column]) * report.fisher_eigenvectors[column, 0].double()
@@ -114,12 +114,16 @@ def plot_directions(report: RGReport, x: torch.Tensor, path: str | Path, *, coun
         predicted = int(report.predictions[column])
         label = int(report.labels[column])
         panels = ((image, f"label {label}, network {predicted}"),
-                  (vector, "±v₁, the dangerous direction"),
-                  (moved, f"moved {step:.2f} along it: class changes"))  # fmt: skip
+                  (vector, "dangerous direction v₁"),
+                  (moved, f"+{step:.2f}·v₁: class changes"))  # fmt: skip
         for row, (panel, title) in enumerate(panels):
             ax = axes[row][column]
             shown = panel.reshape(side, side) if side * side == panel.numel() else panel[None]
-            ax.imshow(shown.numpy(), cmap="gray" if row != 1 else "RdBu")
+            if row == 1:
+                limit = float(panel.abs().max())
+                ax.imshow(shown.numpy(), cmap="RdBu", vmin=-limit, vmax=limit)
+            else:  # the same intensity scale as the input: is the change visible?
+                ax.imshow(shown.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     return _save(figure, path)
