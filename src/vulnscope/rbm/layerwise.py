@@ -45,6 +45,7 @@ from vulnscope._validation import (
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rbm.rbm import RBM
+from vulnscope.rbm.training import gibbs_model_statistics, likelihood_gradients, momentum_step
 
 __all__ = ["LayerwiseResult", "layer_pairs", "pair_objective", "train_layerwise_kl"]
 
@@ -215,22 +216,14 @@ def _train_layer(
                     torch.zeros_like(rbm.visible_bias),
                 )
             else:
-                v_model = persistent_chains if persistent_chains is not None else v_data
-                for _ in range(k):
-                    v_model = rbm.sample_visible(rbm.sample_hidden(v_model, generator), generator)
+                v_model, h_model = gibbs_model_statistics(
+                    rbm, persistent_chains if persistent_chains is not None else v_data,
+                    k, generator,
+                )  # fmt: skip
                 if persistent_chains is not None:
                     persistent_chains = v_model
-                h_model = rbm.hidden_probs(v_model)
-                grads = (
-                    h_data.t() @ v_data / v_data.shape[0]
-                    - h_model.t() @ v_model / v_model.shape[0]
-                    - weight_decay * rbm.weight,
-                    h_data.mean(0) - h_model.mean(0),
-                    v_data.mean(0) - v_model.mean(0),
-                )
-            for param, speed, grad in zip(params, velocity, grads, strict=True):
-                speed.mul_(momentum).add_(grad, alpha=lr)
-                param.add_(speed)
+                grads = likelihood_gradients(rbm, v_data, h_data, v_model, h_model, weight_decay)
+            momentum_step(params, velocity, grads, lr=lr, momentum=momentum)
 
 
 class _PairSource:
