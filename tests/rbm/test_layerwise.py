@@ -153,11 +153,14 @@ def test_bad_data_raise() -> None:
     net = DeepRBM([4, 3], 2)
     with pytest.raises(InvalidArgumentError, match=r"y must have shape \(120,\)"):
         train_layerwise_kl(net, x, y[:5])
-    with pytest.raises(InvalidArgumentError, match=r"y must hold classes in \[0, 1\]"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"y must hold class indices < 2 \(the model has 2 outputs\), got maximum 2",
+    ):
         train_layerwise_kl(net, x, y + 1)
-    with pytest.raises(InvalidTypeError, match="y must be an integer tensor"):
+    with pytest.raises(InvalidTypeError, match="y must have an integer dtype"):
         train_layerwise_kl(net, x, y.float())
-    with pytest.raises(InvalidArgumentError, match=r"x must hold values in \[0, 1\]"):
+    with pytest.raises(InvalidArgumentError, match=r"x must lie inside bounds \[0.0, 1.0\]"):
         train_layerwise_kl(net, x * 2, y)
     with pytest.raises(InvalidTypeError, match="network must be a DeepRBM"):
         train_layerwise_kl("net", x, y)  # type: ignore[arg-type]

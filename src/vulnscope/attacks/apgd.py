@@ -10,7 +10,7 @@ from torch import Tensor
 from vulnscope._validation import check_bool, check_choice, check_fraction, check_int
 from vulnscope.attacks.base import Attack
 from vulnscope.attacks.counting import CountingModel
-from vulnscope.attacks.iterative import value_and_grad
+from vulnscope.attacks.iterative import best_of_restarts, value_and_grad
 from vulnscope.attacks.losses import LOSSES, Loss, is_adversarial
 from vulnscope.attacks.norms import lp_norm, project, steepest_ascent
 
@@ -137,21 +137,13 @@ class APGD(Attack):
         generator: torch.Generator,
     ) -> Tensor:
         """Restarts of one APGD run; each sample keeps its best result."""
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
-        broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(self.restarts):
-            todo = (~broken).nonzero()[:, 0]
-            if todo.numel() == 0:
-                break
+
+        def run_once(todo: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             ts = None if target is None else target[todo]
             start = self._start(x[todo], generator) if self.random_start else x[todo]
-            x_out, success, values = self._single_run(model, x[todo], start, y[todo], ts)
-            better = success | (values > best_loss[todo])
-            best[todo[better]] = x_out[better]
-            best_loss[todo[better]] = values[better]
-            broken[todo[success]] = True
-        return best
+            return self._single_run(model, x[todo], start, y[todo], ts)
+
+        return best_of_restarts(x, self.restarts, run_once)
 
     def _start(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """A random point on the boundary of the eps-ball, clipped to the bounds."""

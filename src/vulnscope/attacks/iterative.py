@@ -30,6 +30,7 @@ __all__ = [
     "Budget",
     "GradientAscentAttack",
     "StartFn",
+    "best_of_restarts",
     "gradient_ascent",
     "random_start",
     "value_and_grad",
@@ -288,6 +289,30 @@ def _climb(
     walk.x_cur[rows] = start(centres, eps) if start is not None else centres
     if walk.low is not None and walk.high is not None:
         walk.low[rows], walk.high[rows] = _linf_box(centres, eps, bounds)
+
+
+def best_of_restarts(
+    x: Tensor, restarts: int, run_once: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+) -> Tensor:
+    """Up to ``restarts`` runs on the samples still unbroken; each sample keeps its best.
+
+    ``run_once(todo)`` attacks ``x[todo]`` and returns its result (len(todo), ...), whether
+    each result is adversarial, and its loss. A sample keeps its first adversarial result,
+    else the one with the highest loss; broken samples are not attacked again.
+    """
+    best = x.clone()
+    best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
+    broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(restarts):
+        todo = (~broken).nonzero()[:, 0]
+        if todo.numel() == 0:
+            break
+        x_out, success, values = run_once(todo)
+        better = success | (values > best_loss[todo])
+        best[todo[better]] = x_out[better]
+        best_loss[todo[better]] = values[better]
+        broken[todo[success]] = True
+    return best
 
 
 class GradientAscentAttack(Attack):

@@ -7,7 +7,13 @@ from torch import Tensor
 
 from vulnscope._validation import check_bool, check_choice, check_fraction, check_int, check_real
 from vulnscope.attacks.counting import CountingModel
-from vulnscope.attacks.iterative import Budget, GradientAscentAttack, StartFn, random_start
+from vulnscope.attacks.iterative import (
+    Budget,
+    GradientAscentAttack,
+    StartFn,
+    best_of_restarts,
+    random_start,
+)
 from vulnscope.attacks.losses import LOSSES, is_adversarial
 from vulnscope.errors import InvalidArgumentError
 
@@ -116,24 +122,15 @@ class PGD(GradientAscentAttack):
             return super().run(model, x, y, target=target, generator=generator)
         budgets = [self.budget_at(self.budget())]
         loss = LOSSES[self.loss]
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
-        broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(self.restarts):
-            todo = (~broken).nonzero()[:, 0]
-            if todo.numel() == 0:
-                break
+
+        def run_once(todo: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             ts = None if target is None else target[todo]
             x_adv = self.climb(model, x[todo], y[todo], ts, budgets, generator).x_adv
             with torch.no_grad():
                 logits = model(x_adv)
-            success = is_adversarial(logits, y[todo], ts)
-            values = loss(logits, y[todo], ts)
-            better = success | (values > best_loss[todo])
-            best[todo[better]] = x_adv[better]
-            best_loss[todo[better]] = values[better]
-            broken[todo[success]] = True
-        return best
+            return x_adv, is_adversarial(logits, y[todo], ts), loss(logits, y[todo], ts)
+
+        return best_of_restarts(x, self.restarts, run_once)
 
     def run_curve(
         self,

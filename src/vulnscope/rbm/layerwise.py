@@ -35,17 +35,21 @@ from torch.nn import functional
 
 from vulnscope._random import make_generator
 from vulnscope._validation import (
-    _describe,
     check_bool,
     check_choice,
     check_int,
     check_real,
     check_seed,
 )
-from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+from vulnscope.errors import InvalidArgumentError
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rbm.rbm import RBM
-from vulnscope.rbm.training import gibbs_model_statistics, likelihood_gradients, momentum_step
+from vulnscope.rbm.training import (
+    check_training_data,
+    gibbs_model_statistics,
+    likelihood_gradients,
+    momentum_step,
+)
 
 __all__ = ["LayerwiseResult", "layer_pairs", "pair_objective", "train_layerwise_kl"]
 
@@ -91,30 +95,6 @@ class LayerwiseResult:
     restored_best: bool
     converged: bool
     sweeps_run: int
-
-
-def _check_training_data(network: DeepRBM, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    if not isinstance(network, DeepRBM):
-        raise InvalidTypeError(f"network must be a DeepRBM, got {_describe(network)}")
-    inputs = network.flatten_input(x)
-    if float(inputs.min()) < 0 or float(inputs.max()) > 1:
-        raise InvalidArgumentError(
-            f"x must hold values in [0, 1] (binary inputs), got values in "
-            f"[{float(inputs.min()):.4g}, {float(inputs.max()):.4g}]"
-        )
-    n = inputs.shape[0]
-    if not isinstance(y, Tensor) or y.is_floating_point() or y.dtype == torch.bool:
-        raise InvalidTypeError(f"y must be an integer tensor of class indices, got {_describe(y)}")
-    if y.shape != (n,):
-        raise InvalidArgumentError(
-            f"y must have shape ({n},) to match the {n} inputs, got shape {tuple(y.shape)}"
-        )
-    if int(y.min()) < 0 or int(y.max()) >= network.num_classes:
-        raise InvalidArgumentError(
-            f"y must hold classes in [0, {network.num_classes - 1}], "
-            f"got values in [{int(y.min())}, {int(y.max())}]"
-        )
-    return inputs, y.long()
 
 
 @torch.no_grad()
@@ -325,7 +305,7 @@ def train_layerwise_kl(
         True
 
     """
-    inputs, labels = _check_training_data(network, x, y)
+    inputs, labels = check_training_data(network, x, y)
     sweeps = check_int(sweeps, "sweeps")
     epochs_per_layer = check_int(epochs_per_layer, "epochs_per_layer")
     lr = check_real(lr, "lr", minimum=0.0, exclusive=True)

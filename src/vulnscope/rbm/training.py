@@ -19,7 +19,16 @@ from torch import Tensor
 from torch.nn import functional
 
 from vulnscope._random import make_generator
-from vulnscope._validation import _describe, check_bool, check_choice, check_int, check_real
+from vulnscope._validation import (
+    _describe,
+    check_bool,
+    check_choice,
+    check_inputs,
+    check_int,
+    check_labels,
+    check_labels_in_range,
+    check_real,
+)
 from vulnscope._validation import check_seed as _check_seed
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.network import DeepRBM
@@ -32,28 +41,24 @@ logger = logging.getLogger(__name__)
 FineTuneMethod = Literal["mean_field", "straight_through"]
 
 
-def _check_data(data: object, name: str, width: int) -> Tensor:
-    if not isinstance(data, Tensor) or not data.is_floating_point():
-        raise InvalidTypeError(f"{name} must be a floating torch.Tensor, got {_describe(data)}")
-    if data.ndim != 2 or data.shape[1] != width or data.shape[0] == 0:
+def check_states(data: object, name: str, width: int) -> Tensor:
+    """Training states: (S, width), S >= 1, finite, in [0, 1] (binary states or means)."""
+    checked = check_inputs(data, bounds=(0.0, 1.0), name=name)
+    if checked.ndim != 2 or checked.shape[1] != width:
         raise InvalidArgumentError(
-            f"{name} must have shape (S, {width}) with S >= 1, got {tuple(data.shape)}"
+            f"{name} must have shape (S, {width}), got {tuple(checked.shape)}"
         )
-    if not bool(torch.isfinite(data).all()) or float(data.min()) < 0 or float(data.max()) > 1:
-        raise InvalidArgumentError(f"{name} must hold values in [0, 1] (binary states or means)")
-    return data
+    return checked
 
 
-def _check_labels(y: object, n: int, num_classes: int) -> Tensor:
-    if not isinstance(y, Tensor) or y.is_floating_point() or y.ndim != 1 or y.shape[0] != n:
-        raise InvalidArgumentError(
-            f"y must be an integer tensor of shape ({n},), got {_describe(y)}"
-        )
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise InvalidArgumentError(
-            f"y must hold classes in [0, {num_classes - 1}], got [{int(y.min())}, {int(y.max())}]"
-        )
-    return y.long()
+def check_training_data(network: DeepRBM, x: object, y: object) -> tuple[Tensor, Tensor]:
+    """Inputs in [0, 1] flattened to (S, n_0), and their labels (S,) as int64 in range."""
+    if not isinstance(network, DeepRBM):
+        raise InvalidTypeError(f"network must be a DeepRBM, got {_describe(network)}")
+    inputs = network.flatten_input(check_inputs(x, bounds=(0.0, 1.0)))
+    labels = check_labels(y, n=inputs.shape[0], device=inputs.device)
+    check_labels_in_range(labels, network.num_classes)
+    return inputs, labels
 
 
 def gibbs_model_statistics(
@@ -130,7 +135,7 @@ def train_rbm(
         The same ``rbm``, trained.
 
     """
-    data = _check_data(data, "data", rbm.n_visible)
+    data = check_states(data, "data", rbm.n_visible)
     epochs, batch_size, k = (check_int(epochs, "epochs"), check_int(batch_size, "batch_size"),
                              check_int(k, "k"))  # fmt: skip
     lr = check_real(lr, "lr", minimum=0.0, exclusive=True)
@@ -175,8 +180,9 @@ def fit_readout(
     """
     if rbm.hidden != "softmax":
         raise InvalidArgumentError("fit_readout needs a label layer (hidden='softmax')")
-    hidden = _check_data(hidden, "hidden", rbm.n_visible).to(rbm.weight.dtype)
-    y = _check_labels(y, hidden.shape[0], rbm.n_hidden)
+    hidden = check_states(hidden, "hidden", rbm.n_visible).to(rbm.weight.dtype)
+    y = check_labels(y, n=hidden.shape[0], device=hidden.device)
+    check_labels_in_range(y, rbm.n_hidden)
     optimiser = torch.optim.Adam([rbm.weight, rbm.hidden_bias], lr=lr, weight_decay=weight_decay)
     for _ in range(check_int(epochs, "epochs")):
         optimiser.zero_grad()
@@ -218,9 +224,7 @@ def greedy_pretrain(
         seed: seed of every layer's training and of the upward samples.
 
     """
-    inputs = network.flatten_input(x)
-    _check_data(inputs, "x", network.widths[0])
-    labels = _check_labels(y, inputs.shape[0], network.num_classes)
+    inputs, labels = check_training_data(network, x, y)
     seed = _check_seed(seed) or 0
     generator = make_generator(seed + 1)
     state = inputs
@@ -272,8 +276,7 @@ def fine_tune(
 
     """
     method = check_choice(method, "method", ("mean_field", "straight_through"))  # type: ignore[assignment]
-    inputs = network.flatten_input(x)
-    labels = _check_labels(y, inputs.shape[0], network.num_classes)
+    inputs, labels = check_training_data(network, x, y)
     epochs, batch_size, chains = (check_int(epochs, "epochs"), check_int(batch_size, "batch_size"),
                                   check_int(chains, "chains"))  # fmt: skip
     generator = make_generator(_check_seed(seed))
