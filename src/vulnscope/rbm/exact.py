@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from vulnscope.errors import InvalidArgumentError
-from vulnscope.rbm.rbm import RBM
+from vulnscope.rbm.rbm import RBM, log_conditional
 
 __all__ = ["MAX_EXACT_WIDTH", "binary_states", "push_forward"]
 
@@ -51,33 +51,22 @@ def push_forward(dist: Tensor, rbm: RBM, *, upward: bool = True) -> Tensor:
         and in the RBM's parameters.
 
     """
-    source_units = rbm.n_visible if upward else rbm.n_hidden
-    source = (
-        torch.eye(rbm.n_hidden, dtype=dist.dtype)
-        if not upward and rbm.hidden == "softmax"
-        else binary_states(source_units, dtype=dist.dtype)
+    label_states = torch.eye(rbm.n_hidden, dtype=dist.dtype)
+    hidden = (
+        label_states if rbm.hidden == "softmax" else binary_states(rbm.n_hidden, dtype=dist.dtype)
     )
-    if upward:
-        target = (
-            torch.eye(rbm.n_hidden, dtype=dist.dtype)
-            if rbm.hidden == "softmax"
-            else binary_states(rbm.n_hidden, dtype=dist.dtype)
-        )
-    else:
-        target = binary_states(rbm.n_visible, dtype=dist.dtype)
+    visible = binary_states(rbm.n_visible, dtype=dist.dtype)
+    source, target = (visible, hidden) if upward else (hidden, visible)
     weight = rbm.weight.to(dist.dtype)
+    softmax_target = upward and rbm.hidden == "softmax"
     out = dist.new_zeros((dist.shape[0], target.shape[0]))
     rows = max(1, _CHUNK_ELEMENTS // target.shape[0])
     for start in range(0, source.shape[0], rows):
         chunk = source[start : start + rows]
         if upward:
             field = chunk @ weight.t() + rbm.hidden_bias.to(dist.dtype)
-            if rbm.hidden == "softmax":
-                log_t = field.log_softmax(-1) @ target.t()
-            else:
-                log_t = field @ target.t() - torch.nn.functional.softplus(field).sum(-1, True)
         else:
             field = chunk @ weight + rbm.visible_bias.to(dist.dtype)
-            log_t = field @ target.t() - torch.nn.functional.softplus(field).sum(-1, True)
+        log_t = log_conditional(field, target, softmax=softmax_target)
         out = out + dist[:, start : start + rows] @ log_t.exp()
     return out

@@ -15,7 +15,7 @@ from vulnscope._random import resolve_generator
 from vulnscope._validation import _describe, check_choice, check_inputs, check_int, check_seed
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.exact import binary_states, push_forward
-from vulnscope.rbm.rbm import RBM, sample_bernoulli
+from vulnscope.rbm.rbm import RBM, log_conditional, sample_bernoulli
 
 __all__ = ["Chains", "DeepRBM"]
 
@@ -250,7 +250,7 @@ class DeepRBM(nn.Module):
         if first.hidden == "softmax":
             return [field.softmax(-1)]
         states = binary_states(first.n_hidden, dtype=dtype)
-        dist = (field @ states.t() - nn.functional.softplus(field).sum(-1, keepdim=True)).exp()
+        dist = log_conditional(field, states).exp()
         dists = [dist]
         for rbm in self.rbms[1:]:
             dist = push_forward(dist, rbm, upward=True)

@@ -10,7 +10,7 @@ from torch.nn import functional
 
 from vulnscope._validation import check_choice, check_int
 
-__all__ = ["RBM", "sample_bernoulli", "sample_categorical"]
+__all__ = ["RBM", "log_conditional", "sample_bernoulli", "sample_categorical"]
 
 HiddenKind = Literal["bernoulli", "softmax"]
 
@@ -36,6 +36,24 @@ def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) 
     index = (cumulative < uniform * cumulative[..., -1:]).sum(-1, keepdim=True)
     index = index.clamp_max(probs.shape[-1] - 1)
     return torch.zeros_like(probs).scatter_(-1, index, 1.0)
+
+
+def log_conditional(field: Tensor, states: Tensor, *, softmax: bool = False) -> Tensor:
+    """``log t(state | source)`` of a factorised conditional, for every pair.
+
+    Args:
+        field: (Ms, m) the field on the ``m`` target units from each of Ms sources
+            (``W v + a`` upward, ``Wᵀ h + b`` downward).
+        states: (Mt, m) target states: binary, or one-hot for a softmax group.
+        softmax: the target units are one softmax group instead of independent Bernoullis.
+
+    Returns:
+        (Ms, Mt) log-probabilities.
+
+    """
+    if softmax:
+        return field.log_softmax(-1) @ states.t()
+    return field @ states.t() - functional.softplus(field).sum(-1, keepdim=True)
 
 
 class RBM(nn.Module):
@@ -115,10 +133,7 @@ class RBM(nn.Module):
 
         Used by exact enumeration; for a softmax group ``h`` must be one-hot.
         """
-        field = self.hidden_field(v)
-        if self.hidden == "softmax":
-            return field.log_softmax(-1) @ h.t()
-        return field @ h.t() - functional.softplus(field).sum(-1, keepdim=True)
+        return log_conditional(self.hidden_field(v), h, softmax=self.hidden == "softmax")
 
     def free_energy(self, v: Tensor) -> Tensor:
         """``F(v) = -log Σ_h exp(hᵀ W v + aᵀ h + bᵀ v)``: (..., n_visible) -> (...)."""
