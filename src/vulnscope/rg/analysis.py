@@ -210,7 +210,7 @@ def analyse_input(
         leading.append(spectrum.magnitudes[0])
         leading_err.append(spectrum.stderr[0] if spectrum.stderr is not None else torch.tensor(0.0))
         if square:
-            relevant.append(layer.relevant().sum())
+            relevant.append(spectrum.relevant().sum())
     return InputRG(
         layers=layers,
         leading=torch.stack(leading).double(),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -45,6 +45,12 @@ class Spectrum:
         """``|values|`` (M,)."""
         return self.values.abs()
 
+    def relevant(self, *, sigmas: float = 1.0) -> Tensor:
+        """Which values exceed one beyond error: ``|λ| - sigmas · stderr > 1``. (M,) bool."""
+        sigmas = check_real(sigmas, "sigmas", minimum=0.0)
+        error = self.stderr if self.stderr is not None else torch.zeros_like(self.magnitudes)
+        return self.magnitudes - sigmas * error > 1.0
+
 
 @dataclass(frozen=True)
 class StabilityMatrix:
@@ -68,34 +74,23 @@ class StabilityMatrix:
     coarse_covariance: Tensor
     replicas: Tensor | None
     covariance_replicas: Tensor | None
-    _spectra: dict[str, Spectrum] = field(default_factory=dict, compare=False, repr=False)
 
     def eigenvalues(self) -> Spectrum:
-        """Eigenvalues of a square T by a general (non-symmetric) eigensolver (cached)."""
+        """Eigenvalues of a square T by a general (non-symmetric) eigensolver."""
         rows, cols = self.T.shape
         if rows != cols:
             raise InvalidArgumentError(
                 f"T is ({rows}, {cols}), not square: use singular_values() for a rectangular T"
             )
-        if "eig" not in self._spectra:
-            self._spectra["eig"] = _spectrum(self.T, self.replicas, torch.linalg.eigvals)
-        return self._spectra["eig"]
+        return _spectrum(self.T, self.replicas, torch.linalg.eigvals)
 
     def singular_values(self) -> Spectrum:
-        """Singular values of T, square or rectangular (cached)."""
-        if "svd" not in self._spectra:
-            self._spectra["svd"] = _spectrum(self.T, self.replicas, torch.linalg.svdvals)
-        return self._spectra["svd"]
+        """Singular values of T, square or rectangular."""
+        return _spectrum(self.T, self.replicas, torch.linalg.svdvals)
 
     def relevant(self, *, sigmas: float = 1.0) -> Tensor:
         """Which eigenvalues are relevant: ``|λ| - sigmas · stderr > 1``. (M,) bool."""
-        spectrum = self.eigenvalues()
-        error = (
-            spectrum.stderr
-            if spectrum.stderr is not None
-            else torch.zeros_like(spectrum.magnitudes)
-        )
-        return spectrum.magnitudes - check_real(sigmas, "sigmas", minimum=0.0) * error > 1.0
+        return self.eigenvalues().relevant(sigmas=sigmas)
 
 
 def _spectrum(T: Tensor, replicas: Tensor | None, solver: object) -> Spectrum:

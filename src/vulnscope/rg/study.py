@@ -29,14 +29,17 @@ def mean_field_fisher(network: DeepRBM, x: Tensor) -> Tensor:
     ``F = Jᵀ (diag p - p pᵀ) J`` with ``J`` the Jacobian of the mean-field log-probabilities;
     the cross-check of the chain-rule F (RG.md section 4), not the method.
     """
-    inputs = network.flatten_input(x).detach()
-    out = []
-    for row in inputs:
-        jac = torch.autograd.functional.jacobian(lambda v: network(v[None])[0], row)  # (C, n0)
-        probs = network(row[None])[0].exp().detach()
-        metric = torch.diag(probs) - probs[:, None] * probs[None, :]
-        out.append(jac.t() @ metric @ jac)
-    return torch.stack(out).double()
+    inputs = network.flatten_input(x).detach().requires_grad_(True)
+    log_probs = network(inputs)  # (B, C): rows depend only on their own input
+    rows = [
+        torch.autograd.grad(log_probs[:, c].sum(), inputs, retain_graph=True)[0]
+        for c in range(log_probs.shape[1])
+    ]
+    jacobian = torch.stack(rows, 1).double()  # (B, C, n0): one backward pass per class
+    probs = log_probs.detach().exp().double()
+    metric = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+    fisher: Tensor = jacobian.transpose(1, 2) @ metric @ jacobian
+    return fisher
 
 
 def _mean_and_error(values: Tensor) -> tuple[float, float]:
