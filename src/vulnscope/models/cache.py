@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -22,7 +23,7 @@ from vulnscope.errors import VulnscopeWarning
 from vulnscope.models.digits import DigitsCNN, DigitsMLP
 from vulnscope.models.training import train_classifier
 
-__all__ = ["CACHE_ENV", "PRETRAINED", "Recipe", "cache_dir", "pretrained"]
+__all__ = ["CACHE_ENV", "PRETRAINED", "Recipe", "cache_dir", "pretrained", "recipe_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,12 @@ class Recipe:
 
     def key(self, seed: int) -> str:
         """File stem of the cached weights: readable, plus a hash of every field."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-        return f"{self.data}-{self.architecture}-seed{seed}-{digest[:12]}"
+        return f"{self.data}-{self.architecture}-seed{seed}-{recipe_digest(self)}"
+
+
+def recipe_digest(recipe: Any) -> str:
+    """12 hex digits of a hash of every field of a recipe dataclass (part of a cache key)."""
+    return hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:12]
 
 
 PRETRAINED: dict[str, tuple[Callable[[], nn.Module], Recipe]] = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -12,7 +11,7 @@ from typing import Literal
 from vulnscope._validation import check_choice, check_int, check_seed
 from vulnscope.data.dataset import ImageData
 from vulnscope.errors import DataError, VulnscopeWarning
-from vulnscope.models.cache import cache_dir
+from vulnscope.models.cache import cache_dir, recipe_digest
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rbm.serialization import load_deep_rbm, save_deep_rbm
 from vulnscope.rbm.training import fine_tune, greedy_pretrain
@@ -37,8 +36,7 @@ class DeepRBMRecipe:
 
     def key(self, depth: int, width: int, seed: int) -> str:
         """File stem of the cached weights: readable, plus a hash of the recipe."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-        return f"digits-deeprbm-depth{depth}-width{width}-seed{seed}-{digest[:12]}"
+        return f"digits-deeprbm-depth{depth}-width{width}-seed{seed}-{recipe_digest(self)}"
 
 
 def binarized_digits(split: Literal["train", "test", "all"] = "test") -> ImageData:
