@@ -271,18 +271,16 @@ def rg_analysis(
     generator = make_generator(seed)
     gradient = mean_field_gradient_directions(network, inputs, predictions)
     random = torch.randn(inputs.shape[0], random_directions, inputs.shape[1], generator=generator)
-    v1 = fisher_vectors[:, :1].float()
-    directions = torch.cat([v1, -v1, gradient[:, None], random], 1)
-    distances = class_change_distances(
-        network, inputs, directions, max_norm=max_norm, seed=seed, both_signs=False
-    )
-    # every direction is searched both ways, as v_1 is (the gradient's sign is only
-    # first order; the class may change sooner the other way)
-    opposite = class_change_distances(
-        network, inputs, -directions[:, 2:], max_norm=max_norm, seed=seed, both_signs=False
-    )
-    distances[:, 2:] = torch.minimum(distances[:, 2:], opposite)
-    fisher_sign = torch.where(distances[:, 1] < distances[:, 0], -1.0, 1.0)
+    # every direction is searched both ways: an eigenvector has no sign, and the
+    # gradient's sign is only first order (the class may change sooner the other way)
+    directions = torch.cat([fisher_vectors[:, :1].float(), gradient[:, None], random], 1)
+    count = directions.shape[1]
+    both_ways = class_change_distances(
+        network, inputs, torch.cat([directions, -directions], 1), max_norm=max_norm,
+        seed=seed, both_signs=False,
+    )  # fmt: skip
+    distances = torch.minimum(both_ways[:, :count], both_ways[:, count:])
+    fisher_sign = torch.where(both_ways[:, count] < both_ways[:, 0], -1.0, 1.0)
     return RGReport(
         depth=network.depth,
         widths=network.widths,
@@ -302,9 +300,9 @@ def rg_analysis(
         mean_field_alignment=alignment,
         fisher_sign=fisher_sign,
         distances={
-            "fisher": distances[:, :2].min(1).values,
-            "gradient": distances[:, 2],
-            "random": distances[:, 3:].nanmedian(1).values
+            "fisher": distances[:, 0],
+            "gradient": distances[:, 1],
+            "random": distances[:, 2:].nanmedian(1).values
             if random_directions
             else distances[:, 2],
         },
