@@ -9,14 +9,6 @@ from vulnscope.rg.distance import class_change_distances, frozen_noise_classifie
 from vulnscope.rg.study import mean_field_fisher, rg_analysis
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_network(widths, classes, seed, scale=1.0):
     network = DeepRBM(widths, classes, seed=seed)
     generator = torch.Generator().manual_seed(seed)

@@ -7,14 +7,6 @@ from vulnscope.cli import main
 from vulnscope.rbm.pretrained import binarized_digits, pretrained_deep_rbm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_rg_command_writes_the_record_and_figures(tmp_path, capsys):
     out = tmp_path / "rg"
     args = ["rg", "--depth", "3", "--width", "8", "--samples", "1500", "--limit", "3",

@@ -12,17 +12,6 @@ from vulnscope.rbm import RBM, binary_states
 from vulnscope.rbm.rbm import sample_bernoulli
 from vulnscope.rg import OperatorSet, coupling_map, distribution_from_couplings, stability_matrix
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These are many small products: on a busy 2-core machine two intra-op threads wait on
-    each other and run some 20x slower than one; the results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- RBM layers: exact enumeration and sampling against the Jacobian of the coupling map ---
 
 
