@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from vulnscope._random import make_generator
-from vulnscope._validation import check_int, check_real, check_seed
+from vulnscope._validation import check_int, check_seed
+from vulnscope.diagnostics.distance import line_search_class_change
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.rbm.network import DeepRBM
 
@@ -87,43 +88,27 @@ def class_change_distances(
 
     """
     inputs = network.flatten_input(x).detach()
-    if (
-        directions.ndim != 3
-        or directions.shape[0] != inputs.shape[0]
-        or directions.shape[2] != inputs.shape[1]
+    if directions.ndim != 3 or directions.shape[:1] + directions.shape[2:] != (
+        inputs.shape[0],
+        inputs.shape[1],
     ):
         raise InvalidArgumentError(
             f"directions must have shape ({inputs.shape[0]}, D, {inputs.shape[1]}), "
             f"got {tuple(directions.shape)}"
         )
-    max_norm = check_real(max_norm, "max_norm", minimum=0.0, exclusive=True)
-    steps, refine = check_int(steps, "steps"), check_int(refine, "refine", minimum=0)
-    predict = frozen_noise_classifier(network, chains=chains, seed=seed)
-
-    def classify(points: Tensor) -> Tensor:
-        flat = points.reshape(-1, points.shape[-1])
-        out = torch.cat([predict(chunk) for chunk in flat.split(batch_points)])
-        return out.reshape(points.shape[:-1])
-
     unit = directions.detach().to(inputs.dtype)
     unit = unit / unit.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     if both_signs:
         unit = torch.cat([unit, -unit], 1)
-    start = classify(inputs[:, None, :])[:, 0]  # (B,)
-    grid = torch.linspace(0, max_norm, steps + 1, dtype=inputs.dtype)[1:]
-    points = inputs[:, None, None, :] + grid[None, None, :, None] * unit[:, :, None, :]
-    changed = classify(points) != start[:, None, None]  # (B, D', steps)
-    found = changed.any(-1)
-    first = changed.float().argmax(-1)
-    high = grid[first]
-    low = torch.where(first > 0, grid[(first - 1).clamp_min(0)], torch.zeros_like(high))
-    for _ in range(refine):
-        middle = (low + high) / 2
-        moved = classify(inputs[:, None, :] + middle[..., None] * unit)
-        flips = moved != start[:, None]
-        high = torch.where(flips, middle, high)
-        low = torch.where(flips, low, middle)
-    distance = torch.where(found, high, torch.full_like(high, float("inf")))
+    distance = line_search_class_change(
+        frozen_noise_classifier(network, chains=chains, seed=seed),
+        inputs,
+        unit,
+        max_step=max_norm,
+        steps=steps,
+        refine=refine,
+        batch_points=batch_points,
+    )
     if both_signs:
         half = distance.shape[1] // 2
         distance = torch.minimum(distance[:, :half], distance[:, half:])
