@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vulnscope.attacks import APGD, BIM, FGSM, PGD, Attack
+from vulnscope.attacks import APGD, BIM, FGSM, PGD, Attack, FisherAttack
 
 
 def tiny_classifier(
@@ -56,6 +56,7 @@ ATTACK_CASES: list[tuple[str, tuple[str, ...], AttackBuilder]] = [
     ("APGD-DLR", ("linf", "l2"), lambda **kw: APGD(steps=10, loss="dlr", **kw)),
     ("APGD-no-early-stop", ("linf", "l2"), lambda **kw: APGD(steps=10, early_stop=False, **kw)),
     ("APGD-restarts", ("linf",), lambda **kw: APGD(steps=5, restarts=2, **kw)),
+    ("Fisher", ("l2", "linf"), lambda **kw: FisherAttack(**kw)),
 ]
 
 NORM_ORDER = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}

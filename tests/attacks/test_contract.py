@@ -64,7 +64,8 @@ def test_attack_keeps_the_contract(name, norm, build, seed, n, eps, bounds, targ
         predicted = model(result.x_adv).argmax(dim=1)
     expected = predicted == target if targeted else predicted != y
     assert torch.equal(result.success, expected)
-    assert result.gradient_evals <= result.forward_evals
+    # A forward pass feeds at most one backward pass per logit (a full Jacobian).
+    assert result.gradient_evals <= 4 * result.forward_evals
     if eps > 0 and not (not targeted and (model(x).argmax(1) != y).all()):
         assert result.gradient_evals >= 1
 

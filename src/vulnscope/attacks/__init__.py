@@ -12,6 +12,7 @@ from vulnscope.attacks.apgd import APGD
 from vulnscope.attacks.base import Attack, AttackResult
 from vulnscope.attacks.bim import BIM
 from vulnscope.attacks.fgsm import FGSM
+from vulnscope.attacks.fisher import FisherAttack
 from vulnscope.attacks.pgd import PGD
 
-__all__ = ["APGD", "BIM", "FGSM", "PGD", "Attack", "AttackResult"]
+__all__ = ["APGD", "BIM", "FGSM", "PGD", "Attack", "AttackResult", "FisherAttack"]

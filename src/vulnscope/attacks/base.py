@@ -126,7 +126,9 @@ class Attack(abc.ABC):
     """
 
     supported_norms: ClassVar[tuple[str, ...]] = NORMS
-    requires_eps: ClassVar[bool] = True
+    requires_eps: bool = True
+    """Whether the attack needs a budget; an attack that can also minimise the perturbation
+    sets it per instance."""
 
     def __init__(
         self,

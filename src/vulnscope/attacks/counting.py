@@ -76,5 +76,14 @@ class CountingModel:
             logits.register_hook(self._count_backward)
         return logits
 
+    def record(self, *, forward: int = 0, gradient: int = 0) -> None:
+        """Count evaluations made on ``self.model`` directly, outside this wrapper.
+
+        For attacks that hand the unwrapped model to a transform (``torch.func``) whose
+        batching the wrapper's hooks cannot see.
+        """
+        self.forward_evals += forward
+        self.gradient_evals += gradient
+
     def _count_backward(self, grad: Tensor) -> None:
         self.gradient_evals += grad.shape[0]

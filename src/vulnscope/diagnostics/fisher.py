@@ -82,7 +82,7 @@ def logit_jacobian(model: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor
 
     """
     x = x.detach()
-    logits, pullback = torch.func.vjp(model, x)
+    logits, pullback = torch.func.vjp(model, x)[:2]
     batch, classes = logits.shape
     cotangents = torch.eye(classes, dtype=logits.dtype, device=logits.device)
     cotangents = cotangents[:, None, :].expand(classes, batch, classes)
@@ -163,14 +163,15 @@ def fisher_eigenpairs(
         )
     else:
         generator = generator if generator is not None else make_generator(0)
-        logits, pullback = torch.func.vjp(model, x)
+        logits, pullback = torch.func.vjp(model, x)[:2]
         logits = logits.detach()
         probs = torch.softmax(logits.double(), dim=1)
 
         def operator(v: Tensor) -> Tensor:
             tangent = torch.func.jvp(model, (x,), (v.to(x.dtype).view_as(x),))[1].double()
             metric_tangent = probs * tangent - probs * (probs * tangent).sum(1, keepdim=True)
-            return pullback(metric_tangent.to(logits.dtype))[0].flatten(1).double()
+            image: Tensor = pullback(metric_tangent.to(logits.dtype))[0]
+            return image.flatten(1).double()
 
         m = min(n, steps if steps is not None else max(2 * k + 20, 40))
         if m < k:
