@@ -78,17 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Measure clean accuracy and robust accuracy under PGD and APGD "
         "(the embedded digits CNN when no model is given) and write results.json.",
     )
-    audit.add_argument(
-        "--model", default="digits-cnn",
-        help="'digits-cnn' (default), 'digits-mlp', 'package.module:factory', "
-        "or a TorchScript file",
-    )  # fmt: skip
-    audit.add_argument("--weights", help="weights for --model: .safetensors or a torch state dict")
-    audit.add_argument(
-        "--data", default="digits",
-        help="'digits' (the embedded test split, default), an .npz file with arrays x "
-        "and y, or 'IMAGES,LABELS' IDX files",
-    )  # fmt: skip
+    _add_model_and_data_arguments(audit)
     audit.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model")
     audit.add_argument(
         "--eps", type=_eps_list, help="comma-separated budgets (default depends on --norm)"
@@ -127,7 +117,54 @@ def _build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
     rg.add_argument("--out", default="vulnscope-rg", type=Path, help="output directory")
     rg.set_defaults(handler=_run_rg)
+
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="geometry diagnostics of a model; writes diagnostics.json and figures",
+        description="On a random sample of the data: the input Fisher information and its "
+        "dangerous direction v_1, the input Hessian of the loss (top eigenvalues, trace, "
+        "Frobenius norm, eigenvalue profile), the curvature bounds on the minimal "
+        "perturbation, class-change distances along v_1, the gradient and random "
+        "directions, layer amplification and decision-boundary sections.",
+    )
+    _add_model_and_data_arguments(diagnose)
+    diagnose.add_argument("--samples", type=_positive_int, default=64, help="inputs analysed")
+    diagnose.add_argument("--k", type=_positive_int, default=5, help="eigenpairs per spectrum")
+    diagnose.add_argument(
+        "--max-distance", type=_positive_float, default=3.0,
+        help="largest L2 distance searched for a class change (default %(default)s)",
+    )  # fmt: skip
+    diagnose.add_argument(
+        "--sections", type=_non_negative_int, default=4, help="decision-boundary sections drawn"
+    )
+    diagnose.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+    diagnose.add_argument("--out", default="vulnscope-diagnose", type=Path, help="output directory")
+    diagnose.set_defaults(handler=_run_diagnose)
     return parser
+
+
+def _add_model_and_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="digits-cnn",
+        help="'digits-cnn' (default), 'digits-mlp', 'package.module:factory', "
+        "or a TorchScript file",
+    )  # fmt: skip
+    parser.add_argument("--weights", help="weights for --model: .safetensors or a torch state dict")
+    parser.add_argument(
+        "--data", default="digits",
+        help="'digits' (the embedded test split, default), an .npz file with arrays x "
+        "and y, or 'IMAGES,LABELS' IDX files",
+    )  # fmt: skip
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 def _depth_list(text: str) -> list[int]:
@@ -183,18 +220,58 @@ def _print_table(record: dict[str, Any]) -> None:
         print("  " + f"{eps:>8g}" + cells)
 
 
-def _run_audit(args: argparse.Namespace) -> int:
-    from vulnscope._io import write_json_atomic
-    from vulnscope.audit import audit
+def _load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
     from vulnscope.data import load_data
     from vulnscope.models.loading import load_model
 
     if ":" in args.model and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # so that 'mymodels:build' finds ./mymodels.py
     data = load_data(args.data, seed=args.seed)
+    model = load_model(args.model, weights=args.weights, seed=args.seed)
+    return model, data
+
+
+def _run_diagnose(args: argparse.Namespace) -> int:
+    from vulnscope.diagnostics.job import run_diagnostics
+
+    model, data = _load_model_and_data(args)
+    args.out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
+    record = run_diagnostics(
+        model, data, args.out, model_name=args.model, samples=args.samples, k=args.k,
+        max_distance=args.max_distance, sections=args.sections, seed=args.seed,
+    )  # fmt: skip
+    fisher, hessian = record["fisher"], record["hessian"]
+    print(f"{args.model} on {record['data']['source']} ({record['data']['samples']} inputs): "
+          f"clean accuracy {record['clean_accuracy']:.1%}")  # fmt: skip
+    print(f"  input Fisher: median top eigenvalue {fisher['eigenvalue_median'][0]:.3g}, "
+          f"median trace {fisher['trace_median']:.3g}")  # fmt: skip
+    print(f"  input Hessian: median top |eigenvalue| {abs(hessian['eigenvalue_median'][0]):.3g}, "
+          f"median Frobenius norm {hessian['frobenius_median']:.3g}")  # fmt: skip
+    distances = record["class_change_distance"]
+    found = ", ".join(
+        f"{name} {row['median']:.3g}" if row["median"] is not None else f"{name} none"
+        for name, row in distances.items()
+    )
+    print(f"  median L2 distance to a class change: {found} (up to {args.max_distance:g})")
+    bracketed = record["curvature_bounds"]["bracketed_fraction"]
+    if bracketed is not None:
+        print(f"  curvature bounds (quadratic model) bracket the measured distance for "
+              f"{bracketed:.0%} of the inputs")  # fmt: skip
+    if "amplification" in record:
+        growth = record["amplification"]
+        print(f"  growth to the logits: along v1 {growth['growth_fisher_median'][-1]:.3g}x, "
+              f"random {growth['growth_random_median'][-1]:.3g}x")  # fmt: skip
+    print(f"wrote {args.out / 'diagnostics.json'}")
+    return 0
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from vulnscope._io import write_json_atomic
+    from vulnscope.audit import audit
+
+    model, data = _load_model_and_data(args)
     if args.limit is not None:
         data = data.take(args.limit)
-    model = load_model(args.model, weights=args.weights, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
     record = audit(
         model, data, model_name=args.model, norm=args.norm, epsilons=args.eps,

@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import torch
 
-from vulnscope._io import write_bytes_atomic
+from vulnscope._plotting import new_figure, save_png
 from vulnscope.rg.study import DepthStudy, RGReport
 
 __all__ = ["plot_depth_study", "plot_directions", "plot_layers"]
 
 
-def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 4.0)):  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    return pyplot.subplots(rows, cols, figsize=size, squeeze=False)
-
-
-def _save(figure, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
-    from matplotlib import pyplot
-
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=110)
-    pyplot.close(figure)
-    return write_bytes_atomic(path, buffer.getvalue())
-
-
 def plot_layers(report: RGReport, path: str | Path) -> Path:
     """Leading |eigenvalue| (hidden layers) and singular value (label layer) by layer."""
-    figure, axes = _figure(size=(6.0, 4.0))
+    figure, axes = new_figure(size=(6.0, 4.0))
     ax = axes[0][0]
     layers = list(range(2, report.depth + 1))
     rows = report.layer_summary()
@@ -58,12 +38,12 @@ def plot_layers(report: RGReport, path: str | Path) -> Path:
     ax.set_xticks(layers)
     ax.set_title(f"Stability matrices, depth {report.depth}, {len(report.operators)} operators")
     ax.legend(fontsize=8)
-    return _save(figure, path)
+    return save_png(figure, path)
 
 
 def plot_depth_study(study: DepthStudy, path: str | Path) -> Path:
     """Leading eigenvalue per layer, ||P|| and class-change distances against depth."""
-    figure, axes = _figure(1, 3, size=(14.0, 4.0))
+    figure, axes = new_figure(1, 3, size=(14.0, 4.0))
     rows = study.to_dict()["rows"]
     depths = [row["depth"] for row in rows]
     ax = axes[0][0]
@@ -97,14 +77,14 @@ def plot_depth_study(study: DepthStudy, path: str | Path) -> Path:
     ax.set_ylabel("median L2 distance to a class change")
     ax.set_title("How far the input must move")
     ax.legend(fontsize=8)
-    return _save(figure, path)
+    return save_png(figure, path)
 
 
 def plot_directions(report: RGReport, x: torch.Tensor, path: str | Path, *, count: int = 6) -> Path:
     """Inputs, their dangerous direction v₁, and the input moved to its class change."""
     count = min(count, report.labels.numel())
     side = math.isqrt(x[0].numel())
-    figure, axes = _figure(3, count, size=(2.2 * count, 6.0))
+    figure, axes = new_figure(3, count, size=(2.2 * count, 6.0))
     for column in range(count):
         image = x[int(report.indices[column])].reshape(-1).double()
         vector = float(report.fisher_sign[column]) * report.fisher_eigenvectors[column, 0].double()
@@ -126,4 +106,4 @@ def plot_directions(report: RGReport, x: torch.Tensor, path: str | Path, *, coun
                 ax.imshow(shown.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-    return _save(figure, path)
+    return save_png(figure, path)

@@ -1,0 +1,149 @@
+"""Figures of the geometry diagnostics (matplotlib, PNG files written without a display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vulnscope._plotting import new_figure, save_png
+from vulnscope.diagnostics.curvature_bounds import CurvatureBounds
+from vulnscope.diagnostics.fisher import FisherResult
+from vulnscope.diagnostics.geometry import BoundarySection
+from vulnscope.diagnostics.hessian import HessianResult
+from vulnscope.diagnostics.layers import LayerAmplification
+from vulnscope.diagnostics.spectral_density import SpectralDensity
+
+__all__ = ["plot_amplification", "plot_distances", "plot_sections", "plot_spectra"]
+
+
+def _quartiles(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    q = torch.quantile(values.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), 0)
+    return q[0], q[1], q[2]
+
+
+def _symlog(ax, values: Tensor) -> None:  # type: ignore[no-untyped-def]
+    """A symmetric log scale: spectra span decades and may hold negative eigenvalues."""
+    largest = float(values.abs().max()) if values.numel() else 0.0
+    if largest > 0:
+        ax.set_yscale("symlog", linthresh=largest * 1e-4)
+
+
+def plot_spectra(
+    fisher: FisherResult, hessian: HessianResult, spectrum: SpectralDensity, path: str | Path
+) -> Path:
+    """Top eigenvalues of the input Fisher and Hessian, and the Hessian's eigenvalue profile.
+
+    The profile (eigenvalue against its rank, median over samples, from stochastic Lanczos
+    quadrature) is the plot of the Fawzi talk, slide 15.
+    """
+    figure, axes = new_figure(1, 2, size=(11.0, 4.0))
+    left, right = axes[0]
+    for values, label in ((fisher.eigenvalues, "input Fisher"),
+                          (hessian.eigenvalues, "input Hessian (by |λ|)")):  # fmt: skip
+        low, middle, high = _quartiles(values)
+        index = torch.arange(1, values.shape[1] + 1)
+        left.plot(index, middle, marker="o", label=label)
+        left.fill_between(index, low, high, alpha=0.25)
+    _symlog(left, torch.cat([fisher.eigenvalues.flatten(), hessian.eigenvalues.flatten()]))
+    left.set_xlabel("eigenvalue number")
+    left.set_ylabel("eigenvalue (median, quartiles over samples)")
+    left.set_title("top of the spectra")
+    left.legend()
+    low, middle, high = _quartiles(spectrum.profile())
+    rank = torch.arange(1, middle.numel() + 1)
+    right.plot(rank, middle, color="C3")
+    right.fill_between(rank, low, high, color="C3", alpha=0.25)
+    right.axhline(0.0, color="grey", linewidth=0.6)
+    _symlog(right, middle)
+    right.set_xlabel("eigenvalue number")
+    right.set_ylabel("eigenvalue")
+    right.set_title("input Hessian eigenvalue profile (SLQ)")
+    return save_png(figure, path)
+
+
+def plot_distances(
+    distances: dict[str, Tensor],
+    bounds: CurvatureBounds,
+    measured: Tensor,
+    correct: Tensor,
+    path: str | Path,
+) -> Path:
+    """Class-change distances by direction, and the curvature bounds beside the measured one."""
+    figure, axes = new_figure(1, 2, size=(11.0, 4.0))
+    left, right = axes[0]
+    names = list(distances)
+    finite = [d[correct & torch.isfinite(d)].numpy() for d in distances.values()]
+    left.boxplot(finite, tick_labels=names)
+    failed = [float((~torch.isfinite(d[correct])).double().mean()) for d in distances.values()]
+    for position, fraction in enumerate(failed, start=1):
+        left.annotate(f"{fraction:.0%} not found", (position, 0), ha="center", va="bottom",
+                      fontsize=8, xycoords=("data", "axes fraction"))  # fmt: skip
+    left.set_ylabel("L2 distance to a class change")
+    left.set_title("along each direction (correctly classified inputs)")
+    shown = correct & torch.isfinite(measured)
+    order = measured[shown].argsort()
+    rank = torch.arange(order.numel())
+    right.plot(rank, measured[shown][order], "k.", label="measured (smallest found)")
+    right.plot(rank, bounds.lower[shown][order], "C0_", label="lower bound (quadratic model)")
+    upper = bounds.upper[shown][order]
+    right.plot(rank, torch.where(torch.isfinite(upper), upper, torch.nan), "C3_",
+               label="upper bound (quadratic model)")  # fmt: skip
+    right.set_yscale("log")
+    right.set_xlabel("input (sorted by measured distance)")
+    right.set_ylabel("L2 norm")
+    right.set_title("curvature bounds (Moosavi-Dezfooli et al. 2019)")
+    right.legend(fontsize=8)
+    return save_png(figure, path)
+
+
+def plot_amplification(amplification: LayerAmplification, path: str | Path) -> Path:
+    """Top singular value by block, their running product, and the growth along v_1."""
+    figure, axes = new_figure(1, 2, size=(11.0, 4.0))
+    left, right = axes[0]
+    blocks = torch.arange(len(amplification.names))
+    sigma = amplification.singular_values.median(0).values
+    left.bar(blocks, sigma, color="C0", label="σ₁ of the block's Jacobian")
+    left.axhline(1.0, color="grey", linewidth=0.6)
+    left.set_xticks(blocks, amplification.names, rotation=45, ha="right")
+    left.set_ylabel("median over samples")
+    left.set_title("amplification by block")
+    left.legend()
+    right.semilogy(blocks, amplification.cumulative.median(0).values, "k--",
+                   label="product of σ₁ (bound)")  # fmt: skip
+    right.semilogy(blocks, amplification.growth["fisher"].median(0).values, "C3-o",
+                   label="along v₁ of the input Fisher")  # fmt: skip
+    right.semilogy(blocks, amplification.growth["random"].median(0).values, "C0-o",
+                   label="random direction, same norm")  # fmt: skip
+    right.set_xticks(blocks, amplification.names, rotation=45, ha="right")
+    right.set_ylabel("||J v|| / ||v|| at the block's output")
+    right.set_title("growth of a small perturbation with depth")
+    right.legend(fontsize=8)
+    return save_png(figure, path)
+
+
+def plot_sections(section: BoundarySection, x: Tensor, path: str | Path) -> Path:
+    """Each input beside its decision-boundary section (talk, slide 12)."""
+    count = section.classes.shape[0]
+    figure, axes = new_figure(2, count, size=(3.0 * count, 6.0))
+    low, high = float(section.offsets[0]), float(section.offsets[-1])
+    classes = int(section.classes.max()) + 1
+    for column in range(count):
+        image = x[column].detach().cpu().double()
+        top = axes[0][column]
+        top.imshow(image[0] if image.ndim == 3 and image.shape[0] == 1 else image.movedim(0, -1),
+                   cmap="gray")  # fmt: skip
+        top.set_title(f"class {int(section.reference[column])}")
+        top.axis("off")
+        ax = axes[1][column]
+        ax.imshow(section.classes[column].cpu(), origin="lower", extent=(low, high, low, high),
+                  cmap="tab10" if classes <= 10 else "tab20", vmin=0, vmax=max(classes - 1, 9),
+                  interpolation="nearest")  # fmt: skip
+        ax.contour(section.offsets, section.offsets, section.margins[column].cpu(), levels=[0.0],
+                   colors="k", linewidths=1.0)  # fmt: skip
+        ax.plot([0], [0], "w+", markersize=10)
+        ax.set_xlabel("along v₁ (L2)")
+        if column == 0:
+            ax.set_ylabel("random direction (L2)")
+    return save_png(figure, path)
