@@ -73,7 +73,9 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def vmap_jacobian(model: Callable[[Tensor], Tensor], x: Tensor, classes: int) -> Callable[[], Tensor]:
+def vmap_jacobian(
+    model: Callable[[Tensor], Tensor], x: Tensor, classes: int
+) -> Callable[[], Tensor]:
     """The floor of the exact Fisher: one ``vjp``, then its pullback vmapped over C one-hots."""
     cotangents = torch.eye(classes)[:, None, :].expand(classes, x.shape[0], classes)
 
@@ -85,7 +87,9 @@ def vmap_jacobian(model: Callable[[Tensor], Tensor], x: Tensor, classes: int) ->
     return run
 
 
-def loop_jacobian(model: Callable[[Tensor], Tensor], x: Tensor, classes: int) -> Callable[[], Tensor]:
+def loop_jacobian(
+    model: Callable[[Tensor], Tensor], x: Tensor, classes: int
+) -> Callable[[], Tensor]:
     """The same C vector-Jacobian products as C backward passes through one retained graph."""
     cotangents = torch.eye(classes)[:, None, :].expand(classes, x.shape[0], classes)
 
@@ -195,7 +199,9 @@ def class_change_distances(
     figures["random"] = {
         "directions": directions,
         "median_of_image_medians": statistics.median(per_image),
-        "median_where_found": median(random[random.isfinite()]) if random.isfinite().any() else math.inf,
+        "median_where_found": median(random[random.isfinite()])
+        if random.isfinite().any()
+        else math.inf,
         "failed": float(random.isinf().double().mean()),
         "images_all_failed": float(random.isinf().all(1).double().mean()),
     }
@@ -244,20 +250,38 @@ def main() -> None:
     # Agreement before timing. The Fisher: the top eigenvalue of Jᵀ M J from the bare Jacobian.
     with torch.no_grad():
         logits = model(x_fisher)
-    jacobian = contenders[FISHER_BARE]()
-    assert isinstance(jacobian, Tensor)
-    loop_error = float((contenders[FISHER_LOOP]() - jacobian).abs().max())  # type: ignore[operator]
+    jacobian = vmap_jacobian(model, x_fisher, classes)()
+    loop_error = float((loop_jacobian(model, x_fisher, classes)() - jacobian).abs().max())
     fisher_reference = torch.linalg.eigvalsh(fisher_matrix(logits, jacobian))[:, -1]
     fisher = input_fisher(model, x_fisher, k=1)
     fisher_error = relative_error(fisher.eigenvalues[:, 0], fisher_reference)
-    # The Hessian: the explicit float64 Hessian of the first few samples.
+    # The Hessian: the explicit float64 Hessian of the first few samples, against the timed
+    # float32 call and the same call on a float64 copy (Lanczos alone, without float32's
+    # cancellation in p - onehot where the model is confident).
     few = min(EXACT_HESSIANS, args.hessian_images)
-    hessian = input_hessian_eigenvalues(model, x_hessian, y_hessian, k=1, steps=args.steps)
     hessian_reference = explicit_hessian_top(model, x_hessian[:few], y_hessian[:few])
-    hessian_error = relative_error(hessian.eigenvalues[:few, 0], hessian_reference)
+    hessian = input_hessian_eigenvalues(
+        model, x_hessian[:few], y_hessian[:few], k=1, steps=args.steps
+    )
+    hessian64 = input_hessian_eigenvalues(
+        copy.deepcopy(model).double(),
+        x_hessian[:few].double(),
+        y_hessian[:few],
+        k=1,
+        steps=args.steps,
+    )
+    top = hessian.eigenvalues[:, 0]
+    hessian_errors = {
+        "float32_relative": relative_error(top, hessian_reference),
+        "float32_relative_to_largest": float(
+            (top - hessian_reference).abs().max() / hessian_reference.abs().max()
+        ),
+        "float64_relative": relative_error(hessian64.eigenvalues[:, 0], hessian_reference),
+        "samples": few,
+        "losses": hessian.loss.tolist(),
+    }
 
     # Stages timed alone: where the time beyond each floor goes.
-    probs = fisher.probabilities
     flat_jacobian = jacobian.flatten(2).double()
     contenders[FISHER_STAGES[0]] = lambda: logit_jacobian(model, x_fisher)
     contenders[FISHER_STAGES[1]] = lambda: torch.linalg.svd(flat_jacobian, full_matrices=False)
@@ -265,7 +289,7 @@ def main() -> None:
     # input Hessian is Jᵀ M J), its products by one batched matmul: the bookkeeping.
     with torch.no_grad():
         hessian_logits = model(x_hessian)
-    explicit = fisher_matrix(hessian_logits, contenders[FISHER_BARE].__wrapped__)  # type: ignore[attr-defined]
+    explicit = fisher_matrix(hessian_logits, vmap_jacobian(model, x_hessian, classes)())
     start = torch.randn(
         x_hessian.shape[0], explicit.shape[1], generator=torch.Generator().manual_seed(0)
     ).double()
@@ -277,3 +301,101 @@ def main() -> None:
 
     timed_rounds(contenders, 1)  # warm-up
     times = timed_rounds(contenders, args.rounds)
+
+    print(
+        f"Diagnostics speed; {args.rounds} rounds, ratios paired within each round (median "
+        f"[min-max]); torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+    record: dict[str, object] = {
+        "rounds": args.rounds, "threads": torch.get_num_threads(), "classes": classes,
+        "fisher_images": x_fisher.shape[0], "hessian_images": x_hessian.shape[0],
+        "steps": args.steps, "torch": torch.__version__,
+        "agreement": {
+            "fisher_top_eigenvalue_relative_error": fisher_error,
+            "fisher_loop_jacobian_max_difference": loop_error,
+            "hessian_top_eigenvalue": hessian_errors,
+        },
+    }  # fmt: skip
+    ratios: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    targets = {FISHER_OURS: 1.5, HESSIAN_OURS: 1.3}
+
+    def table(rows: list[str], floor: str) -> None:
+        print(f"  {'contender':<30}{'median':>9}{'ratio':>9}{'[min-max]':>15}{'target':>9}")
+        for name in rows:
+            figures = summary(round_ratios(times, name, floor))
+            median_seconds = statistics.median(times[name])
+            ratios[name.strip()], seconds[name.strip()] = figures, median_seconds
+            shown = f"[{figures['min']:.2f}-{figures['max']:.2f}]"
+            target = f"<= {targets[name]}x" if name in targets else ""
+            print(
+                f"  {name:<30}{median_seconds:>8.3f}s{figures['median']:>8.2f}x{shown:>15}"
+                f"{target:>9}"
+            )
+
+    print(
+        f"\nTop Fisher eigenpair (exact path, k=1): N = {x_fisher.shape[0]} digits images, "
+        f"C = {classes}, ratio to the C batched VJPs"
+    )
+    table([FISHER_BARE, FISHER_LOOP, FISHER_OURS, *FISHER_STAGES], FISHER_BARE)
+    print(
+        f"  (of which: logit_jacobian alone, and the float64 SVD of the (N, C, n) Jacobian that\n"
+        f"  _exact computes for its zero-eigenvalue fallback)\n"
+        f"  top eigenvalue vs eigvalsh(Jᵀ M J) of the bare Jacobian: max relative error "
+        f"{fisher_error:.1e}; |J_loop - J_vmap| max {loop_error:.1e}"
+    )
+    print(
+        f"\nTop Hessian eigenvalue by m = {args.steps} Lanczos steps: N = {x_hessian.shape[0]}, "
+        f"ratio to the double graph + m HVPs"
+    )
+    table([HESSIAN_BARE, HESSIAN_OURS, *HESSIAN_STAGES], HESSIAN_BARE)
+    print(
+        f"  (of which: the same m Lanczos steps on the explicit Jᵀ M J, products by bmm)\n"
+        f"  top |eigenvalue| vs the explicit float64 Hessian of {few} samples, max relative "
+        f"error:\n  {hessian_errors['float32_relative']:.1e} in float32 (the timed call; "
+        f"{hessian_errors['float32_relative_to_largest']:.1e} of the largest |eigenvalue|), "
+        f"{hessian_errors['float64_relative']:.1e} on a float64 copy of the model"
+    )
+
+    images = data.x[: args.distance_images]
+    distances = class_change_distances(
+        model, images, data.y[: args.distance_images], args.directions
+    )
+    random = distances["random"]
+    assert isinstance(random, dict)
+    print(
+        f"\nL2 distance to a class change, no clipping, searched up to {MAX_STEP} "
+        f"({distances['images']} correctly classified of the first {images.shape[0]} test images)"
+    )
+    print(f"  {'direction':<34}{'median':>9}{'failed':>9}{'issue':>9}{'failed':>9}")
+    rows: list[tuple[str, float, float, str, str]] = []
+    for name in ["fisher v1, uphill sign", "fisher v1, nearer sign", "gradient, + sign",
+                 "gradient, nearer sign"]:  # fmt: skip
+        figures = distances[name]
+        assert isinstance(figures, dict)
+        issue = {"fisher v1, nearer sign": "fisher v1", "gradient, + sign": "gradient"}.get(name)
+        shown = f"{ISSUE[issue]:.2f}" if issue else ""
+        rows.append((name, figures["median"], figures["failed"], shown, ""))
+    rows += [
+        (f"random x{args.directions}, image medians", random["median_of_image_medians"],
+         random["failed"], "", ""),
+        (f"random x{args.directions}, where found", random["median_where_found"],
+         random["failed"], f"{ISSUE['random']:.2f}", f"{ISSUE['random failed']:.0%}"),
+    ]  # fmt: skip
+    for name, value, failed, issue_median, issue_failed in rows:
+        print(f"  {name:<34}{value:>9.2f}{failed:>9.0%}{issue_median:>9}{issue_failed:>9}")
+    print(
+        f"  failed: no class change within {MAX_STEP} (every (image, direction) pair for random);\n"
+        f"  random: the median over images of each image's median, and over the pairs that "
+        f"changed class;\n  every random direction failed for {random['images_all_failed']:.0%} "
+        f"of images; the float32 loss gradient is exactly 0 for {distances['zero_gradients']} "
+        f"(counted as failed)"
+    )
+    record.update(ratio=ratios, median_seconds=seconds, distances=distances, issue=ISSUE)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(record, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -46,3 +46,31 @@ def test_rg_speed_benchmark_runs_and_agrees_with_its_bare_references(tmp_path):
     assert figures["coarse_covariance_max_error"] < 1e-4
     assert max(figures["label_probs_max_difference"].values()) < 1e-4
     assert all(ratio["median"] > 0 for ratio in figures["ratio"].values())
+
+
+def test_diagnostics_speed_benchmark_runs_and_agrees_with_its_bare_references(
+    tmp_path, digits_cnn, isolated_cache
+):
+    out = tmp_path / "figures.json"
+    script = ROOT / "benchmarks" / "diagnostics_speed.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "input_fisher" in done.stdout and "input_hessian_eigenvalues" in done.stdout
+    figures = json.loads(out.read_text())
+    agreement = figures["agreement"]
+    assert agreement["fisher_top_eigenvalue_relative_error"] < 1e-4
+    assert agreement["fisher_loop_jacobian_max_difference"] < 1e-5
+    assert agreement["hessian_top_eigenvalue"]["float64_relative"] < 1e-4
+    assert agreement["hessian_top_eigenvalue"]["float32_relative_to_largest"] < 1e-4
+    assert all(ratio["median"] > 0 for ratio in figures["ratio"].values())
+    distances = figures["distances"]
+    assert distances["images"] > 0
+    for name in ["fisher v1, nearer sign", "gradient, + sign"]:
+        assert 0 < distances[name]["median"] <= distances["max_step"]
+    assert 0 <= distances["random"]["failed"] <= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,9 +19,14 @@ from vulnscope.diagnostics.spectral_density import SpectralDensity
 __all__ = ["plot_amplification", "plot_distances", "plot_sections", "plot_spectra"]
 
 
-def _quartiles(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _np(values: Tensor) -> Any:
+    """A float64 NumPy copy: matplotlib is given arrays, never tensors."""
+    return values.detach().cpu().double().numpy()
+
+
+def _quartiles(values: Tensor) -> tuple[Any, Any, Any]:
     q = torch.quantile(values.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), 0)
-    return q[0], q[1], q[2]
+    return _np(q[0]), _np(q[1]), _np(q[2])
 
 
 def _symlog(ax, values: Tensor) -> None:  # type: ignore[no-untyped-def]
@@ -43,7 +49,7 @@ def plot_spectra(
     for values, label in ((fisher.eigenvalues, "input Fisher"),
                           (hessian.eigenvalues, "input Hessian (by |λ|)")):  # fmt: skip
         low, middle, high = _quartiles(values)
-        index = torch.arange(1, values.shape[1] + 1)
+        index = _np(torch.arange(1, values.shape[1] + 1))
         left.plot(index, middle, marker="o", label=label)
         left.fill_between(index, low, high, alpha=0.25)
     _symlog(left, torch.cat([fisher.eigenvalues.flatten(), hessian.eigenvalues.flatten()]))
@@ -52,11 +58,11 @@ def plot_spectra(
     left.set_title("top of the spectra")
     left.legend()
     low, middle, high = _quartiles(spectrum.profile())
-    rank = torch.arange(1, middle.numel() + 1)
+    rank = _np(torch.arange(1, middle.size + 1))
     right.plot(rank, middle, color="C3")
     right.fill_between(rank, low, high, color="C3", alpha=0.25)
     right.axhline(0.0, color="grey", linewidth=0.6)
-    _symlog(right, middle)
+    _symlog(right, torch.from_numpy(middle))
     right.set_xlabel("eigenvalue number")
     right.set_ylabel("eigenvalue")
     right.set_title("input Hessian eigenvalue profile (SLQ)")
@@ -74,7 +80,7 @@ def plot_distances(
     figure, axes = new_figure(1, 2, size=(11.0, 4.0))
     left, right = axes[0]
     names = list(distances)
-    finite = [d[correct & torch.isfinite(d)].numpy() for d in distances.values()]
+    finite = [_np(d[correct & torch.isfinite(d)]) for d in distances.values()]
     left.boxplot(finite, tick_labels=names)
     failed = [float((~torch.isfinite(d[correct])).double().mean()) for d in distances.values()]
     for position, fraction in enumerate(failed, start=1):
@@ -84,11 +90,11 @@ def plot_distances(
     left.set_title("along each direction (correctly classified inputs)")
     shown = correct & torch.isfinite(measured)
     order = measured[shown].argsort()
-    rank = torch.arange(order.numel())
-    right.plot(rank, measured[shown][order], "k.", label="measured (smallest found)")
-    right.plot(rank, bounds.lower[shown][order], "C0_", label="lower bound (quadratic model)")
+    rank = _np(torch.arange(order.numel()))
+    right.plot(rank, _np(measured[shown][order]), "k.", label="measured (smallest found)")
+    right.plot(rank, _np(bounds.lower[shown][order]), "C0_", label="lower bound (quadratic model)")
     upper = bounds.upper[shown][order]
-    right.plot(rank, torch.where(torch.isfinite(upper), upper, torch.nan), "C3_",
+    right.plot(rank, _np(torch.where(torch.isfinite(upper), upper, torch.nan)), "C3_",
                label="upper bound (quadratic model)")  # fmt: skip
     right.set_yscale("log")
     right.set_xlabel("input (sorted by measured distance)")
@@ -102,19 +108,19 @@ def plot_amplification(amplification: LayerAmplification, path: str | Path) -> P
     """Top singular value by block, their running product, and the growth along v_1."""
     figure, axes = new_figure(1, 2, size=(11.0, 4.0))
     left, right = axes[0]
-    blocks = torch.arange(len(amplification.names))
-    sigma = amplification.singular_values.median(0).values
+    blocks = _np(torch.arange(len(amplification.names)))
+    sigma = _np(amplification.singular_values.median(0).values)
     left.bar(blocks, sigma, color="C0", label="σ₁ of the block's Jacobian")
     left.axhline(1.0, color="grey", linewidth=0.6)
     left.set_xticks(blocks, amplification.names, rotation=45, ha="right")
     left.set_ylabel("median over samples")
     left.set_title("amplification by block")
     left.legend()
-    right.semilogy(blocks, amplification.cumulative.median(0).values, "k--",
+    right.semilogy(blocks, _np(amplification.cumulative.median(0).values), "k--",
                    label="product of σ₁ (bound)")  # fmt: skip
-    right.semilogy(blocks, amplification.growth["fisher"].median(0).values, "C3-o",
+    right.semilogy(blocks, _np(amplification.growth["fisher"].median(0).values), "C3-o",
                    label="along v₁ of the input Fisher")  # fmt: skip
-    right.semilogy(blocks, amplification.growth["random"].median(0).values, "C0-o",
+    right.semilogy(blocks, _np(amplification.growth["random"].median(0).values), "C0-o",
                    label="random direction, same norm")  # fmt: skip
     right.set_xticks(blocks, amplification.names, rotation=45, ha="right")
     right.set_ylabel("||J v|| / ||v|| at the block's output")
@@ -130,18 +136,19 @@ def plot_sections(section: BoundarySection, x: Tensor, path: str | Path) -> Path
     low, high = float(section.offsets[0]), float(section.offsets[-1])
     classes = int(section.classes.max()) + 1
     for column in range(count):
-        image = x[column].detach().cpu().double()
+        image = _np(x[column])
         top = axes[0][column]
-        top.imshow(image[0] if image.ndim == 3 and image.shape[0] == 1 else image.movedim(0, -1),
-                   cmap="gray")  # fmt: skip
+        grey = image.ndim == 3 and image.shape[0] == 1
+        top.imshow(image[0] if grey else image.transpose(1, 2, 0), cmap="gray")
         top.set_title(f"class {int(section.reference[column])}")
         top.axis("off")
         ax = axes[1][column]
-        ax.imshow(section.classes[column].cpu(), origin="lower", extent=(low, high, low, high),
+        ax.imshow(_np(section.classes[column]), origin="lower", extent=(low, high, low, high),
                   cmap="tab10" if classes <= 10 else "tab20", vmin=0, vmax=max(classes - 1, 9),
                   interpolation="nearest")  # fmt: skip
-        ax.contour(section.offsets, section.offsets, section.margins[column].cpu(), levels=[0.0],
-                   colors="k", linewidths=1.0)  # fmt: skip
+        offsets = _np(section.offsets)
+        ax.contour(offsets, offsets, _np(section.margins[column]), levels=[0.0], colors="k",
+                   linewidths=1.0)  # fmt: skip
         ax.plot([0], [0], "w+", markersize=10)
         ax.set_xlabel("along v₁ (L2)")
         if column == 0:
