@@ -13,6 +13,7 @@ from torch import Tensor
 
 from vulnscope._random import make_generator
 from vulnscope._validation import check_int, check_seed
+from vulnscope.diagnostics.fisher import logit_jacobian
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rg.analysis import InputRG, OperatorChoice, analyse_input, choose_operators
@@ -29,15 +30,10 @@ def mean_field_fisher(network: DeepRBM, x: Tensor) -> Tensor:
     ``F = Jᵀ (diag p - p pᵀ) J`` with ``J`` the Jacobian of the mean-field log-probabilities;
     the cross-check of the chain-rule F (RG.md section 4), not the method.
     """
-    inputs = network.flatten_input(x).detach().requires_grad_(True)
-    log_probs = network(inputs)  # (B, C): rows depend only on their own input
-    rows = [
-        torch.autograd.grad(log_probs[:, c].sum(), inputs, retain_graph=True)[0]
-        for c in range(log_probs.shape[1])
-    ]
-    jacobian = torch.stack(rows, 1).double()  # (B, C, n0): one backward pass per class
-    probs = log_probs.detach().exp().double()
+    log_probs, jacobian = logit_jacobian(network, network.flatten_input(x))
+    probs = log_probs.exp().double()
     metric = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+    jacobian = jacobian.double()
     fisher: Tensor = jacobian.transpose(1, 2) @ metric @ jacobian
     return fisher
 
