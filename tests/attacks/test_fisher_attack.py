@@ -182,7 +182,7 @@ def test_missing_eps_is_reported_at_call():
 
 
 def test_l1_is_rejected():
-    with pytest.raises(InvalidArgumentError, match="norm.*l2.*linf"):
+    with pytest.raises(InvalidArgumentError, match=r"norm must be one of \['l2', 'linf'\]"):
         FisherAttack(norm="l1", eps=0.1)
 
 
@@ -214,6 +214,37 @@ def test_sweep_matches_one_call_per_budget():
     curve = robust_accuracy(model, x, y, attack=attack, epsilons=[0.0, *epsilons])
     assert torch.equal(curve.success[1:], expected)
     assert torch.equal(curve.success[0], ~correct)
+
+
+class _Periodic(nn.Module):
+    """Two classes, class 1 where cos(uᵀx) > 1/2: bands across u, so a larger step along
+    v1 ∥ u can leave the class that a smaller one reached."""
+
+    def __init__(self, u: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("u", u)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1) @ self.u
+        return torch.stack([torch.zeros_like(z), 4.0 * (torch.cos(z) - 0.5)], 1)
+
+
+def test_sweep_keeps_a_sample_broken_at_a_smaller_budget():
+    generator = torch.Generator().manual_seed(8)
+    u = torch.randn(6, generator=generator, dtype=torch.float64)
+    u = u / u.norm()
+    z = torch.linspace(2.0, 4.2, 12, dtype=torch.float64)  # all in class 0, cos(z) < 1/2
+    x = (z[:, None] * u).reshape(12, *SHAPE)
+    model = _Periodic(u).eval()
+    y = torch.zeros(12, dtype=torch.int64)
+    epsilons = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
+    attack = FisherAttack(eps=0.1, bounds=WIDE)
+
+    per_budget = torch.stack([attack.replace(eps=e)(model, x, y).success for e in epsilons])
+    expected = per_budget.cummax(0).values
+    assert not torch.equal(per_budget, expected)  # some samples are broken, then not
+    sweep = attack.sweep(model, x, y, epsilons=epsilons)
+    assert torch.equal(sweep.success, expected)
 
 
 def test_minimal_attack_cannot_be_swept():

@@ -147,11 +147,15 @@ def _top_singular_value(
     module: Callable[[Tensor], Tensor], inputs: Tensor, steps: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """Top singular value of a block's per-sample Jacobian, and its Lanczos residual."""
-    output, pullback = torch.func.vjp(module, inputs)[:2]
+
+    def block(values: Tensor) -> Tensor:
+        return module(values.clone())  # an in-place block must not write into its input
+
+    output, pullback = torch.func.vjp(block, inputs)[:2]
     n = inputs[0].numel()
 
     def gram(v: Tensor) -> Tensor:
-        tangent = torch.func.jvp(module, (inputs,), (v.to(inputs.dtype).view_as(inputs),))[1]
+        tangent = torch.func.jvp(block, (inputs,), (v.to(inputs.dtype).view_as(inputs),))[1]
         image: Tensor = pullback(tangent.to(output.dtype))[0]
         return image.flatten(1).double()
 
