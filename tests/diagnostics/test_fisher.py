@@ -6,9 +6,9 @@ import logging
 
 import pytest
 import torch
-from helpers import random_inputs, tiny_classifier
 from torch import nn
 
+from helpers import random_inputs, tiny_classifier
 from vulnscope.diagnostics import input_fisher, logit_jacobian
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
 
@@ -104,6 +104,10 @@ def test_exact_method_matches_the_explicit_fisher(case):
     assert torch.allclose(result.trace, trace, rtol=1e-10)
     # F has rank C - 1: the top C - 1 eigenvalues carry the whole trace
     assert torch.allclose(result.eigenvalues.sum(1), trace, rtol=1e-10)
+    # the trace is of all of F, however few eigenpairs are asked for
+    top_only = input_fisher(model, x, k=1, method="exact")
+    assert torch.allclose(top_only.trace, trace, rtol=1e-10)
+    assert torch.allclose(top_only.eigenvalues, values[:, :1], atol=1e-10 * scale + 1e-12)
     assert torch.equal(result.trace_stderr, torch.zeros(4, dtype=torch.float64))
     assert torch.equal(result.residuals, torch.zeros(4, k, dtype=torch.float64))
     with torch.no_grad():
@@ -191,12 +195,13 @@ def test_auto_is_exact_for_few_classes_and_float32_keeps_its_dtype():
     assert torch.allclose(result.eigenvalues, reference, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("vectorize", [None, True, False])
 @pytest.mark.parametrize("case", ["mlp-tanh", "cnn-relu"])
-def test_logit_jacobian_is_autograds_jacobian(case):
+def test_logit_jacobian_is_autograds_jacobian(case, vectorize):
     build, shape, classes = CASES[case]
     model = build()
     x = random_inputs(17, 3, shape, (-1.0, 1.0))
-    logits, jacobian = logit_jacobian(model, x)
+    logits, jacobian = logit_jacobian(model, x, vectorize=vectorize)
     assert jacobian.shape == (3, classes, *shape)
     assert not logits.requires_grad and not jacobian.requires_grad
     with torch.no_grad():
@@ -248,26 +253,67 @@ class _WithFunction(nn.Module):
         return self.linear(self.function.apply(x))
 
 
-def test_logit_jacobian_falls_back_to_a_loop_when_vmap_fails(caplog):
-    model = _WithFunction(_SquareCallingItem).eval()
+@pytest.mark.parametrize("function", [_SquareCallingItem, _SquareOldStyle])
+def test_logit_jacobian_falls_back_to_a_loop_when_vmap_fails(caplog, function):
+    """A backward calling .item() defeats vmap; an old-style Function defeats torch.func."""
+    model = _WithFunction(function).eval()
     x = random_inputs(18, 2, (3,), (-1.0, 1.0))
     with caplog.at_level(logging.DEBUG, logger="vulnscope.diagnostics.fisher"):
-        _, jacobian = logit_jacobian(model, x)
+        _, jacobian = logit_jacobian(model, x, vectorize=True)
     assert "looping" in caplog.text
     assert torch.allclose(jacobian, full_jacobian(model, x), atol=1e-12)
+    _, default = logit_jacobian(model, x)
+    assert torch.allclose(default, jacobian, atol=1e-14)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="logit_jacobian calls torch.func.vjp outside its fallback's try: a model with an "
-    "autograd.Function lacking setup_context raises instead of falling back to the loop",
-)
-def test_logit_jacobian_falls_back_for_an_old_style_autograd_function():
-    model = _WithFunction(_SquareOldStyle).eval()
-    x = random_inputs(19, 2, (3,), (-1.0, 1.0))
-    _, jacobian = logit_jacobian(model, x)
-    assert torch.allclose(jacobian, full_jacobian(model, x), atol=1e-12)
+def duplicate_class_model() -> nn.Module:
+    """Classes 0 and 1 have identical logits: F has rank 1, not C - 1 = 2."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    with torch.no_grad():
+        model[2].weight[1] = model[2].weight[0]
+        model[2].bias[1] = model[2].bias[0]
+    return model.eval()
+
+
+def test_lanczos_eigenpairs_of_a_rank_deficient_fisher_are_orthonormal_eigenpairs():
+    model, x = duplicate_class_model(), random_inputs(23, 4, (5,), (-1.0, 1.0))
+    result = input_fisher(model, x, k=2, method="lanczos")
+    fisher = explicit_fisher(model, x)
+    scale = float(result.eigenvalues.max())
+    assert float(result.eigenvalues[:, 1].abs().max()) < 1e-12 * scale  # rank 1
+    vectors = result.eigenvectors
+    gram = vectors @ vectors.transpose(1, 2)
+    assert torch.allclose(gram, torch.eye(2, dtype=torch.float64).expand(4, -1, -1), atol=1e-8)
+    image = torch.einsum("bij,bkj->bki", fisher, vectors)
+    assert float((image - result.eigenvalues[..., None] * vectors).norm(dim=2).max()) < 1e-9 * scale
+
+
+def test_exact_eigenpairs_of_a_rank_deficient_fisher_are_orthonormal_eigenpairs():
+    model, x = duplicate_class_model(), random_inputs(23, 4, (5,), (-1.0, 1.0))
+    result = input_fisher(model, x, k=2, method="exact")
+    fisher = explicit_fisher(model, x)
+    scale = float(result.eigenvalues.max())
+    vectors = result.eigenvectors
+    gram = vectors @ vectors.transpose(1, 2)
+    assert torch.allclose(gram, torch.eye(2, dtype=torch.float64).expand(4, -1, -1), atol=1e-8)
+    image = torch.einsum("bij,bkj->bki", fisher, vectors)
+    assert float((image - result.eigenvalues[..., None] * vectors).norm(dim=2).max()) < 1e-9 * scale
+
+
+@pytest.mark.parametrize("method", ["exact", "lanczos"])
+def test_saturated_softmax_has_zero_fisher_and_finite_unit_eigenvectors(method):
+    model = tiny_classifier(11, (4,), 3)
+    with torch.no_grad():
+        model[3].weight.mul_(1e4)
+        model[3].bias.mul_(1e4)
+    x = random_inputs(24, 3, (4,), (-1.0, 1.0))
+    result = input_fisher(model, x, k=2, method=method)
+    assert torch.equal(result.eigenvalues, torch.zeros(3, 2, dtype=torch.float64))
+    assert torch.equal(result.trace, torch.zeros(3, dtype=torch.float64))
+    norms = result.eigenvectors.norm(dim=2)
+    assert torch.allclose(norms, torch.ones(3, 2, dtype=torch.float64), atol=1e-12)
 
 
 def test_k_beyond_the_rank_is_refused():
@@ -284,8 +330,10 @@ def test_invalid_inputs_get_clear_errors():
     model, x = tiny_classifier(10, (6,), 4), random_inputs(21, 2, (6,), (-1.0, 1.0))
     with pytest.raises(InvalidTypeError, match=r"x must be a torch.Tensor"):
         input_fisher(model, x.tolist())
-    with pytest.raises(ModelError, match=r"logits of shape \(N, C\) = \(2, C\)"):
+    with pytest.raises(ModelError, match=r"first sample\) must return logits of shape \(N, C\)"):
         input_fisher(lambda inputs: inputs.sum(1), x)
+    with pytest.raises(ModelError, match=r"logits of shape \(N, C\) = \(2, C\).*\(1, 4\)"):
+        input_fisher(lambda inputs: model(inputs)[:1], x)  # drops all but one sample
     with pytest.raises(ModelError, match=r"C >= 2"):
         input_fisher(lambda inputs: inputs[:, :1], x)
     with pytest.raises(InvalidArgumentError, match=r"method must be one of \['auto', 'exact'"):

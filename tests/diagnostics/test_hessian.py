@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from helpers import random_inputs, tiny_classifier
 from torch import nn
 
+from helpers import random_inputs, tiny_classifier
 from vulnscope.diagnostics import (
     HutchinsonEstimate,
     hutchinson,
@@ -36,9 +36,7 @@ def explicit_hessian(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def relu_mlp(seed: int, features: int, classes: int, hidden: int = 10) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = nn.Sequential(
-            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes)
-        )
+        model = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
     return model.double().eval()
 
 
@@ -169,7 +167,7 @@ def test_frobenius_properties():
     assert abs(float(estimate.frobenius_stderr[0]) - slope * 0.6) < 1e-6
 
 
-def test_same_seed_same_result_and_batch_size_does_not_change_the_norms_of_one_sample():
+def test_same_seed_same_result():
     model = tiny_classifier(12, (20,), 3, hidden=24)
     x, y = random_inputs(13, 3, (20,), (-1.0, 1.0)), labels(14, 3, 3)
     first = input_hessian_eigenvalues(model, x, y, k=2, steps=8, seed=5)
@@ -181,6 +179,31 @@ def test_same_seed_same_result_and_batch_size_does_not_change_the_norms_of_one_s
     assert torch.equal(norms[0].frobenius_squared, norms[1].frobenius_squared)
     other = input_hessian_norms(model, x, y, probes=4, seed=6)
     assert not torch.equal(norms[0].trace, other.trace)
+
+
+def test_batch_size_chunks_give_the_same_exact_eigenpairs():
+    model = tiny_classifier(20, (7,), 3, hidden=12)
+    x, y = random_inputs(21, 5, (7,), (-1.0, 1.0)), labels(22, 5, 3)
+    whole = input_hessian_eigenvalues(model, x, y, k=3, steps=7, batch_size=None)
+    chunked = input_hessian_eigenvalues(model, x, y, k=3, steps=7, batch_size=2)
+    scale = float(whole.eigenvalues.abs().max())
+    assert torch.allclose(chunked.eigenvalues, whole.eigenvalues, atol=1e-10 * scale)
+    cosines = (chunked.eigenvectors * whole.eigenvectors).sum(2).abs()
+    assert torch.allclose(cosines, torch.ones_like(cosines), atol=1e-6)
+    assert torch.allclose(chunked.loss, whole.loss) and torch.allclose(
+        chunked.gradient_norm, whole.gradient_norm
+    )
+
+
+def test_float32_model_is_close_to_the_float64_hessian():
+    model = tiny_classifier(23, (6,), 4)
+    x, y = random_inputs(24, 3, (6,), (-1.0, 1.0)), labels(25, 3, 4)
+    reference = by_magnitude(torch.linalg.eigvalsh(explicit_hessian(model, x, y)))[:, :3]
+    result = input_hessian_eigenvalues(model.float(), x.float(), y, k=3, steps=6)
+    assert result.eigenvalues.dtype == torch.float64
+    assert result.eigenvectors.dtype == torch.float32
+    scale = float(reference.abs().max())
+    assert torch.allclose(result.eigenvalues, reference, atol=1e-4 * scale)
 
 
 def test_loss_curvature_products_are_explicit_hessian_products():

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from helpers import random_inputs, tiny_classifier
 from torch import nn
 
+from helpers import random_inputs, tiny_classifier
 from vulnscope.diagnostics import (
     SpectralDensity,
     input_hessian_spectrum,
@@ -69,9 +69,12 @@ def test_density_integrates_to_one_and_is_the_gaussian_mixture_of_the_nodes():
     eigenvalues = torch.linspace(-2.0, 3.0, 12, dtype=torch.float64)[None].repeat(2, 1)
     eigenvalues[1] *= 4
     density = stochastic_lanczos_quadrature(
-        Recording(with_spectrum(eigenvalues, seed=3)), (2, 12), steps=6, probes=4,
+        Recording(with_spectrum(eigenvalues, seed=3)),
+        (2, 12),
+        steps=6,
+        probes=4,
         generator=generator(4),
-    )  # fmt: skip
+    )
     grid = torch.linspace(-20.0, 20.0, 8001, dtype=torch.float64)
     for width in (None, 0.3):
         values = density.density(grid, width=width)
@@ -83,23 +86,16 @@ def test_density_integrates_to_one_and_is_the_gaussian_mixture_of_the_nodes():
         torch.tensor([[[0.25, 0.75]]], dtype=torch.float64),
         2,
     )
-    points = torch.tensor([-0.5, 0.0, 0.4, 1.0, 2.0], dtype=torch.float64)
-
-    def gaussian(t, centre):
-        return torch.exp(-0.5 * ((t - centre) / 0.5) ** 2) / (0.5 * math.sqrt(2 * math.pi))
-
-    expected = 0.25 * gaussian(points, 0.0) + 0.75 * gaussian(points, 1.0)
-    assert torch.allclose(hand.density(points, width=0.5)[0], expected, atol=1e-14)
-    # the default width is 1% of the span of the nodes
-    assert torch.allclose(
-        hand.density(points)[0], 0.25 * gaussian_width(points, 0.0, 0.01)
-        + 0.75 * gaussian_width(points, 1.0, 0.01), atol=1e-10,
-    )  # fmt: skip
+    points = torch.tensor([-0.5, 0.0, 0.4, 1.0, 2.0, 0.995], dtype=torch.float64)
+    for width, expected_width in ((0.5, 0.5), (None, 0.01)):  # default: 1% of the nodes' span
+        expected = 0.25 * gaussian(points, 0.0, expected_width)
+        expected += 0.75 * gaussian(points, 1.0, expected_width)
+        assert torch.allclose(hand.density(points, width=width)[0], expected, atol=1e-12)
     with pytest.raises(InvalidArgumentError, match=r"width must be > 0.0, got 0.0"):
         hand.density(points, width=0.0)
 
 
-def gaussian_width(t: torch.Tensor, centre: float, width: float) -> torch.Tensor:
+def gaussian(t: torch.Tensor, centre: float, width: float) -> torch.Tensor:
     return torch.exp(-0.5 * ((t - centre) / width) ** 2) / (width * math.sqrt(2 * math.pi))
 
 
@@ -124,9 +120,12 @@ def test_profile_counts_the_multiplicities_of_two_eigenvalues():
     # two distinct eigenvalues: the Krylov space breaks down after 2 steps, and the
     # restarted third step adds a node of zero weight
     density = stochastic_lanczos_quadrature(
-        Recording(with_spectrum(eigenvalues, seed=5)), (2, 20), steps=3, probes=200,
+        Recording(with_spectrum(eigenvalues, seed=5)),
+        (2, 20),
+        steps=3,
+        probes=200,
         generator=generator(6),
-    )  # fmt: skip
+    )
     assert bool((density.weights.min(2).values < 1e-20).all())
     profile = density.profile()
     assert profile.shape == (2, 20)
@@ -144,9 +143,12 @@ def test_profile_counts_the_multiplicities_of_two_eigenvalues():
 def test_profile_follows_the_sorted_spectrum():
     eigenvalues = (torch.linspace(-1.0, 1.0, 16, dtype=torch.float64) ** 3)[None]
     density = stochastic_lanczos_quadrature(
-        Recording(with_spectrum(eigenvalues, seed=7)), (1, 16), steps=16, probes=60,
+        Recording(with_spectrum(eigenvalues, seed=7)),
+        (1, 16),
+        steps=16,
+        probes=60,
         generator=generator(8),
-    )  # fmt: skip
+    )
     profile = density.profile()[0]
     exact = eigenvalues[0].sort(descending=True).values
     # with m = n the nodes are eigenvalues, so each entry is one; its rank is off by a little

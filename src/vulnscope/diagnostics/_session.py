@@ -29,12 +29,12 @@ _UNBOUNDED = (-math.inf, math.inf)
 
 
 class Session(NamedTuple):
-    """Validated inputs of a diagnostic."""
+    """Validated inputs of a diagnostic, and the model's number of classes."""
 
     model: Callable[[Tensor], Tensor]
     x: Tensor
     y: Tensor | None
-    logits: Tensor
+    classes: int
 
 
 @contextmanager
@@ -45,8 +45,11 @@ def diagnostic_session(
 
     Every diagnostic computes one operator per sample on a whole batch, which is only right
     when each sample's output depends on that sample alone, so a model whose outputs depend
-    on the batch (batch norm or dropout in training mode) is refused. The model's modes,
-    ``requires_grad`` flags and buffers are restored on exit.
+    on the batch (batch norm or dropout in training mode) is refused. The model is probed
+    on the first sample only (its output shape, the label range, outputs that look like
+    probabilities): every diagnostic runs its own forward pass on the whole batch and
+    checks the shape there. The model's modes, ``requires_grad`` flags and buffers are
+    restored on exit.
 
     Raises:
         ModelError: the model mixes samples of a batch, or returns no (N, C) logits.
@@ -65,12 +68,12 @@ def diagnostic_session(
     with preserved_model_state(model), torch.inference_mode(False):
         x = x.detach()
         with torch.no_grad():
-            logits = check_logits(model(x), x.shape[0])
+            probe = check_logits(model(x[:1]), 1, name="model (probed on the first sample)")
         if y is not None:
-            check_labels_in_range(y, logits.shape[1])
-        warn_if_probabilities(logits, stacklevel=5)
+            check_labels_in_range(y, probe.shape[1])
+        warn_if_probabilities(probe, stacklevel=5)
         with torch.enable_grad():
-            yield Session(model, x, y, logits)
+            yield Session(model, x, y, probe.shape[1])
 
 
 def in_batches(total: int, batch_size: int | None) -> list[slice]:

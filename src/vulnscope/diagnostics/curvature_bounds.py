@@ -111,7 +111,7 @@ def curvature_bounds(
     """
     generator = make_generator(check_seed(seed))
     with diagnostic_session(model, x, y) as session:
-        n, classes = session.x[0].numel(), session.logits.shape[1]
+        n, classes = session.x[0].numel(), session.classes
         m = min(n, 40) if steps is None else check_int(steps, "steps")
         if m > n:
             raise InvalidArgumentError(f"steps must be at most n = {n}, got {m}")

@@ -102,8 +102,8 @@ def decision_boundary_section(
             + grid[None, None, :, None] * first[:, None, None, :]
             + grid[None, :, None, None] * second[:, None, None, :]
         ).reshape(-1, *x.shape[1:])
-        reference = session.logits.argmax(1)
         with torch.no_grad():
+            reference = session.model(x).argmax(1)
             logits = torch.cat([session.model(chunk) for chunk in points.split(batch_points)])
     logits = logits.double().reshape(x.shape[0], resolution, resolution, -1)
     index = reference[:, None, None, None].expand(-1, resolution, resolution, 1)

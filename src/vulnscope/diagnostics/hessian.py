@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from vulnscope._random import make_generator
-from vulnscope._validation import check_int, check_seed
+from vulnscope._validation import check_int, check_logits, check_seed
 from vulnscope.diagnostics._session import diagnostic_session, in_batches
 from vulnscope.diagnostics.hutchinson import HutchinsonEstimate, hutchinson
 from vulnscope.diagnostics.lanczos import lanczos, ritz_pairs
@@ -74,7 +74,9 @@ def loss_curvature(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> L
 
     """
     inputs = x.detach().clone().requires_grad_(True)
-    losses = torch.nn.functional.cross_entropy(model(inputs), y, reduction="none")
+    # In float64: for a confident sample p - e_y is tiny and float32 would lose its digits.
+    logits = check_logits(model(inputs), x.shape[0])
+    losses = torch.nn.functional.cross_entropy(logits.double(), y, reduction="none")
     (gradient,) = torch.autograd.grad(losses.sum(), inputs, create_graph=True)
 
     def hvp(v: Tensor) -> Tensor:
