@@ -21,7 +21,7 @@ from torch import Tensor
 
 from vulnscope._validation import check_int
 
-__all__ = ["HutchinsonEstimate", "hutchinson"]
+__all__ = ["HutchinsonEstimate", "hutchinson", "rademacher"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,14 @@ class HutchinsonEstimate:
         return self.frobenius_squared_stderr / (2 * self.frobenius).clamp_min(1e-300)
 
 
+def rademacher(
+    shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Independent ±1 entries (float64), drawn on the CPU so that the generator decides."""
+    signs = torch.randint(0, 2, shape, generator=generator, dtype=torch.float64)
+    return (2 * signs - 1).to(device)
+
+
 def hutchinson(
     operator: Callable[[Tensor], Tensor],
     shape: tuple[int, int],
@@ -76,8 +84,7 @@ def hutchinson(
     probes = check_int(probes, "probes", minimum=2)
     quadratic, squared = [], []
     for _ in range(probes):
-        signs = torch.randint(0, 2, shape, generator=generator, dtype=torch.float64)
-        z = (2 * signs - 1).to(device)
+        z = rademacher(shape, generator, device)
         image = operator(z).double()
         quadratic.append((z * image).sum(1))
         squared.append((image**2).sum(1))

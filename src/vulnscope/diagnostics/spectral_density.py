@@ -23,6 +23,7 @@ from vulnscope._random import make_generator
 from vulnscope._validation import check_int, check_real, check_seed
 from vulnscope.diagnostics._session import diagnostic_session
 from vulnscope.diagnostics.hessian import loss_curvature
+from vulnscope.diagnostics.hutchinson import rademacher
 from vulnscope.diagnostics.lanczos import lanczos, ritz_pairs
 from vulnscope.errors import InvalidArgumentError
 
@@ -106,8 +107,8 @@ def stochastic_lanczos_quadrature(
     """
     nodes, weights = [], []
     for _ in range(check_int(probes, "probes")):
-        start = 2 * torch.randint(0, 2, shape, generator=generator, dtype=torch.float64) - 1
-        pairs = ritz_pairs(lanczos(operator, start.to(device), steps, generator=generator))
+        start = rademacher(shape, generator, device)
+        pairs = ritz_pairs(lanczos(operator, start, steps, generator=generator))
         nodes.append(pairs.values)
         weights.append(pairs.weights)
     return SpectralDensity(torch.stack(nodes, 1), torch.stack(weights, 1), shape[1])
