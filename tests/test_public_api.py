@@ -11,6 +11,7 @@ PUBLIC_MODULES = [
     "vulnscope",
     "vulnscope.attacks",
     "vulnscope.data",
+    "vulnscope.diagnostics",
     "vulnscope.errors",
     "vulnscope.evaluate",
     "vulnscope.models",
@@ -31,7 +32,8 @@ def test_every_public_name_imports_and_has_a_docstring(module_name):
 
 
 def test_issue_contract_names_exist():
-    from vulnscope.attacks import APGD, BIM, FGSM, PGD  # noqa: F401
+    from vulnscope.attacks import APGD, BIM, FGSM, PGD, FisherAttack  # noqa: F401
+    from vulnscope.diagnostics import input_fisher, input_hessian_eigenvalues  # noqa: F401
     from vulnscope.evaluate import robust_accuracy  # noqa: F401
     from vulnscope.rbm import DeepRBM, train_layerwise_kl  # noqa: F401
     from vulnscope.rg import stability_matrix  # noqa: F401

@@ -1,10 +1,14 @@
 """vulnscope: how easily can small changes to a classifier's input be turned against it.
 
 Subpackages:
-    attacks: FGSM, BIM, PGD, APGD on one attack contract.
+    attacks: FGSM, BIM, PGD, APGD and the Fisher attack on one attack contract.
+    diagnostics: input Fisher, input-Hessian curvature, layer amplification, boundary
+        sections, for any differentiable classifier.
     evaluate: clean accuracy and robust-accuracy curves.
     data: the embedded 8x8 digits, IDX and ``.npz`` loaders.
     models: reference digits models, training, the weight cache, safe model loading.
+    rbm: deep networks of stacked RBMs, their passes and training.
+    rg: the renormalisation-group analysis of a deep RBM network.
 """
 
 from importlib.metadata import PackageNotFoundError, version
