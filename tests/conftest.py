@@ -29,6 +29,29 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ["VULNSCOPE_CACHE_DIR"] = previous
 
 
+SINGLE_THREAD_PACKAGES = {"rg", "diagnostics"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One intra-op thread for the RG and diagnostics tests.
+
+    They run many small products, solves and Lanczos steps: on a busy 2-core machine two
+    threads wait on each other and run up to 20x slower than one, and the results do not
+    depend on the thread count. (One fixture here rather than a conftest per folder: two
+    folders' ``conftest`` modules clash when both are collected without packages.)
+    """
+    if request.path.parent.name not in SINGLE_THREAD_PACKAGES:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits_test():
     from vulnscope.data import load_digits

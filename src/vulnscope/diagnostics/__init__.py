@@ -15,7 +15,11 @@ The questions the RG analysis asks of a deep RBM network, asked of any PyTorch c
 """
 
 from vulnscope.diagnostics.curvature_bounds import CurvatureBounds, curvature_bounds
-from vulnscope.diagnostics.distance import line_search_class_change, model_classifier
+from vulnscope.diagnostics.distance import (
+    class_change_distances,
+    line_search_class_change,
+    model_classifier,
+)
 from vulnscope.diagnostics.fisher import FisherResult, input_fisher, logit_jacobian
 from vulnscope.diagnostics.geometry import BoundarySection, decision_boundary_section
 from vulnscope.diagnostics.hessian import (
@@ -24,7 +28,13 @@ from vulnscope.diagnostics.hessian import (
     input_hessian_norms,
 )
 from vulnscope.diagnostics.hutchinson import HutchinsonEstimate, hutchinson
-from vulnscope.diagnostics.lanczos import Krylov, RitzPairs, lanczos, ritz_pairs
+from vulnscope.diagnostics.lanczos import (
+    Krylov,
+    RitzPairs,
+    lanczos,
+    random_start_ritz_pairs,
+    ritz_pairs,
+)
 from vulnscope.diagnostics.layers import LayerAmplification, layer_amplification
 from vulnscope.diagnostics.spectral_density import (
     SpectralDensity,
@@ -42,6 +52,7 @@ __all__ = [
     "LayerAmplification",
     "RitzPairs",
     "SpectralDensity",
+    "class_change_distances",
     "curvature_bounds",
     "decision_boundary_section",
     "hutchinson",
@@ -54,6 +65,7 @@ __all__ = [
     "line_search_class_change",
     "logit_jacobian",
     "model_classifier",
+    "random_start_ritz_pairs",
     "ritz_pairs",
     "stochastic_lanczos_quadrature",
 ]

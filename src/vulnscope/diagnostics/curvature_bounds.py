@@ -41,7 +41,7 @@ from vulnscope._random import make_generator
 from vulnscope._validation import check_int, check_seed
 from vulnscope.diagnostics._session import diagnostic_session
 from vulnscope.diagnostics.hessian import loss_curvature
-from vulnscope.diagnostics.lanczos import lanczos, ritz_pairs
+from vulnscope.diagnostics.lanczos import random_start_ritz_pairs
 from vulnscope.errors import InvalidArgumentError
 
 __all__ = ["CurvatureBounds", "curvature_bounds", "quadratic_step"]
@@ -116,8 +116,9 @@ def curvature_bounds(
         if m > n:
             raise InvalidArgumentError(f"steps must be at most n = {n}, got {m}")
         curvature = loss_curvature(session.model, session.x, cast(Tensor, session.y))
-        start = torch.randn(x.shape[0], n, generator=generator, dtype=torch.float64)
-        pairs = ritz_pairs(lanczos(curvature.hvp, start.to(x.device), m, generator=generator))
+        pairs = random_start_ritz_pairs(
+            curvature.hvp, (x.shape[0], n), m, generator=generator, device=x.device
+        )
         top, top_vector = pairs.values[:, -1], pairs.vectors[:, -1]
         gradient = curvature.gradient
         norm = gradient.norm(dim=1)

@@ -10,7 +10,7 @@ from torch import Tensor
 from vulnscope._validation import check_int, check_real
 from vulnscope.errors import InvalidArgumentError
 
-__all__ = ["line_search_class_change", "model_classifier"]
+__all__ = ["class_change_distances", "line_search_class_change", "model_classifier"]
 
 Classifier = Callable[[Tensor], Tensor]
 """Maps flat points (P, n) to classes (P,)."""
@@ -99,3 +99,48 @@ def line_search_class_change(
         high = torch.where(flips, middle, high)
         low = torch.where(flips, low, middle)
     return torch.where(found, high, torch.full_like(high, float("inf")))
+
+
+def class_change_distances(
+    classify: Classifier,
+    x: Tensor,
+    directions: Tensor,
+    *,
+    max_distance: float,
+    both_signs: bool = True,
+    steps: int = 24,
+    refine: int = 8,
+    batch_points: int = 512,
+) -> Tensor:
+    """Smallest L2 distance along each direction at which the class changes.
+
+    :func:`line_search_class_change` on the directions scaled to unit L2 norm, so every
+    direction is compared at equal norm; with ``both_signs`` the nearer of ``±d`` counts
+    (eigenvectors have no sign). Points are not clipped.
+
+    Args:
+        classify: (P, n) flat points -> (P,) classes.
+        x: (B, n) flat starting points.
+        directions: (B, D, n) directions (any non-zero length).
+        max_distance: largest distance searched; ``inf`` where no change lies within it.
+        both_signs: also search along ``-d`` and keep the smaller distance.
+        steps: grid points.
+        refine: bisection steps.
+        batch_points: points classified per call.
+
+    Returns:
+        (B, D) float64 distances.
+
+    """
+    unit = directions.detach().to(x.dtype)
+    unit = unit / unit.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    if both_signs:
+        unit = torch.cat([unit, -unit], 1)
+    distance = line_search_class_change(
+        classify, x, unit, max_step=max_distance, steps=steps, refine=refine,
+        batch_points=batch_points,
+    )  # fmt: skip
+    if both_signs:
+        half = distance.shape[1] // 2
+        distance = torch.minimum(distance[:, :half], distance[:, half:])
+    return distance

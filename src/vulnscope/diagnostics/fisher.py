@@ -27,7 +27,7 @@ from vulnscope._random import make_generator
 from vulnscope._validation import check_choice, check_int, check_logits, check_seed
 from vulnscope.diagnostics._session import diagnostic_session, in_batches
 from vulnscope.diagnostics.hutchinson import hutchinson
-from vulnscope.diagnostics.lanczos import lanczos, ritz_pairs
+from vulnscope.diagnostics.lanczos import random_start_ritz_pairs
 from vulnscope.errors import InvalidArgumentError
 
 __all__ = ["FISHER_METHODS", "FisherResult", "fisher_eigenpairs", "input_fisher", "logit_jacobian"]
@@ -161,6 +161,10 @@ def _one_hot(labels: Tensor, like: Tensor) -> Tensor:
     return torch.nn.functional.one_hot(labels, like.shape[1]).to(like.dtype)
 
 
+def _auto_method(classes: int) -> str:
+    return "exact" if classes <= _EXACT_UP_TO_CLASSES else "lanczos"
+
+
 def fisher_eigenpairs(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -177,8 +181,7 @@ def fisher_eigenpairs(
     """
     if method == "auto":
         with torch.no_grad():
-            classes = model(x[:1]).shape[1]
-        method = "exact" if classes <= _EXACT_UP_TO_CLASSES else "lanczos"
+            method = _auto_method(model(x[:1]).shape[1])
     batch, n = x.shape[0], x[0].numel()
     if method == "exact":
         logits, jacobian = logit_jacobian(model, x)
@@ -203,8 +206,9 @@ def fisher_eigenpairs(
         m = min(n, steps if steps is not None else max(2 * k + 20, 40))
         if m < k:
             raise InvalidArgumentError(f"steps must be at least k = {k}, got {m}")
-        start = torch.randn(batch, n, generator=generator, dtype=torch.float64).to(x.device)
-        pairs = ritz_pairs(lanczos(operator, start, m, generator=generator))
+        pairs = random_start_ritz_pairs(
+            operator, (batch, n), m, generator=generator, device=x.device
+        )
         values = pairs.values.flip(1)[:, :k].clamp_min(0)
         vectors = pairs.vectors.flip(1)[:, :k]
         residuals = pairs.residuals.flip(1)[:, :k]
@@ -277,6 +281,8 @@ def input_fisher(
                 f"k must be at most min(C - 1, n) = {min(classes - 1, n)}: the input Fisher "
                 f"of a {classes}-class model on {n} features has rank at most that; got k={k}"
             )
+        if method == "auto":
+            method = _auto_method(classes)
         parts = [
             fisher_eigenpairs(
                 session.model,

@@ -27,7 +27,7 @@ from vulnscope._random import make_generator
 from vulnscope._validation import check_int, check_logits, check_seed
 from vulnscope.diagnostics._session import diagnostic_session, in_batches
 from vulnscope.diagnostics.hutchinson import HutchinsonEstimate, hutchinson
-from vulnscope.diagnostics.lanczos import lanczos, ritz_pairs
+from vulnscope.diagnostics.lanczos import random_start_ritz_pairs
 from vulnscope.errors import InvalidArgumentError
 
 __all__ = [
@@ -115,8 +115,10 @@ class HessianResult:
 def _top_by_magnitude(
     curvature: LossCurvature, x: Tensor, k: int, steps: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor]:
-    start = torch.randn(x.shape[0], x[0].numel(), generator=generator, dtype=torch.float64)
-    pairs = ritz_pairs(lanczos(curvature.hvp, start.to(x.device), steps, generator=generator))
+    shape = (x.shape[0], x[0].numel())
+    pairs = random_start_ritz_pairs(
+        curvature.hvp, shape, steps, generator=generator, device=x.device
+    )
     order = pairs.values.abs().argsort(dim=1, descending=True, stable=True)[:, :k]
     values = pairs.values.gather(1, order)
     vectors = pairs.vectors.gather(1, order[..., None].expand(-1, -1, pairs.vectors.shape[2]))

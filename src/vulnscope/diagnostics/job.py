@@ -15,9 +15,11 @@ from vulnscope import __version__
 from vulnscope._io import write_json_atomic
 from vulnscope._random import make_generator
 from vulnscope._validation import check_int, check_real, check_seed
+from vulnscope.attacks.iterative import value_and_grad
+from vulnscope.attacks.losses import cross_entropy
 from vulnscope.data.dataset import ImageData
 from vulnscope.diagnostics.curvature_bounds import curvature_bounds
-from vulnscope.diagnostics.distance import line_search_class_change, model_classifier
+from vulnscope.diagnostics.distance import class_change_distances, model_classifier
 from vulnscope.diagnostics.fisher import input_fisher
 from vulnscope.diagnostics.geometry import decision_boundary_section
 from vulnscope.diagnostics.hessian import input_hessian_eigenvalues, input_hessian_norms
@@ -65,38 +67,6 @@ def _bracketed_fraction(
         return None
     inside = (lower[shown] <= measured[shown]) & (measured[shown] <= upper[shown])
     return float(inside.double().mean())
-
-
-def _loss_gradient(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
-    """Input gradient of the cross-entropy at the true labels: (N, ...)."""
-    with torch.enable_grad():
-        inputs = x.detach().clone().requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(model(inputs), y, reduction="sum")
-        (gradient,) = torch.autograd.grad(loss, inputs)
-    return gradient
-
-
-def _distances(
-    model: Callable[[Tensor], Tensor],
-    x: Tensor,
-    directions: dict[str, Tensor],
-    both_signs: dict[str, bool],
-    max_distance: float,
-) -> dict[str, Tensor]:
-    """L2 class-change distance along each named set of directions (N, D, ...): (N, D)."""
-    classify = model_classifier(model, tuple(x.shape[1:]))
-    flat = x.flatten(1)
-    found = {}
-    for name, d in directions.items():
-        unit = d.flatten(2) / d.flatten(2).norm(dim=2, keepdim=True).clamp_min(1e-30)
-        if both_signs[name]:
-            unit = torch.cat([unit, -unit], 1)
-        steps = line_search_class_change(classify, flat, unit, max_step=max_distance)
-        if both_signs[name]:
-            half = steps.shape[1] // 2
-            steps = torch.minimum(steps[:, :half], steps[:, half:])
-        found[name] = steps
-    return found
 
 
 def run_diagnostics(
@@ -172,15 +142,22 @@ def run_diagnostics(
     bounds = curvature_bounds(model, x, y, seed=seed)
 
     stage("class-change distances")
+    with torch.enable_grad():
+        gradient = value_and_grad(model, x, y, None, cross_entropy)[2]
     noise = torch.randn((x.shape[0], _RANDOM_DIRECTIONS, *x.shape[1:]), generator=generator)
     directions = {
         "fisher": v1[:, None],
-        "gradient": _loss_gradient(model, x, y)[:, None],
+        "gradient": gradient[:, None],
         "hessian": hessian.eigenvectors[:, :1],
         "random": noise.to(x.dtype).to(x.device),
     }
     signed = {"fisher": True, "gradient": False, "hessian": True, "random": False}
-    distances = _distances(model, x, directions, signed, max_distance)
+    classify = model_classifier(model, tuple(x.shape[1:]))
+    distances = {
+        name: class_change_distances(classify, x.flatten(1), d.flatten(2),
+                                     max_distance=max_distance, both_signs=signed[name])
+        for name, d in directions.items()
+    }  # fmt: skip
     zero = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     per_sample = {
         name: torch.where(correct, d.median(1).values if name == "random" else d[:, 0], zero)

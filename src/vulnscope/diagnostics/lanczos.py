@@ -26,7 +26,7 @@ from torch import Tensor
 from vulnscope._validation import check_int
 from vulnscope.errors import InvalidArgumentError
 
-__all__ = ["Krylov", "RitzPairs", "lanczos", "ritz_pairs"]
+__all__ = ["Krylov", "RitzPairs", "lanczos", "random_start_ritz_pairs", "ritz_pairs"]
 
 Operator = Callable[[Tensor], Tensor]
 """A batch of symmetric operators: (N, n) float64 -> (N, n), sample by sample."""
@@ -168,3 +168,28 @@ def ritz_pairs(krylov: Krylov) -> RitzPairs:
     ritz = ritz / ritz.norm(dim=2, keepdim=True).clamp_min(1e-300)
     residuals = (krylov.residual[:, None] * vectors[:, -1, :]).abs()
     return RitzPairs(values, ritz, residuals, vectors[:, 0, :] ** 2)
+
+
+def random_start_ritz_pairs(
+    operator: Operator,
+    shape: tuple[int, int],
+    steps: int,
+    *,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> RitzPairs:
+    """Ritz pairs of ``steps`` Lanczos steps from a Gaussian start vector per sample.
+
+    Args:
+        operator: (N, n) float64 -> (N, n), symmetric per sample.
+        shape: ``(N, n)``.
+        steps: m, at most n.
+        generator: a CPU generator for the start and restart vectors.
+        device: where the vectors live.
+
+    Returns:
+        :class:`RitzPairs`, values ascending.
+
+    """
+    start = torch.randn(shape, generator=generator, dtype=torch.float64).to(device)
+    return ritz_pairs(lanczos(operator, start, steps, generator=generator))

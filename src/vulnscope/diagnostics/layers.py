@@ -29,7 +29,7 @@ from vulnscope._random import make_generator
 from vulnscope._validation import check_int, check_seed
 from vulnscope.diagnostics._session import diagnostic_session
 from vulnscope.diagnostics.fisher import fisher_eigenpairs
-from vulnscope.diagnostics.lanczos import lanczos, ritz_pairs
+from vulnscope.diagnostics.lanczos import random_start_ritz_pairs
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
 
 __all__ = ["LayerAmplification", "default_blocks", "layer_amplification"]
@@ -159,8 +159,9 @@ def _top_singular_value(
         image: Tensor = pullback(tangent.to(output.dtype))[0]
         return image.flatten(1).double()
 
-    start = torch.randn(inputs.shape[0], n, generator=generator, dtype=torch.float64)
-    pairs = ritz_pairs(lanczos(gram, start.to(inputs.device), min(steps, n), generator=generator))
+    pairs = random_start_ritz_pairs(
+        gram, (inputs.shape[0], n), min(steps, n), generator=generator, device=inputs.device
+    )
     return pairs.values[:, -1].clamp_min(0).sqrt(), pairs.residuals[:, -1]
 
 

@@ -29,9 +29,8 @@ def _quartiles(values: Tensor) -> tuple[Any, Any, Any]:
     return _np(q[0]), _np(q[1]), _np(q[2])
 
 
-def _symlog(ax, values: Tensor) -> None:  # type: ignore[no-untyped-def]
+def _symlog(ax, largest: float) -> None:  # type: ignore[no-untyped-def]
     """A symmetric log scale: spectra span decades and may hold negative eigenvalues."""
-    largest = float(values.abs().max()) if values.numel() else 0.0
     if largest > 0:
         ax.set_yscale("symlog", linthresh=largest * 1e-4)
 
@@ -52,7 +51,7 @@ def plot_spectra(
         index = _np(torch.arange(1, values.shape[1] + 1))
         left.plot(index, middle, marker="o", label=label)
         left.fill_between(index, low, high, alpha=0.25)
-    _symlog(left, torch.cat([fisher.eigenvalues.flatten(), hessian.eigenvalues.flatten()]))
+    _symlog(left, max(float(v.abs().max()) for v in (fisher.eigenvalues, hessian.eigenvalues)))
     left.set_xlabel("eigenvalue number")
     left.set_ylabel("eigenvalue (median, quartiles over samples)")
     left.set_title("top of the spectra")
@@ -62,7 +61,7 @@ def plot_spectra(
     right.plot(rank, middle, color="C3")
     right.fill_between(rank, low, high, color="C3", alpha=0.25)
     right.axhline(0.0, color="grey", linewidth=0.6)
-    _symlog(right, torch.from_numpy(middle))
+    _symlog(right, float(abs(middle).max()))
     right.set_xlabel("eigenvalue number")
     right.set_ylabel("eigenvalue")
     right.set_title("input Hessian eigenvalue profile (SLQ)")

@@ -7,7 +7,9 @@ from torch import Tensor
 
 from vulnscope._random import make_generator
 from vulnscope._validation import check_int, check_seed
-from vulnscope.diagnostics.distance import line_search_class_change
+from vulnscope.diagnostics.distance import (
+    class_change_distances as generic_class_change_distances,
+)
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.rbm.network import DeepRBM
 
@@ -96,20 +98,13 @@ def class_change_distances(
             f"directions must have shape ({inputs.shape[0]}, D, {inputs.shape[1]}), "
             f"got {tuple(directions.shape)}"
         )
-    unit = directions.detach().to(inputs.dtype)
-    unit = unit / unit.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    if both_signs:
-        unit = torch.cat([unit, -unit], 1)
-    distance = line_search_class_change(
+    return generic_class_change_distances(
         frozen_noise_classifier(network, chains=chains, seed=seed),
         inputs,
-        unit,
-        max_step=max_norm,
+        directions,
+        max_distance=max_norm,
+        both_signs=both_signs,
         steps=steps,
         refine=refine,
         batch_points=batch_points,
     )
-    if both_signs:
-        half = distance.shape[1] // 2
-        distance = torch.minimum(distance[:, :half], distance[:, half:])
-    return distance
