@@ -173,6 +173,36 @@ def check_labels(y: Any, *, n: int, device: torch.device, name: str = "y") -> Te
     return y.to(device=device, dtype=torch.int64)
 
 
+def check_targets(
+    y: Any, *, n: int, num_classes: int, device: torch.device, name: str = "y"
+) -> Tensor:
+    """Training targets: (n,) class indices (int64) or (n, C) probability vectors (float).
+
+    Probability targets (a published output, a teacher's soft labels) must be finite,
+    non-negative, and sum to one per row within 1e-4; they are returned in float32.
+    """
+    if isinstance(y, Tensor) and y.is_floating_point():
+        if y.shape != (n, num_classes):
+            raise InvalidArgumentError(
+                f"{name} must have shape ({n}, {num_classes}) (probability targets for "
+                f"{n} inputs and {num_classes} classes) or ({n},) (class indices), "
+                f"got shape {tuple(y.shape)}"
+            )
+        if not bool(torch.isfinite(y).all()):
+            raise InvalidArgumentError(f"{name} must be finite, got NaN or infinite targets")
+        sums = y.double().sum(1)
+        if n and (float(y.min()) < 0 or float((sums - 1).abs().max()) > 1e-4):
+            raise InvalidArgumentError(
+                f"{name} must hold probability vectors (non-negative rows summing to one), "
+                f"got minimum {float(y.min()):.3g} and row sums in "
+                f"[{float(sums.min()):.6g}, {float(sums.max()):.6g}]"
+            )
+        return y.to(device=device, dtype=torch.float32)
+    labels = check_labels(y, n=n, device=device, name=name)
+    check_labels_in_range(labels, num_classes, name)
+    return labels
+
+
 def check_labels_in_range(y: Tensor, num_classes: int, name: str = "y") -> None:
     """Labels must index one of the model's ``num_classes`` outputs."""
     if y.numel() and int(y.max()) >= num_classes:

@@ -158,8 +158,10 @@ def test_bad_data_raise() -> None:
         match=r"y must hold class indices < 2 \(the model has 2 outputs\), got maximum 2",
     ):
         train_layerwise_kl(net, x, y + 1)
-    with pytest.raises(InvalidTypeError, match="y must have an integer dtype"):
+    with pytest.raises(InvalidArgumentError, match=r"y must have shape \(120, 2\) \(probability"):
         train_layerwise_kl(net, x, y.float())
+    with pytest.raises(InvalidArgumentError, match="y must hold probability vectors"):
+        train_layerwise_kl(net, x, torch.full((120, 2), 0.7))
     with pytest.raises(InvalidArgumentError, match=r"x must lie inside bounds \[0.0, 1.0\]"):
         train_layerwise_kl(net, x * 2, y)
     with pytest.raises(InvalidTypeError, match="network must be a DeepRBM"):
@@ -184,3 +186,24 @@ def test_digits_joint_training_keeps_the_sampled_pass_classifying() -> None:
     assert base > 0.45, base
     assert after > 0.4, (base, after)  # chance is 0.1; a sign error or a lost label drops it
     assert result.objective[0][0] < result.initial_objective[0]
+
+
+def test_one_hot_targets_train_exactly_like_labels() -> None:
+    """Probability targets are the labels' one-hot vectors: the same seed gives the same net."""
+    x, y = _toy_data()
+    by_label, by_vector = DeepRBM([4, 3], 2, seed=3), DeepRBM([4, 3], 2, seed=3)
+    one_hot = torch.nn.functional.one_hot(y, 2).float()
+    first = train_layerwise_kl(by_label, x, y, sweeps=1, epochs_per_layer=2, seed=5)
+    second = train_layerwise_kl(by_vector, x, one_hot, sweeps=1, epochs_per_layer=2, seed=5)
+    assert first.train_accuracy == second.train_accuracy
+    for a, b in zip(by_label.parameters(), by_vector.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_soft_targets_change_the_generation_pairs() -> None:
+    """A soft label vector starts the generation pass: the top layer's targets are the vector."""
+    x, y = _toy_data()
+    net = DeepRBM([4, 3], 2, seed=0)
+    soft = torch.tensor([[0.8, 0.2]]).expand(x.shape[0], -1).contiguous()
+    _, hidden = layer_pairs(net, x.reshape(x.shape[0], -1), soft, 1, torch.Generator())
+    torch.testing.assert_close(hidden, soft)

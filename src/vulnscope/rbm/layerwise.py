@@ -106,7 +106,8 @@ def layer_pairs(
     Args:
         network: the deep RBM.
         inputs: (S, n_0) flattened training inputs.
-        labels: (S,) class indices.
+        labels: (S,) class indices, or (S, C) output vectors (the generation pass starts
+            from any label vector: a clone trained on published outputs uses them).
         layer: index ``j`` of the RBM, joining ``h_j`` (visible) to ``h_{j+1}`` (hidden).
         generator: random generator of both passes.
 
@@ -122,7 +123,11 @@ def layer_pairs(
     up = network.sample_up(inputs, chains=1, generator=generator)
     visible = up.states[layer][:, 0, :]
     if layer == depth - 1:
-        hidden = functional.one_hot(labels, network.num_classes).to(visible.dtype)
+        hidden = (
+            labels.to(visible.dtype)
+            if labels.is_floating_point()
+            else functional.one_hot(labels, network.num_classes).to(visible.dtype)
+        )
     else:
         down = network.sample_down(labels, chains=1, generator=generator)
         above = down.states[depth - (layer + 2)][:, 0, :]
@@ -227,6 +232,8 @@ class _PairSource:
 @torch.no_grad()
 def _accuracy(network: DeepRBM, inputs: Tensor, labels: Tensor, chains: int, seed: int) -> float:
     probs = network.classify(inputs, method="sample", chains=chains, seed=seed)
+    if labels.is_floating_point():
+        labels = labels.argmax(1)
     return float((probs.argmax(1) == labels).double().mean())
 
 
@@ -264,7 +271,10 @@ def train_layerwise_kl(
     Args:
         network: (N RBMs, widths ``[n_0, ..., n_{N-1}]``, C labels) the network to train.
         x: (S, ...) training inputs in [0, 1], ``prod(...) == n_0``.
-        y: (S,) integer class labels in ``[0, C)``.
+        y: (S,) integer class labels in ``[0, C)``, or (S, C) probability vectors (a
+            clone trained on published outputs: the generation pass runs from them and
+            the top layer's targets are the vectors themselves; accuracy is measured
+            against their arg-max).
         sweeps: maximum number of sweeps over the layers.
         epochs_per_layer: passes over the pairs per layer per sweep.
         lr: learning rate.

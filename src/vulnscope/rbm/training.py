@@ -25,9 +25,8 @@ from vulnscope._validation import (
     check_choice,
     check_inputs,
     check_int,
-    check_labels,
-    check_labels_in_range,
     check_real,
+    check_targets,
 )
 from vulnscope._validation import check_seed as _check_seed
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
@@ -52,13 +51,27 @@ def check_states(data: object, name: str, width: int) -> Tensor:
 
 
 def check_training_data(network: DeepRBM, x: object, y: object) -> tuple[Tensor, Tensor]:
-    """Inputs in [0, 1] flattened to (S, n_0), and their labels (S,) as int64 in range."""
+    """Inputs in [0, 1] flattened to (S, n_0), and their targets.
+
+    Targets are class labels (S,) as int64 in range, or probability vectors (S, C) (the
+    published outputs a clone is trained on), in the network's dtype.
+    """
     if not isinstance(network, DeepRBM):
         raise InvalidTypeError(f"network must be a DeepRBM, got {_describe(network)}")
     inputs = network.flatten_input(check_inputs(x, bounds=(0.0, 1.0)))
-    labels = check_labels(y, n=inputs.shape[0], device=inputs.device)
-    check_labels_in_range(labels, network.num_classes)
-    return inputs, labels
+    targets = check_targets(
+        y, n=inputs.shape[0], num_classes=network.num_classes, device=inputs.device
+    )
+    if targets.is_floating_point():
+        targets = targets.to(inputs.dtype)
+    return inputs, targets
+
+
+def target_cross_entropy(log_probs: Tensor, targets: Tensor) -> Tensor:
+    """Mean ``-log q(y)`` for labels (S,), or ``-Σ_c t_c log q_c`` for probability targets."""
+    if targets.is_floating_point():
+        return -(targets * log_probs).sum(-1).mean()
+    return functional.nll_loss(log_probs, targets)
 
 
 def gibbs_model_statistics(
@@ -173,7 +186,8 @@ def fit_readout(
 ) -> RBM:
     """Fit a softmax label layer as a linear read-out of hidden states, in place.
 
-    Multinomial logistic regression of ``y`` on ``hidden`` (full-batch Adam): it sets
+    Multinomial logistic regression of ``y`` (labels, or probability targets) on ``hidden``
+    (full-batch Adam): it sets
     ``W`` and ``a``, the label layer's classification conditional ``t_N(y | h)``. The
     visible bias ``b``, used only by the generation pass, is set to the log-odds of the
     mean hidden activity (Hinton 2010, section 8).
@@ -181,12 +195,11 @@ def fit_readout(
     if rbm.hidden != "softmax":
         raise InvalidArgumentError("fit_readout needs a label layer (hidden='softmax')")
     hidden = check_states(hidden, "hidden", rbm.n_visible).to(rbm.weight.dtype)
-    y = check_labels(y, n=hidden.shape[0], device=hidden.device)
-    check_labels_in_range(y, rbm.n_hidden)
+    y = check_targets(y, n=hidden.shape[0], num_classes=rbm.n_hidden, device=hidden.device)
     optimiser = torch.optim.Adam([rbm.weight, rbm.hidden_bias], lr=lr, weight_decay=weight_decay)
     for _ in range(check_int(epochs, "epochs")):
         optimiser.zero_grad()
-        functional.cross_entropy(rbm.hidden_field(hidden), y).backward()
+        target_cross_entropy(rbm.hidden_field(hidden).log_softmax(-1), y).backward()
         optimiser.step()
     with torch.no_grad():
         mean = hidden.mean(0).clamp(1e-3, 1 - 1e-3)
@@ -215,7 +228,7 @@ def greedy_pretrain(
     Args:
         network: the network to train.
         x: (S, ...) training inputs in [0, 1] (binarised for the intended use).
-        y: (S,) class labels.
+        y: (S,) class labels, or (S, C) probability targets for the read-out.
         epochs: CD epochs per layer (:func:`train_rbm`).
         batch_size: CD minibatch size.
         lr: CD learning rate.
@@ -265,7 +278,7 @@ def fine_tune(
     Args:
         network: the network to train.
         x: (S, ...) training inputs.
-        y: (S,) class labels.
+        y: (S,) class labels, or (S, C) probability targets (soft cross-entropy).
         method: ``"straight_through"`` or ``"mean_field"``.
         epochs: passes over the data.
         batch_size: minibatch size.
@@ -297,7 +310,7 @@ def fine_tune(
                     inputs[batch], chains=chains, generator=generator, straight_through=True
                 )
                 log_probs = run.end_probs.mean(1).clamp_min(1e-30).log()
-            loss = functional.nll_loss(log_probs, labels[batch])
+            loss = target_cross_entropy(log_probs, labels[batch])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
