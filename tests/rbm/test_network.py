@@ -117,13 +117,21 @@ def test_exact_down_matches_a_brute_force_sum():
         torch.testing.assert_close(dists[1][c], torch.tensor(q_x, dtype=torch.float64))
 
 
-def test_exact_down_is_linear_in_the_label_vector():
+def test_exact_down_puts_a_real_label_vector_in_the_field():
+    """A soft y is not the mixture of the one-hot passes: it enters W_Nᵀ y + b_N (eq. 23)."""
     net = random_network([4, 3, 3], 3, seed=8)
     y = torch.tensor([[0.2, 0.5, 0.3], [1.0, -0.5, 0.5]], dtype=torch.float64)
-    basis = net.exact_down(torch.arange(3))
-    mixed = net.exact_down(y)
-    for got, pure in zip(mixed, basis, strict=True):
-        torch.testing.assert_close(got, y @ pure)
+    top = net.rbms[-1]
+    field = (y @ top.weight.double() + top.visible_bias.double()).tolist()
+    got = net.exact_down(y)[0].detach()
+    for b in range(2):
+        for h in itertools.product((0, 1), repeat=3):
+            expected = math.prod(
+                sigmoid(f) if bit else 1 - sigmoid(f) for f, bit in zip(field[b], h, strict=True)
+            )
+            assert float(got[b, state_index(h)]) == pytest.approx(expected, rel=1e-12)
+    mixture = y @ net.exact_down(torch.arange(3))[0].detach()
+    assert float((got - mixture).abs().max()) > 1e-3
 
 
 # --- sampled pass against the exact pass ------------------------------------------------
@@ -166,10 +174,11 @@ def test_sampled_hidden_states_follow_the_exact_marginals():
     assert bool(((labels - exact[-1]).abs() <= 5 * std + 1e-9).all())
 
 
-def test_generate_agrees_with_exact_down():
+@pytest.mark.parametrize("soft", [False, True])
+def test_generate_agrees_with_exact_down(soft: bool):
     net = random_network([6, 4, 3], 3, seed=9)
     chains = 100_000
-    y = torch.arange(3)
+    y = torch.tensor([[0.6, 0.1, 0.3], [0.2, 0.2, 0.6], [0.0, 1.0, 0.0]]) if soft else torch.arange(3)
     sampled = net.generate(y, chains=chains, seed=1)
     marginals = net.exact_down(y)[-1] @ binary_states(6, dtype=torch.float64)
     std = (marginals * (1 - marginals) / chains).sqrt()

@@ -260,11 +260,18 @@ class DeepRBM(nn.Module):
     def exact_down(self, y: Tensor, *, dtype: torch.dtype = torch.float64) -> list[Tensor]:
         """The exact generation pass ``[q̃_{N-1}(h|y), ..., q̃_0(x|y)]``, each (B, 2**n_k).
 
+        The label vector enters the top layer's field, ``q̃_{N-1}(h | y) = Π_i
+        Bernoulli(σ(W_Nᵀ y + b_N)_i)`` (Kenway 2018b, eqs. 9 and 23), for one-hot and real
+        vectors alike: the conditional :meth:`sample_down` draws from, and the function of
+        ``y`` whose Fisher information steers output poisoning. Differentiable in ``y``.
         Every width, the input's included, must be at most 16.
         """
-        dist = self._label_vectors(y).to(dtype)
-        dists = []
-        for rbm in reversed(self.rbms):
+        labels = self._label_vectors(y, dtype=dtype)
+        top = self.rbms[-1]
+        field = labels @ top.weight.to(dtype) + top.visible_bias.to(dtype)
+        dist = log_conditional(field, binary_states(top.n_visible, dtype=dtype)).exp()
+        dists = [dist]
+        for rbm in reversed(self.rbms[:-1]):
             dist = push_forward(dist, rbm, upward=False)
             dists.append(dist)
         return dists
@@ -276,10 +283,10 @@ class DeepRBM(nn.Module):
         """``E[x | y]`` under the generation pass: (B,) labels -> (B, n_0) pixel probabilities."""
         return self.sample_down(y, chains=chains, seed=seed, generator=generator).end_probs.mean(1)
 
-    def _label_vectors(self, y: Tensor) -> Tensor:
+    def _label_vectors(self, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
         if not isinstance(y, Tensor):
             raise InvalidTypeError(f"y must be a torch.Tensor of labels, got {_describe(y)}")
-        dtype = self.rbms[0].weight.dtype
+        dtype = dtype if dtype is not None else self.rbms[0].weight.dtype
         if y.ndim == 1 and not y.is_floating_point():
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
                 raise InvalidArgumentError(
