@@ -52,3 +52,78 @@ def test_bad_training_arguments_are_named(kwargs, message):
     x, y = _blobs()
     with pytest.raises(InvalidArgumentError, match=message):
         train_classifier(_fresh(0), x, y, **kwargs)
+
+
+def _teacher_targets(seed=0):
+    """Soft targets of a fixed linear teacher on uniform inputs: softmax(x A + c)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(300, 2, generator=generator)
+    weight = 3 * torch.randn(2, 3, generator=generator)
+    bias = torch.randn(3, generator=generator)
+    return x, torch.softmax(x @ weight + bias, dim=1).double()
+
+
+def test_probability_targets_are_fitted_by_the_soft_cross_entropy():
+    x, targets = _teacher_targets()
+    torch.manual_seed(0)
+    student = train_classifier(nn.Linear(2, 3), x, targets, epochs=100, lr=5e-2, batch_size=32)
+    with torch.no_grad():
+        probs = torch.softmax(student(x), dim=1).double()
+    # the minimiser of E[-t log softmax(z)] over linear models is the teacher itself
+    assert (probs - targets).abs().max() < 1e-3
+    # a hard-label fit of the same model does not reproduce the teacher's probabilities
+    torch.manual_seed(0)
+    hard = train_classifier(nn.Linear(2, 3), x, targets.argmax(1), epochs=100, lr=5e-2,
+                            batch_size=32)  # fmt: skip
+    with torch.no_grad():
+        assert (torch.softmax(hard(x), dim=1).double() - targets).abs().max() > 0.1
+
+
+def test_one_hot_targets_train_like_labels():
+    x, y = _blobs()
+    by_labels = train_classifier(_fresh(0), x, y, epochs=3, seed=2)
+    by_one_hot = train_classifier(_fresh(0), x, torch.eye(3)[y], epochs=3, seed=2)
+    for a, b in zip(by_labels.parameters(), by_one_hot.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_soft_cross_entropy_gradient_matches_the_formula():
+    # Adam's first step is lr * g / (|g| + eps) per coordinate (bias-corrected m = g and
+    # v = g^2), so one full-batch epoch reveals the gradient of the loss it minimised
+    x, targets = _teacher_targets()
+    model = _fresh(3)
+    reference = _fresh(3)
+    train_classifier(model, x, targets, epochs=1, batch_size=300, lr=1e-3)
+    logits = reference(x)
+    loss = -(targets.float() * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    for before, after, grad in zip(reference.parameters(), model.parameters(), grads, strict=True):
+        step = (before - after).detach()
+        torch.testing.assert_close(step, 1e-3 * grad / (grad.abs() + 1e-8), rtol=1e-3, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (torch.full((300, 3), 0.5), r"y must hold probability vectors .*sums in \[1.5, 1.5\]"),
+        (torch.tensor([[1.5, -0.5, 0.0]]).expand(300, 3), r"non-negative .*minimum -0.5"),
+        (torch.full((300, 4), 0.25), r"y must have shape \(300, 3\) .*got shape \(300, 4\)"),
+        (torch.full((299, 3), 1 / 3), r"y must have shape \(300, 3\) .*got shape \(299, 3\)"),
+        (torch.full((300, 3), float("nan")), "y must be finite"),
+    ],
+)
+def test_bad_probability_targets_are_named(targets, message):
+    x, _ = _blobs()
+    with pytest.raises(InvalidArgumentError, match=message):
+        train_classifier(_fresh(0), x, targets)
+
+
+def test_checking_the_width_leaves_batch_norm_statistics_alone():
+    x, targets = _teacher_targets()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+    with pytest.raises(InvalidArgumentError, match=r"y must have shape \(300, 4\)"):
+        train_classifier(model, x, targets)
+    assert model.training
+    assert torch.equal(model[1].running_mean, torch.zeros(8))
+    assert int(model[1].num_batches_tracked) == 0

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from vulnscope._validation import check_int, check_labels, check_real, check_seed
+from vulnscope._validation import (
+    check_int,
+    check_labels,
+    check_logits,
+    check_real,
+    check_seed,
+    check_targets,
+)
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["train_classifier"]
@@ -27,7 +34,17 @@ def train_classifier(
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> nn.Module:
-    """Train ``model`` in place with Adam on the cross-entropy, then put it in eval mode.
+    r"""Train ``model`` in place with Adam on the cross-entropy, then put it in eval mode.
+
+    The targets are either class labels or probability vectors. Probability targets
+    ``t`` (what a model-extraction attacker gets back from a victim that publishes its
+    outputs) are fitted by the soft cross-entropy
+
+    .. math::
+        \ell(z, t) = -\sum_j t_j \log \operatorname{softmax}(z)_j
+                   = \mathrm{KL}(t \,\|\, \operatorname{softmax}(z)) + H(t),
+
+    so the model's own probabilities are pulled towards ``t``, not just its arg-max.
 
     Minibatches come from a permutation drawn each epoch from a generator seeded with
     ``seed``; for a fully reproducible run, also create the model under a fixed seed.
@@ -35,7 +52,9 @@ def train_classifier(
     Args:
         model: the classifier, mapping (N, ...) to logits (N, C).
         x: training inputs (N, ...), floating.
-        y: training labels (N,), integer.
+        y: training targets: labels (N,), integer, or probability vectors (N, C),
+            floating, each row non-negative and summing to one (within 1e-4), with C the
+            model's number of outputs.
         epochs: passes over the data.
         batch_size: samples per step.
         lr: Adam's learning rate.
@@ -50,7 +69,10 @@ def train_classifier(
         raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise InvalidArgumentError("x must be a floating tensor of shape (N, ...)")
-    y = check_labels(y, n=x.shape[0], device=x.device)
+    if isinstance(y, Tensor) and y.is_floating_point() and y.ndim != 1:
+        y = _check_probability_targets(model, x, y)
+    else:
+        y = check_labels(y, n=x.shape[0], device=x.device)
     epochs = check_int(epochs, "epochs")
     batch_size = check_int(batch_size, "batch_size")
     lr = check_real(lr, "lr", minimum=0.0, exclusive=True)
@@ -63,6 +85,7 @@ def train_classifier(
         total = 0.0
         for start in range(0, x.shape[0], batch_size):
             batch = order[start : start + batch_size]
+            # with (B, C) float targets, cross_entropy is the soft cross-entropy above
             loss = F.cross_entropy(model(x[batch]), y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -70,3 +93,18 @@ def train_classifier(
             total += float(loss.detach()) * batch.numel()
         logger.debug("epoch %d/%d: loss %.4f", epoch + 1, epochs, total / x.shape[0])
     return model.eval()
+
+
+def _check_probability_targets(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Probability targets (N, C) matching the model's width, in the model's output dtype."""
+    # one sample in eval mode: the width without touching batch-norm statistics
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            logits = check_logits(model(x[:1]), 1)
+    finally:
+        for module, training in modes:
+            module.training = training
+    check_targets(y, n=x.shape[0], num_classes=logits.shape[1], device=logits.device)
+    return y.to(device=logits.device, dtype=logits.dtype)  # float64 targets keep their digits
