@@ -10,6 +10,7 @@ import pytest
 PUBLIC_MODULES = [
     "vulnscope",
     "vulnscope.attacks",
+    "vulnscope.cloning",
     "vulnscope.data",
     "vulnscope.diagnostics",
     "vulnscope.errors",
@@ -33,6 +34,15 @@ def test_every_public_name_imports_and_has_a_docstring(module_name):
 
 def test_issue_contract_names_exist():
     from vulnscope.attacks import APGD, BIM, FGSM, PGD, FisherAttack  # noqa: F401
+    from vulnscope.cloning import (  # noqa: F401
+        MAD,
+        FisherPoisoning,
+        LabelOnly,
+        RandomPoisoning,
+        ReverseSigmoid,
+        Rounding,
+        extract,
+    )
     from vulnscope.diagnostics import input_fisher, input_hessian_eigenvalues  # noqa: F401
     from vulnscope.evaluate import robust_accuracy  # noqa: F401
     from vulnscope.rbm import DeepRBM, train_layerwise_kl  # noqa: F401
@@ -46,3 +56,15 @@ def test_every_attack_cites_its_paper():
         cls = getattr(attacks, name)
         if inspect.isclass(cls) and issubclass(cls, attacks.Attack) and cls is not attacks.Attack:
             assert any(str(year) in cls.__doc__ for year in range(2013, 2026)), name
+
+
+def test_every_defence_cites_its_paper_and_says_whether_it_keeps_the_class():
+    from vulnscope import cloning
+
+    for name in cloning.__all__:
+        cls = getattr(cloning, name)
+        if inspect.isclass(cls) and issubclass(cls, cloning.OutputDefence):
+            if cls in (cloning.OutputDefence, cloning.Undefended):
+                continue
+            assert any(str(year) in cls.__doc__ for year in range(2013, 2026)), name
+            assert isinstance(cls.preserves_argmax, bool), name

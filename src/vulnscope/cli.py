@@ -140,7 +140,72 @@ def _build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
     diagnose.add_argument("--out", default="vulnscope-diagnose", type=Path, help="output directory")
     diagnose.set_defaults(handler=_run_diagnose)
+
+    clone = commands.add_parser(
+        "clone",
+        help="extraction attacks against output defences; writes clone.json and a figure",
+        description="For each victim (the deep RBM network and the digits CNN), each output "
+        "defence (Fisher poisoning, a random perturbation of the same L1 size, MAD, reverse "
+        "sigmoid, rounding, top-1 label only) at each L1 budget, and each seed: the "
+        "legitimate users' utility, then a clone trained on the published outputs, its test "
+        "accuracy, agreement with the victim and the transfer rate of PGD examples crafted "
+        "on it. Finished cells are kept in OUT/cells and reused by a rerun.",
+    )
+    clone.add_argument(
+        "--victims", type=_choice_list(("deep-rbm", "digits-cnn")),
+        default=["deep-rbm", "digits-cnn"], help="comma-separated (default deep-rbm,digits-cnn)",
+    )  # fmt: skip
+    clone.add_argument(
+        "--defences", type=_choice_list(_DEFENCES), default=list(_DEFENCES),
+        help="comma-separated, from " + ",".join(_DEFENCES) + " (default all)",
+    )  # fmt: skip
+    clone.add_argument(
+        "--budgets", type=_budget_list, default=[0.1, 0.25, 0.5, 1.0],
+        help="mean L1 budgets, comma-separated (default 0.1,0.25,0.5,1)",
+    )  # fmt: skip
+    clone.add_argument("--seeds", type=_positive_int, default=5, help="repetitions (default 5)")
+    clone.add_argument(
+        "--queries", default="train", choices=("train", "disjoint", "jacobian"),
+        help="the attacker's inputs (default %(default)s)",
+    )  # fmt: skip
+    clone.add_argument("--query-budget", type=_positive_int, help="queries the attacker may make")
+    clone.add_argument("--epochs", type=_positive_int, default=30, help="clone training epochs")
+    clone.add_argument(
+        "--cloner", default="fine_tune", choices=("fine_tune", "eq14"),
+        help="how the deep-RBM clone is trained (default %(default)s)",
+    )  # fmt: skip
+    clone.add_argument(
+        "--quick", action="store_true",
+        help="a fast pass: 2 seeds, budgets 0.25,1, 10 epochs (overrides those options)",
+    )  # fmt: skip
+    clone.add_argument("--fresh", action="store_true", help="recompute finished cells")
+    clone.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+    clone.add_argument("--out", default="vulnscope-clone", type=Path, help="output directory")
+    clone.set_defaults(handler=_run_clone)
     return parser
+
+
+_DEFENCES = ("none", "fisher", "random", "mad", "reverse_sigmoid", "rounding", "label_only")
+
+
+def _choice_list(choices: Sequence[str]) -> Any:
+    def parse(text: str) -> list[str]:
+        values = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [value for value in values if value not in choices]
+        if not values or unknown:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated names from {','.join(choices)}, got {text!r}"
+            )
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
+def _budget_list(text: str) -> list[float]:
+    values = _eps_list(text)
+    if any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"expected budgets > 0, got {text!r}")
+    return values
 
 
 def _add_model_and_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -263,6 +328,53 @@ def _run_diagnose(args: argparse.Namespace) -> int:
               f"random {growth['growth_random_median'][-1]:.3g}x")  # fmt: skip
     print(f"wrote {args.out / 'diagnostics.json'}")
     return 0
+
+
+def _run_clone(args: argparse.Namespace) -> int:
+    from vulnscope.cloning.job import run_clone
+
+    if args.quick:
+        args.seeds, args.budgets, args.epochs = 2, [0.25, 1.0], 10
+    args.out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
+    record = run_clone(
+        args.out, victims=args.victims, budgets=args.budgets, seeds=args.seeds,
+        defences=args.defences, queries=args.queries, query_budget=args.query_budget,
+        epochs=args.epochs, cloner=args.cloner, seed=args.seed, resume=not args.fresh,
+    )  # fmt: skip
+    _print_clone_table(record)
+    print(f"wrote {args.out / 'clone.json'} and {args.out / record['figures']['clone_damage']}")
+    return 0
+
+
+def _print_clone_table(record: dict[str, Any]) -> None:
+    def cell(value: dict[str, Any]) -> str:
+        if value["mean"] is None:
+            return f"{'-':>13}"
+        spread = value["half_width"]
+        return f"{value['mean']:>7.3f}" + (f"±{spread:<5.3f}" if spread is not None else " " * 6)
+
+    seeds = record["settings"]["seeds"]
+    for victim, about in record["victims"].items():
+        print(f"{victim}: victim test accuracy {about['test_accuracy']:.1%}; "
+              f"means over {seeds} seeds ± 95% interval")  # fmt: skip
+        print(f"  {'defence':<22}{'mean L1':>13}{'top-1 kept':>13}{'clone acc':>13}"
+              f"{'agreement':>13}{'transfer':>13}")  # fmt: skip
+        for row in record["rows"]:
+            if row["victim"] != victim:
+                continue
+            print(f"  {row['key']:<22}" + "".join(cell(row[m]) for m in (
+                "mean_l1", "top1_agreement", "clone_accuracy", "clone_agreement",
+                "transfer_rate")))  # fmt: skip
+
+    def difference(value: dict[str, Any]) -> str:
+        if value["ci_low"] is None:
+            return f"{value['mean']:+.3f}"
+        return f"{value['mean']:+.3f} [{value['ci_low']:+.3f}, {value['ci_high']:+.3f}]"
+
+    for row in record["fisher_vs_random"]:
+        print(f"  {row['victim']} budget {row['budget']:g}, Fisher minus random: clone accuracy "
+              f"{difference(row['clone_accuracy'])}, transfer "
+              f"{difference(row['transfer_rate'])}")  # fmt: skip
 
 
 def _run_audit(args: argparse.Namespace) -> int:

@@ -202,7 +202,7 @@ def test_one_hot_targets_train_exactly_like_labels() -> None:
 
 def test_soft_targets_change_the_generation_pairs() -> None:
     """A soft label vector starts the generation pass: the top layer's targets are the vector."""
-    x, y = _toy_data()
+    x, _y = _toy_data()
     net = DeepRBM([4, 3], 2, seed=0)
     soft = torch.tensor([[0.8, 0.2]]).expand(x.shape[0], -1).contiguous()
     _, hidden = layer_pairs(net, x.reshape(x.shape[0], -1), soft, 1, torch.Generator())

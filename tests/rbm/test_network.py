@@ -178,7 +178,8 @@ def test_sampled_hidden_states_follow_the_exact_marginals():
 def test_generate_agrees_with_exact_down(soft: bool):
     net = random_network([6, 4, 3], 3, seed=9)
     chains = 100_000
-    y = torch.tensor([[0.6, 0.1, 0.3], [0.2, 0.2, 0.6], [0.0, 1.0, 0.0]]) if soft else torch.arange(3)
+    soft_y = torch.tensor([[0.6, 0.1, 0.3], [0.2, 0.2, 0.6], [0.0, 1.0, 0.0]])
+    y = soft_y if soft else torch.arange(3)
     sampled = net.generate(y, chains=chains, seed=1)
     marginals = net.exact_down(y)[-1] @ binary_states(6, dtype=torch.float64)
     std = (marginals * (1 - marginals) / chains).sqrt()

@@ -53,7 +53,7 @@ def test_target_cross_entropy_matches_the_definition() -> None:
 
 
 def test_bad_targets_are_refused_with_their_shape() -> None:
-    x, y = _data()
+    x, _y = _data()
     net = DeepRBM([5, 4], 3, seed=0)
     with pytest.raises(InvalidArgumentError, match=r"y must have shape \(90, 3\)"):
         fine_tune(net, x, torch.full((90, 2), 0.5))
