@@ -185,7 +185,10 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_DEFENCES = ("none", "fisher", "random", "mad", "reverse_sigmoid", "rounding", "label_only")
+_DEFENCES = (
+    "none", "fisher", "fisher_eigenvector", "random", "mad", "reverse_sigmoid", "rounding",
+    "label_only",
+)  # fmt: skip
 
 
 def _choice_list(choices: Sequence[str]) -> Any:
@@ -372,7 +375,8 @@ def _print_clone_table(record: dict[str, Any]) -> None:
         return f"{value['mean']:+.3f} [{value['ci_low']:+.3f}, {value['ci_high']:+.3f}]"
 
     for row in record["fisher_vs_random"]:
-        print(f"  {row['victim']} budget {row['budget']:g}, Fisher minus random: clone accuracy "
+        print(f"  {row['victim']} budget {row['budget']:g}, {row['defence']} minus random: "
+              f"clone accuracy "
               f"{difference(row['clone_accuracy'])}, transfer "
               f"{difference(row['transfer_rate'])}")  # fmt: skip
 

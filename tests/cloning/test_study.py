@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -87,6 +88,10 @@ def test_cells_are_written_then_reloaded_without_recomputing(tmp_path, monkeypat
     monkeypatch.setattr(study, "run_cell", lambda *a: calls.append(a))
     again = clone_study(victim, SETTINGS, tmp_path)
     assert calls == [] and again == cells
+    # a smaller grid of the same settings reuses its cells too
+    subset = clone_study(victim, dataclasses.replace(SETTINGS, defences=("none",), seeds=1),
+                         tmp_path)  # fmt: skip
+    assert calls == [] and subset == cells[:1]
     # other settings do not reuse the cells
     with pytest.raises(TypeError):  # the stub returns None: it was called
         clone_study(victim, CloneStudySettings(**{**SETTINGS.__dict__, "epochs": 4}), tmp_path)

@@ -181,7 +181,11 @@ def run_clone(
         victim = (
             deep_rbm_victim(seed=seed, queries=queries, cloner=cloner)
             if name == "deep-rbm"
-            else digits_cnn_victim(seed=seed, queries=queries, fit_reverse="fisher" in defences)
+            else digits_cnn_victim(
+                seed=seed,
+                queries=queries,
+                fit_reverse=any(d.startswith("fisher") for d in defences),
+            )
         )
         with torch.no_grad():
             accuracy = float((victim.model(victim.test_x).argmax(1) == victim.test_y)
@@ -196,7 +200,12 @@ def run_clone(
         logger.info("%s: victim test accuracy %.1f%%", name, 100 * accuracy)
         cells.extend(clone_study(victim, settings, out / "cells", resume=resume))
     rows = summarise_cells(cells)
-    comparison = paired_comparison(cells, "fisher", "random") if "fisher" in defences else []
+    comparison = [
+        row | {"defence": name}
+        for name in ("fisher", "fisher_eigenvector")
+        if name in defences and "random" in defences
+        for row in paired_comparison(cells, name, "random")
+    ]
     figure = plot_clone_damage(rows, out / "clone_damage.png")
     recorded_settings = {
         "victims": victims, "budgets": list(budgets), "seeds": seeds,
@@ -209,7 +218,7 @@ def run_clone(
         "settings": recorded_settings,
         "victims": described,
         "rows": rows,
-        "fisher_vs_random": comparison,
+        "fisher_vs_random": comparison,  # Fisher minus random, paired by seed
         "cells": cells,
         "figures": {"clone_damage": figure.name},
     }

@@ -17,6 +17,7 @@ _PANELS = (
 )
 _STYLE = {
     "fisher": ("tab:red", "o", "Fisher poisoning"),
+    "fisher_eigenvector": ("tab:pink", "P", "Fisher, eigenvector only"),
     "random": ("tab:gray", "s", "random, same L1"),
     "mad": ("tab:blue", "^", "MAD (arg-max)"),
     "reverse_sigmoid": ("tab:green", "v", "reverse sigmoid"),

@@ -35,7 +35,7 @@ from vulnscope._statistics import mean_interval
 from vulnscope._validation import check_choice
 from vulnscope.cloning.defence import OutputDefence, Undefended
 from vulnscope.cloning.extract import extract
-from vulnscope.cloning.fisher_poisoning import FisherPoisoning
+from vulnscope.cloning.fisher_poisoning import FisherPoisoning, FisherSearch
 from vulnscope.cloning.label_only import LabelOnly
 from vulnscope.cloning.mad import MAD
 from vulnscope.cloning.random_poisoning import RandomPoisoning
@@ -57,11 +57,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFENCE_NAMES: tuple[str, ...] = (
-    "none", "fisher", "random", "mad", "reverse_sigmoid", "rounding", "label_only",
+    "none", "fisher", "fisher_eigenvector", "random", "mad", "reverse_sigmoid", "rounding",
+    "label_only",
 )  # fmt: skip
 """Defences the study knows, in the order of its tables."""
 
-_BUDGETED = ("fisher", "random", "mad", "reverse_sigmoid")
+_BUDGETED = ("fisher", "fisher_eigenvector", "random", "mad", "reverse_sigmoid")
 
 Trainer = Callable[[nn.Module, Tensor, Tensor, int], nn.Module]
 
@@ -154,8 +155,14 @@ class CloneStudySettings:
     base_seed: int = 0
 
     def digest(self, victim: Victim) -> str:
-        """Hash of the settings and the victim's identity: a cell is reused only if equal."""
-        record = asdict(self) | {"victim": victim.name, "eps": victim.transfer_eps}
+        """Hash of what a cell's result depends on: a cell is reused only if it is equal.
+
+        The grid (budgets, seeds, defences) only chooses which cells exist, so a rerun
+        with more seeds or another defence reuses every cell it shares.
+        """
+        grid = ("budgets", "seeds", "defences", "rounding_decimals", "base_seed")
+        record = {k: v for k, v in asdict(self).items() if k not in grid}
+        record |= {"victim": victim.name, "eps": victim.transfer_eps}
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -164,8 +171,10 @@ def build_defence(spec: DefenceSpec, victim: Victim, seed: int) -> OutputDefence
     model = victim.model
     if spec.name == "none":
         return Undefended(model)
-    if spec.name == "fisher":
-        return FisherPoisoning(model, spec.budget, reverse=victim.reverse, seed=seed)  # type: ignore[arg-type]
+    if spec.name in ("fisher", "fisher_eigenvector"):
+        search: FisherSearch = "l1" if spec.name == "fisher" else "eigenvector"
+        return FisherPoisoning(model, spec.budget, reverse=victim.reverse, seed=seed,  # type: ignore[arg-type]
+                               search=search)  # fmt: skip
     if spec.name == "random":
         return RandomPoisoning(model, spec.budget, seed=seed)  # type: ignore[arg-type]
     if spec.name == "mad":
