@@ -43,7 +43,7 @@ from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.exact import binary_states
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rbm.rbm import log_conditional
-from vulnscope.rg.analysis import _active_operators, _embed, choose_operators
+from vulnscope.rg.analysis import _active_operators, _embed, choose_operators, operators_by_weight
 from vulnscope.rg.mcrg import StabilityMatrix, _jackknife_error, stability_matrix
 from vulnscope.rg.operators import OperatorSet
 
@@ -73,17 +73,7 @@ def input_operators(network: DeepRBM, choice: GenerationOperatorChoice = "pairs"
     - ``"complete"``: all ``2**n_0 - 1`` products (``n_0 <= 16``).
     """
     choice = check_choice(choice, "operators", GENERATION_OPERATOR_CHOICES)  # type: ignore[assignment]
-    weight = network.rbms[0].weight.detach()
-    n = weight.shape[1]
-    singles = OperatorSet.singles(n)
-    if choice == "complete":
-        return OperatorSet.complete(n)
-    if choice == "singles" or n < 2:
-        return singles
-    pairs = OperatorSet.pairs_by_weight(weight, min(n, n * (n - 1) // 2))
-    if choice == "triples" and n >= 3:
-        return singles + pairs + OperatorSet.triples_by_weight(weight, max(1, n // 2))
-    return singles + pairs
+    return operators_by_weight(network.rbms[0].weight.detach(), choice)
 
 
 @dataclass(frozen=True)

@@ -72,19 +72,31 @@ def choose_operators(
             f"the RG analysis needs equal hidden widths (one coupling space), got {widths}"
         )
     n = widths[0]
-    singles = OperatorSet.singles(n)
-    if choice == "singles" or n < 2:
-        return singles
-    if choice == "complete":
-        return OperatorSet.complete(n)
-    stacked = torch.cat([rbm.weight.detach() for rbm in network.rbms[1:]], 0)
-    if choice == "correlation":
+    if choice == "correlation" and n >= 2:
         if states is None:
             raise InvalidArgumentError("operators='correlation' needs sampled states")
-        return singles + OperatorSet.pairs_by_correlation(torch.cat(states, 0), n)
-    pairs = OperatorSet.pairs_by_weight(stacked, min(n, n * (n - 1) // 2))
+        pairs = OperatorSet.pairs_by_correlation(torch.cat(states, 0), n)
+        return OperatorSet.singles(n) + pairs
+    stacked = torch.cat([rbm.weight.detach() for rbm in network.rbms[1:]], 0)
+    return operators_by_weight(stacked, choice)
+
+
+def operators_by_weight(weight: Tensor, choice: str) -> OperatorSet:
+    """An operator set on the ``n`` units that ``weight`` (m, n) couples to the layer above.
+
+    ``"singles"``; ``"pairs"``: singles plus the ``n`` pairs with the largest
+    ``|(Wᵀ W)_{ij}|``; ``"triples"``: pairs plus ``n / 2`` triples by third-order weight
+    products; ``"complete"``: all ``2**n - 1`` products.
+    """
+    n = weight.shape[1]
+    singles = OperatorSet.singles(n)
+    if choice == "complete":
+        return OperatorSet.complete(n)
+    if choice == "singles" or n < 2:
+        return singles
+    pairs = OperatorSet.pairs_by_weight(weight, min(n, n * (n - 1) // 2))
     if choice == "triples" and n >= 3:
-        return singles + pairs + OperatorSet.triples_by_weight(stacked, max(1, n // 2))
+        return singles + pairs + OperatorSet.triples_by_weight(weight, max(1, n // 2))
     return singles + pairs
 
 
