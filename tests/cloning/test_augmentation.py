@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-import vulnscope.cloning.extract as extract_module
+import vulnscope.cloning.extraction as extract_module
 from helpers import random_inputs, tiny_classifier
 from vulnscope.cloning.augmentation import jacobian_augmentation, periodic_step
-from vulnscope.cloning.extract import extract
+from vulnscope.cloning.extraction import extract
 from vulnscope.cloning.oracle import BlackBox
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
 

@@ -19,7 +19,7 @@ while every legitimate user still gets the same class.
 
 from vulnscope.cloning.decoder import ConditionalDecoder
 from vulnscope.cloning.defence import OutputDefence, Published, Undefended
-from vulnscope.cloning.extract import CloneMeasurement, Extraction, extract, measure_clone
+from vulnscope.cloning.extraction import CloneMeasurement, Extraction, extract, measure_clone
 from vulnscope.cloning.fisher_poisoning import FisherPoisoning
 from vulnscope.cloning.generation_fisher import (
     GenerationPassFisher,

@@ -34,7 +34,7 @@ from vulnscope._io import write_json_atomic
 from vulnscope._statistics import mean_interval
 from vulnscope._validation import check_choice
 from vulnscope.cloning.defence import OutputDefence, Undefended
-from vulnscope.cloning.extract import extract
+from vulnscope.cloning.extraction import extract
 from vulnscope.cloning.fisher_poisoning import FisherPoisoning, FisherSearch
 from vulnscope.cloning.label_only import LabelOnly
 from vulnscope.cloning.mad import MAD

@@ -9,7 +9,7 @@ from torch import nn
 
 from helpers import random_inputs, tiny_classifier
 from vulnscope.attacks import PGD
-from vulnscope.cloning.extract import CloneMeasurement, extract, measure_clone
+from vulnscope.cloning.extraction import CloneMeasurement, extract, measure_clone
 from vulnscope.cloning.oracle import BlackBox, QueryBudgetExceededError
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
 from vulnscope.models import DigitsCNN
