@@ -15,13 +15,8 @@ from hypothesis.extra.numpy import arrays
 from torch import nn
 
 from helpers import tiny_classifier
-from vulnscope.cloning.defence import (
-    OutputDefence,
-    Published,
-    Undefended,
-    row_generators,
-    row_seeds,
-)
+from vulnscope._random import row_generators, row_seeds
+from vulnscope.cloning.defence import OutputDefence, Published, Undefended
 from vulnscope.cloning.fisher_poisoning import FisherPoisoning
 from vulnscope.cloning.label_only import LabelOnly
 from vulnscope.cloning.mad import MAD, log_prob_gram, untrained_copy
@@ -348,6 +343,19 @@ def test_the_l1_search_takes_the_strongest_vertex_step_when_every_vertex_is_insi
     torch.testing.assert_close(published.l1, torch.full((8,), budget, dtype=torch.float64))
 
 
+def test_the_l1_search_goes_at_least_as_far_as_the_eigenvector_when_the_budget_is_too_big():
+    """Where no candidate can spend the budget, the furthest class-keeping step is taken."""
+    reverse = OutputDependentFisher(random_psd(5, 7))
+    logits = random_logits(8, n=16, classes=5, scale=1.0)
+    budget = 1.5  # more than any of these outputs can move with its class kept
+    strongest = FisherPoisoning(identity, budget, reverse=reverse).publish(logits)
+    eigen = FisherPoisoning(identity, budget, reverse=reverse, search="eigenvector").publish(logits)
+    assert bool((strongest.l1 < budget - 1e-6).all())
+    assert bool((strongest.l1 >= eigen.l1 - 1e-12).all())
+    assert bool((strongest.l1 > eigen.l1 + 1e-3).any())
+    torch.testing.assert_close(strongest.probs.argmax(1), strongest.true_probs.argmax(1))
+
+
 def test_fisher_poisoning_keeps_a_degenerate_fisher_sum_zero():
     # F̃ = 11ᵀ has no sum-zero component at all: any sum-zero direction is a top one.
     reverse = FixedFisher(torch.ones(4, 4, dtype=torch.float64))
@@ -590,6 +598,7 @@ def test_row_seeds_depend_on_the_seed_and_the_row_only():
     assert row_seeds(x, 2) != seeds
     assert row_seeds(x.float(), 1) != seeds
     assert row_seeds(x, None) != row_seeds(x, None)
+    assert row_seeds(x[:0], 1) == []
     draws = [torch.rand(1, generator=g) for g in row_generators(x, 1)]
     assert [float(d) for d in draws] == [
         float(torch.rand(1, generator=g)) for g in row_generators(x, 1)

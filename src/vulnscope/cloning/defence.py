@@ -7,15 +7,14 @@ one in L1, the size of the poisoning. The base class owns that call path (valida
 mode, float64); each defence writes only ``poison``.
 
 Randomness is derived per query from ``(seed, the bytes of the input row)``
-(:func:`row_seeds`): the same query always gets the same answer, whatever else is in its
-batch, so an attacker cannot remove random noise by asking the same question twice and
-averaging.
+(:func:`vulnscope._random.row_seeds`): the same query always gets the same answer,
+whatever else is in its batch, so an attacker cannot remove random noise by asking the
+same question twice and averaging.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
 import inspect
 import math
 import numbers
@@ -28,7 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope._validation import (
-    _describe,
     check_inputs,
     check_logits,
     check_model,
@@ -36,7 +34,7 @@ from vulnscope._validation import (
     check_seed,
 )
 from vulnscope.cloning.simplex import check_budget
-from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+from vulnscope.errors import InvalidArgumentError
 from vulnscope.models.state import preserved_model_state
 
 __all__ = [
@@ -44,8 +42,6 @@ __all__ = [
     "Published",
     "Undefended",
     "check_defence_budget",
-    "row_generators",
-    "row_seeds",
 ]
 
 
@@ -63,41 +59,6 @@ class Published:
     probs: Tensor
     true_probs: Tensor
     l1: Tensor
-
-
-def row_seeds(x: Tensor, seed: int | None) -> list[int]:
-    """One 63-bit seed per input row, derived from ``seed`` and the bytes of that row.
-
-    A BLAKE2b hash of the seed and the row's raw bytes (dtype and values): the same row
-    gets the same seed in any batch, in any process. ``seed=None`` draws a fresh key from
-    the operating system's entropy for this call.
-
-    Args:
-        x: (B, ...) queries.
-        seed: the key, a non-negative integer, or ``None``.
-
-    Returns:
-        B integers in ``[0, 2**63)``.
-
-    """
-    key = check_seed(seed)
-    if key is None:
-        key = secrets.randbits(63)
-    if not isinstance(x, Tensor):
-        raise InvalidTypeError(f"x must be a torch.Tensor, got {_describe(x)}")
-    rows = x.detach().cpu().contiguous().reshape(x.shape[0], -1)
-    data = rows.view(torch.uint8).numpy() if rows.numel() else rows.numpy()
-    prefix = key.to_bytes(16, "little") + str(x.dtype).encode()
-    return [
-        int.from_bytes(hashlib.blake2b(prefix + row.tobytes(), digest_size=8).digest(), "little")
-        >> 1
-        for row in data
-    ]
-
-
-def row_generators(x: Tensor, seed: int | None) -> list[torch.Generator]:
-    """One CPU generator per input row, seeded by :func:`row_seeds`."""
-    return [torch.Generator().manual_seed(value) for value in row_seeds(x, seed)]
 
 
 def check_defence_budget(budget: Any, model: Any) -> float:
@@ -131,8 +92,9 @@ class OutputDefence(nn.Module, abc.ABC):
         model: the victim classifier, (B, ...) -> (B, C) logits (log-probabilities are
             valid logits: a :class:`~vulnscope.rbm.DeepRBM` plugs in as it is). It is put
             in eval mode for each call and left in the mode it was found in.
-        seed: key of the defence's randomness (:func:`row_seeds`); ``None`` draws a secret
-            key once, when the defence is built, so its answers are still consistent.
+        seed: key of the defence's randomness (:func:`vulnscope._random.row_seeds`);
+            ``None`` draws a secret key once, when the defence is built, so its answers
+            are still consistent.
 
     Attributes:
         preserves_argmax: whether every published vector has the arg-max class of the true

@@ -34,38 +34,24 @@ from torch import Tensor
 from vulnscope._validation import _describe, check_choice, check_real
 from vulnscope.cloning.defence import OutputDefence
 from vulnscope.cloning.reverse import ReverseModel
-from vulnscope.cloning.simplex import check_budget, search_along
+from vulnscope.cloning.simplex import check_budget, search_along, sum_zero_basis
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
 
 __all__ = [
     "FisherPoisoning",
     "strongest_fisher_step",
-    "sum_zero_basis",
     "top_output_direction",
 ]
 
 FisherSearch = Literal["l1", "eigenvector"]
 
 
-def sum_zero_basis(num_classes: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
-    """An orthonormal basis of the sum-zero directions: (C, C - 1), Helmert's columns.
-
-    Column ``k`` (``k = 1 .. C-1``) is ``(1, ..., 1, -k, 0, ..., 0) / sqrt(k (k + 1))``
-    with ``k`` ones.
-    """
-    basis = torch.zeros(num_classes, num_classes - 1, dtype=dtype)
-    for k in range(1, num_classes):
-        basis[:k, k - 1] = 1.0
-        basis[k, k - 1] = -float(k)
-        basis[:, k - 1] /= (k * (k + 1)) ** 0.5
-    return basis
-
-
 def top_output_direction(fisher: Tensor, probs: Tensor) -> Tensor:
     """The unit top eigenvector of ``P F̃ P`` per row, oriented away from the arg-max class.
 
-    Computed in the (C - 1)-dimensional sum-zero subspace (:func:`sum_zero_basis`), so the
-    result sums to zero even where ``F̃`` vanishes there. Eigenvectors have no sign of their
+    Computed in the (C - 1)-dimensional sum-zero subspace
+    (:func:`~vulnscope.cloning.simplex.sum_zero_basis`), so the result sums to zero even
+    where ``F̃`` vanishes there. Eigenvectors have no sign of their
     own: each is oriented so that it does not raise the probability of the class ``probs``
     puts first (the sign that can take the larger budget on a confident output).
 
@@ -212,9 +198,9 @@ def strongest_fisher_step(probs: Tensor, fisher: Tensor, budget: float, *, margi
     delta = moved - probs[:, None]
     form = torch.einsum("bkc,bcd,bkd->bk", delta, fisher, delta)
     # rank: whole budget spent first, then the distance reached, then the quadratic form
-    best_reached = torch.where(reached, form, -math.inf).argmax(1)
-    best_partial = (l1 + 1e-12 * form / (1.0 + form.abs().amax(1, keepdim=True))).argmax(1)
-    choice = torch.where(reached.any(1), best_reached, best_partial)
+    furthest = l1 >= l1.amax(1, keepdim=True) - 1e-12
+    eligible = torch.where(reached.any(1, keepdim=True), reached, furthest)
+    choice = torch.where(eligible, form, -math.inf).argmax(1)
     return moved[torch.arange(rows), choice]
 
 

@@ -29,7 +29,6 @@ it, with jackknife errors over blocks of chains.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass
 from typing import Literal
@@ -37,8 +36,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from vulnscope._random import make_generator
+from vulnscope._random import row_seeds
 from vulnscope._validation import _describe, check_choice, check_int, check_seed
+from vulnscope.cloning.simplex import sum_zero_basis
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.exact import binary_states
 from vulnscope.rbm.network import DeepRBM
@@ -242,7 +242,7 @@ class GenerationPassFisher:
         """``F̃`` for each output vector: (B, C) -> (B, C, C) float64, symmetric PSD."""
         outputs = check_output_vectors(probs, self.num_classes)
         hidden, first = self._operator_sets()
-        seeds = self._row_seeds(outputs)
+        seeds = row_seeds(outputs, self.seed)
         fisher = torch.zeros(
             outputs.shape[0], self.num_classes, self.num_classes, dtype=torch.float64
         )
@@ -260,16 +260,12 @@ class GenerationPassFisher:
         rows = y[None] if isinstance(y, Tensor) else y
         output = check_output_vectors(rows, self.num_classes, name="y")[0]
         hidden, first = self._operator_sets()
-        chain = self._chain(output, hidden, first, self._row_seeds(output[None])[0])
+        chain = self._chain(output, hidden, first, row_seeds(output[None], self.seed)[0])
         return _report(output, chain, hidden, first)
 
     def _operator_sets(self) -> tuple[OperatorSet, OperatorSet]:
         hidden = choose_operators(self.network, self.operators)
         return hidden, input_operators(self.network, self.operators)
-
-    def _row_seeds(self, outputs: Tensor) -> list[int]:
-        base = self.seed if self.seed is not None else make_generator(None).initial_seed()
-        return [_row_seed(base, row) for row in outputs]
 
     def _chain(self, y: Tensor, hidden: OperatorSet, first: OperatorSet, seed: int) -> _Chain:
         blocks = min(self.blocks, self.samples)
@@ -392,7 +388,7 @@ def _report(output: Tensor, chain: _Chain, hidden: OperatorSet, first: OperatorS
     norm_stderr = float(_jackknife_error(torch.linalg.matrix_norm(rep_product, ord=2)))
     values, stderr, vectors, vector_error = _eigen(chain.fisher, chain.fisher_replicas)
     classes = output.shape[0]
-    basis = _tangent_basis(classes)
+    basis = sum_zero_basis(classes)
     t_values, t_stderr, t_vectors, t_error = _eigen(
         basis.t() @ chain.fisher @ basis, basis.t() @ chain.fisher_replicas @ basis
     )
@@ -421,20 +417,6 @@ def _report(output: Tensor, chain: _Chain, hidden: OperatorSet, first: OperatorS
         hidden_operators=hidden,
         input_operators=first,
     )
-
-
-def _tangent_basis(classes: int) -> Tensor:
-    """(C, C-1) orthonormal basis of the directions with ``Σ_c δy_c = 0``."""
-    centring = torch.eye(classes, dtype=torch.float64) - 1.0 / classes
-    basis: Tensor = torch.linalg.qr(centring[:, : classes - 1]).Q
-    return basis
-
-
-def _row_seed(seed: int, row: Tensor) -> int:
-    """A 63-bit seed from the base seed and the float64 bytes of one output vector."""
-    digest = hashlib.blake2b(f"{seed}:".encode(), digest_size=8)
-    digest.update(row.detach().to(torch.float64).cpu().contiguous().numpy().tobytes())
-    return int.from_bytes(digest.digest(), "little") >> 1
 
 
 def check_output_vectors(probs: object, num_classes: int, *, name: str = "probs") -> Tensor:

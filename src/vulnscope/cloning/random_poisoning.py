@@ -14,8 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from vulnscope._random import row_generators
 from vulnscope._validation import check_real
-from vulnscope.cloning.defence import OutputDefence, check_defence_budget, row_generators
+from vulnscope.cloning.defence import OutputDefence, check_defence_budget
 from vulnscope.cloning.simplex import check_budget, search_along, sum_zero_projection
 
 __all__ = ["RandomPoisoning"]
@@ -27,7 +28,7 @@ class RandomPoisoning(OutputDefence):
     The baseline of Kenway (2018b, section IV) and of Orekondy, Schiele and Fritz (2020,
     "Prediction Poisoning", their random-noise baseline): a Gaussian direction per query,
     projected to sum zero, drawn from a generator seeded by ``(seed, the query's bytes)``
-    (:func:`~vulnscope.cloning.defence.row_seeds`), so a repeated query gets the same
+    (:func:`~vulnscope._random.row_seeds`), so a repeated query gets the same
     answer; then :func:`~vulnscope.cloning.simplex.perturb_along` by ``budget``.
 
     Args:

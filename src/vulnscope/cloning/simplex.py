@@ -33,6 +33,7 @@ __all__ = [
     "perturb_along",
     "project_to_simplex",
     "search_along",
+    "sum_zero_basis",
     "sum_zero_projection",
 ]
 
@@ -91,6 +92,20 @@ def _project(z: Tensor) -> Tensor:
     size = support.amax(-1, keepdim=True)
     theta = excess.gather(-1, size.long() - 1) / size
     return (z - theta).clamp_min(0.0)
+
+
+def sum_zero_basis(num_classes: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """An orthonormal basis of the sum-zero directions: (C, C - 1), Helmert's columns.
+
+    Column ``k`` (``k = 1 .. C-1``) is ``(1, ..., 1, -k, 0, ..., 0) / sqrt(k (k + 1))``
+    with ``k`` ones.
+    """
+    basis = torch.zeros(num_classes, num_classes - 1, dtype=dtype)
+    for k in range(1, num_classes):
+        basis[:k, k - 1] = 1.0
+        basis[k, k - 1] = -float(k)
+        basis[:, k - 1] /= (k * (k + 1)) ** 0.5
+    return basis
 
 
 def sum_zero_projection(directions: Tensor) -> Tensor:
