@@ -41,7 +41,8 @@ def random_inputs(
 AttackBuilder = Callable[..., Attack]
 
 # Every attack of the suite, in the configurations the shared contract tests exercise.
-# Each builder takes norm, eps, targeted and bounds; later attacks join this list.
+# Each builder takes norm, eps, targeted and bounds. A minimal attack takes eps as its cap;
+# an attack without a budget (JSMA) ignores it, and the tests skip the eps-ball checks.
 ATTACK_CASES: list[tuple[str, tuple[str, ...], AttackBuilder]] = [
     ("FGSM", ("linf", "l2", "l1"), lambda **kw: FGSM(**kw)),
     ("FGSM-margin", ("linf",), lambda **kw: FGSM(loss="margin", **kw)),
@@ -57,9 +58,13 @@ ATTACK_CASES: list[tuple[str, tuple[str, ...], AttackBuilder]] = [
     ("APGD-no-early-stop", ("linf", "l2"), lambda **kw: APGD(steps=10, early_stop=False, **kw)),
     ("APGD-restarts", ("linf",), lambda **kw: APGD(steps=5, restarts=2, **kw)),
     ("Fisher", ("l2", "linf"), lambda **kw: FisherAttack(**kw)),
+    # --- Carlini-Wagner, L-BFGS ---
+    # --- DeepFool, FAB ---
+    # --- Square, JSMA ---
+    # --- universal perturbations ---
 ]
 
-NORM_ORDER = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}
+NORM_ORDER = {"linf": float("inf"), "l2": 2.0, "l1": 1.0, "l0": 0.0}
 
 
 def reference_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:

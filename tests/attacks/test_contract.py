@@ -54,10 +54,13 @@ def test_attack_keeps_the_contract(name, norm, build, seed, n, eps, bounds, targ
     assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
     assert ((result.x_adv >= bounds[0]) & (result.x_adv <= bounds[1])).all()
     size = reference_norm(result.x_adv - x, norm)
-    assert (size <= eps * (1 + 1e-9) + 1e-12).all()
     torch.testing.assert_close(result.norms, size)
-    if eps == 0.0:
-        assert torch.equal(result.x_adv, x)
+    changed = (result.x_adv != x).flatten(1).double().mean(dim=1)
+    torch.testing.assert_close(result.changed_fraction, changed)
+    if attack.eps is not None:
+        assert (size <= eps * (1 + 1e-9) + 1e-12).all()
+        if eps == 0.0:
+            assert torch.equal(result.x_adv, x)
 
     # Success is what the model says about exactly the returned tensor.
     with torch.no_grad():
@@ -66,7 +69,10 @@ def test_attack_keeps_the_contract(name, norm, build, seed, n, eps, bounds, targ
     assert torch.equal(result.success, expected)
     # A forward pass feeds at most one backward pass per logit (a full Jacobian).
     assert result.gradient_evals <= 4 * result.forward_evals
-    if eps > 0 and not (not targeted and (model(x).argmax(1) != y).all()):
+    attacked = eps > 0 and not (not targeted and (model(x).argmax(1) != y).all())
+    if attack.gradient_free:
+        assert result.gradient_evals == 0
+    elif attacked:
         assert result.gradient_evals >= 1
 
     # Same seed, same result.

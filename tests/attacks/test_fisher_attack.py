@@ -247,10 +247,17 @@ def test_sweep_keeps_a_sample_broken_at_a_smaller_budget():
     assert torch.equal(sweep.success, expected)
 
 
-def test_minimal_attack_cannot_be_swept():
+def test_minimal_attack_sweeps_from_one_uncapped_run():
     model, x, y = _problem()
-    with pytest.raises(InvalidArgumentError, match="budget"):
-        robust_accuracy(model, x, y, attack=FisherAttack(minimal=True), epsilons=[0.1])
+    attack = FisherAttack(minimal=True)
+    found = attack(model, x, y)
+    correct = model(x).argmax(1) == y
+    epsilons = sorted({0.05, 0.2, *(float(v) for v in found.norms[found.success & correct])})
+    curve = robust_accuracy(model, x, y, attack=attack, epsilons=epsilons)
+    for row, eps in zip(curve.success, epsilons, strict=True):
+        expected = ~correct | (correct & found.success & (found.norms <= eps))
+        assert torch.equal(row, expected), eps
+    assert (curve.accuracy[1:] <= curve.accuracy[:-1]).all()
 
 
 @pytest.mark.parametrize("minimal", [False, True])

@@ -63,6 +63,8 @@ class AttackResult:
         forward_evals: model evaluations the attack used, counted per sample (a forward
             pass on a batch of 100 counts 100), including those it differentiated.
         gradient_evals: backward passes through the model, counted per sample.
+        changed_fraction: (N,) fraction of the input features that ``x_adv`` changes (the
+            L0 size as a fraction; the figure sparse attacks such as JSMA report).
 
     """
 
@@ -72,6 +74,7 @@ class AttackResult:
     norm: str
     forward_evals: int
     gradient_evals: int
+    changed_fraction: Tensor
 
     @property
     def success_rate(self) -> float:
@@ -127,8 +130,11 @@ class Attack(abc.ABC):
 
     supported_norms: ClassVar[tuple[str, ...]] = NORMS
     requires_eps: bool = True
-    """Whether the attack needs a budget; an attack that can also minimise the perturbation
-    sets it per instance."""
+    """Whether the attack needs a budget. A *minimal* attack (DeepFool, C&W, FAB, ...)
+    sets it to False: it searches for the smallest adversarial perturbation, and an
+    ``eps`` it is given is a cap: the result is projected onto the eps-ball."""
+    gradient_free: ClassVar[bool] = False
+    """True for attacks that only query the model's outputs and never call backward."""
 
     def __init__(
         self,
@@ -262,13 +268,15 @@ class Attack(abc.ABC):
                 x_adv = x_adv.clamp(*self.bounds)
             with torch.no_grad():
                 success = is_adversarial(session.model.model(x_adv), session.y, session.target)
+        delta = x_adv - x
         return AttackResult(
             x_adv=x_adv,
             success=success,
-            norms=lp_norm(x_adv - x, self.norm),
+            norms=lp_norm(delta, self.norm),
             norm=self.norm,
             forward_evals=session.model.forward_evals,
             gradient_evals=session.model.gradient_evals,
+            changed_fraction=lp_norm(delta, "l0") / max(delta[0].numel(), 1),
         )
 
     @final
@@ -280,8 +288,10 @@ class Attack(abc.ABC):
         An adversarial example found inside a ball lies inside every larger ball, so a
         sample broken at one budget is broken at every larger one and is not attacked
         again; samples the model already misclassifies are not attacked at all. Attacks
-        with a faster way to climb the budgets (see :meth:`run_curve`) use it; the others
-        are called once per budget on the samples still robust.
+        with a faster way to climb the budgets (see :meth:`run_curve`) use it; a minimal
+        attack runs once without a cap, and a sample counts as broken at every budget at
+        least as large as the perturbation it found; the others are called once per
+        budget on the samples still robust.
 
         Args:
             model: maps inputs (N, ...) to logits (N, C).
@@ -299,9 +309,7 @@ class Attack(abc.ABC):
         if self.targeted:
             raise InvalidArgumentError("sweep needs an untargeted attack")
         if not self.requires_eps:
-            raise InvalidArgumentError(
-                f"{type(self).__name__} minimises the perturbation; sweep needs a budget"
-            )
+            return self._sweep_minimal(model, x, y, budgets)
         with self._session(model, x, y, None, needs_eps=False) as session:
             correct = session.clean_logits.argmax(dim=1) == session.y
             broken = (~correct).expand(len(budgets), -1).clone()
@@ -326,6 +334,22 @@ class Attack(abc.ABC):
             forward_evals += result.forward_evals
             gradient_evals += result.gradient_evals
         return Sweep(broken, correct, forward_evals, gradient_evals)
+
+    def _sweep_minimal(
+        self, model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, budgets: list[float]
+    ) -> Sweep:
+        """One uncapped run of a minimal attack; broken at each budget its norm fits in."""
+        with self._session(model, x, y, None, needs_eps=False) as session:
+            correct = session.clean_logits.argmax(dim=1) == session.y
+        broken = (~correct).expand(len(budgets), -1).clone()
+        robust = correct.nonzero()[:, 0]
+        if robust.numel() == 0:
+            return Sweep(broken, correct, 0, 0)
+        result = self.replace(eps=None)(model, x[robust], y[robust])
+        limits = torch.tensor(budgets, dtype=result.norms.dtype, device=result.norms.device)
+        inside = result.success[None, :] & (result.norms[None, :] <= limits[:, None])
+        broken[:, robust] = inside
+        return Sweep(broken, correct, result.forward_evals, result.gradient_evals)
 
     def run_curve(
         self,

@@ -46,7 +46,8 @@ def lp_norm(delta: Tensor, norm: str) -> Tensor:
 
     Args:
         delta: perturbations, shape (N, ...).
-        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+        norm: ``"linf"``, ``"l2"``, ``"l1"``, or ``"l0"`` (the number of nonzero
+            entries, the size sparse attacks such as JSMA minimise).
 
     Returns:
         Shape (N,), same dtype as ``delta``.
@@ -55,6 +56,8 @@ def lp_norm(delta: Tensor, norm: str) -> Tensor:
     flat = _flat(delta)
     if flat.shape[1] == 0:
         return flat.new_zeros(flat.shape[0])
+    if norm == "l0":
+        return (flat != 0).sum(dim=1).to(flat.dtype)
     if norm == "linf":
         return flat.abs().amax(dim=1)
     if norm == "l2":

@@ -89,7 +89,8 @@ def robust_accuracy(
         model: maps inputs (N, ...) to logits (N, C).
         x: inputs (N, ...), inside the attack's bounds.
         y: true labels (N,).
-        attack: an untargeted attack with a budget; its ``eps`` is replaced by each budget.
+        attack: an untargeted attack: one with a budget, whose ``eps`` is replaced by each
+            budget, or a minimal attack (DeepFool, C&W, FAB, ...), run once without a cap.
         epsilons: budgets in the attack's norm, any order; 0 gives clean accuracy.
         batch_size: samples per attack call; ``None`` for all at once.
         early_stop: switch the attack's early stopping on.
@@ -111,10 +112,6 @@ def robust_accuracy(
     model = check_model(model)
     if not isinstance(attack, Attack):
         raise InvalidTypeError(f"attack must be a vulnscope Attack, got {type(attack).__name__}")
-    if not attack.requires_eps:
-        raise InvalidArgumentError(
-            f"attack must work inside a budget; {type(attack).__name__} minimises the perturbation"
-        )
     if attack.targeted:
         raise InvalidArgumentError("attack must be untargeted: robust accuracy counts any mistake")
     budgets = check_epsilons(epsilons)
