@@ -7,7 +7,21 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vulnscope.attacks import APGD, BIM, FGSM, PGD, Attack, FisherAttack
+from vulnscope.attacks import (
+    APGD,
+    BIM,
+    FAB,
+    FGSM,
+    JSMA,
+    LBFGS,
+    PGD,
+    Attack,
+    CarliniWagner,
+    DeepFool,
+    FisherAttack,
+    Square,
+    UniversalPerturbation,
+)
 
 
 def tiny_classifier(
@@ -59,9 +73,44 @@ ATTACK_CASES: list[tuple[str, tuple[str, ...], AttackBuilder]] = [
     ("APGD-restarts", ("linf",), lambda **kw: APGD(steps=5, restarts=2, **kw)),
     ("Fisher", ("l2", "linf"), lambda **kw: FisherAttack(**kw)),
     # --- Carlini-Wagner, L-BFGS ---
+    ("CW", ("l2", "linf"), lambda **kw: CarliniWagner(steps=10, binary_search_steps=3, **kw)),
+    (
+        "CW-confidence-no-abort",
+        ("l2", "linf"),
+        lambda **kw: CarliniWagner(
+            steps=5, binary_search_steps=3, confidence=0.3, abort_early=False, **kw
+        ),
+    ),
+    ("LBFGS", ("l2",), lambda **kw: LBFGS(c_search_steps=3, max_iterations=10, **kw)),
     # --- DeepFool, FAB ---
+    ("DeepFool", ("l2", "linf"), lambda **kw: DeepFool(steps=10, **kw)),
+    (
+        "DeepFool-classic",
+        ("l2", "linf"),
+        lambda **kw: DeepFool(steps=10, candidates=3, refine=0, **kw),
+    ),
+    ("FAB", ("linf", "l2", "l1"), lambda **kw: FAB(steps=10, **kw)),
+    ("FAB-restarts", ("linf", "l2"), lambda **kw: FAB(steps=5, restarts=3, seed=1, **kw)),
     # --- Square, JSMA ---
+    ("Square", ("linf", "l2"), lambda **kw: Square(queries=30, **kw)),
+    (
+        "Square-restarts-ce",
+        ("linf", "l2"),
+        lambda **kw: Square(queries=8, restarts=2, loss="ce", **kw),
+    ),
+    # JSMA has no budget and works in L0: its builders drop norm and eps.
+    ("JSMA", ("l0",), lambda norm, eps, **kw: JSMA(gamma=1.0, **kw)),
+    (
+        "JSMA-F-decreasing",
+        ("l0",),
+        lambda norm, eps, **kw: JSMA(theta=-0.4, gamma=0.7, jacobian="softmax", **kw),
+    ),
     # --- universal perturbations ---
+    (
+        "Universal",
+        ("linf", "l2"),
+        lambda **kw: UniversalPerturbation(max_epochs=2, batch_size=2, **kw),
+    ),
 ]
 
 NORM_ORDER = {"linf": float("inf"), "l2": 2.0, "l1": 1.0, "l0": 0.0}
@@ -70,3 +119,22 @@ NORM_ORDER = {"linf": float("inf"), "l2": 2.0, "l1": 1.0, "l0": 0.0}
 def reference_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-sample norm computed by torch.linalg, independently of vulnscope."""
     return torch.linalg.vector_norm(delta.flatten(1), ord=NORM_ORDER[norm], dim=1)
+
+
+def affine_binary_classifier(
+    margins: torch.Tensor, dim: int = 12, seed: int = 0
+) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """Logits ``(0, w.x)`` and points with ``w.x = -margin``: class 0, flipped at ``w.x = 0``.
+
+    The minimal perturbation of point i is ``margins[i] / |w|_*`` (the dual norm): along
+    ``w`` in L2, along ``sign(w)`` in L∞. Returns ``(model, x, w)``, float64.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    w = torch.randn(dim, generator=generator, dtype=torch.float64)
+    model = nn.Linear(dim, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.stack([torch.zeros_like(w), w]))
+        model.bias.zero_()
+    x = torch.randn(margins.shape[0], dim, generator=generator, dtype=torch.float64)
+    x = x - ((x @ w + margins) / (w @ w))[:, None] * w
+    return model.eval(), x, w

@@ -3,24 +3,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vulnscope.audit import audit, audit_attacks
+from vulnscope.audit import audit
 from vulnscope.data import ImageData
 from vulnscope.errors import ModelError
+from vulnscope.evaluate import standard_evaluation
 
 
-def test_two_class_models_skip_dlr():
-    assert "APGD-DLR" not in audit_attacks(norm="linf", seed=0, num_classes=2)
-    assert "APGD-DLR" in audit_attacks(norm="linf", seed=0, num_classes=3)
-
-
-def test_audit_record_agrees_with_its_curves(digits_cnn, digits_test):
-    record = audit(digits_cnn, digits_test.take(50), model_name="cnn", epsilons=[0.1])
-    assert record["clean_accuracy"] == pytest.approx(
-        float((digits_cnn(digits_test.x[:50]).argmax(1) == digits_test.y[:50]).double().mean())
+def test_audit_record_agrees_with_the_cascade(digits_cnn, digits_test):
+    data = digits_test.take(50)
+    record = audit(
+        digits_cnn, data, model_name="cnn", epsilons=[0.0, 0.1], attacks=["apgd-ce", "square"]
     )
-    assert record["worst_case"]["robust_accuracy"][0] <= min(
-        curve["robust_accuracy"][0] for curve in record["robust_accuracy"].values()
-    )
+    clean = float((digits_cnn(data.x).argmax(1) == data.y).double().mean())
+    assert record["clean_accuracy"] == pytest.approx(clean)
+    assert record["robust_accuracy"]["accuracy"][0] == pytest.approx(clean)
+    direct = standard_evaluation(digits_cnn, data.x, data.y, eps=0.1, attacks=["apgd-ce", "square"])
+    assert record["robust_accuracy"]["accuracy"][1] == pytest.approx(direct.robust_accuracy)
+    assert record["evaluations"][0] == direct.to_dict()
+    assert set(record["timing"]["stages"]["0.1"]) == {"APGD-CE", "Square"}
 
 
 def test_model_with_too_few_outputs_is_refused():

@@ -16,21 +16,18 @@ def _audit(tmp_path, *extra):
 
 
 def _check_record(record, *, samples, epsilons):
-    assert record["schema_version"] == 1 and isinstance(record["vulnscope_version"], str)
+    assert record["schema_version"] == 2 and isinstance(record["vulnscope_version"], str)
     assert record["data"]["samples"] == samples
     assert record["settings"]["epsilons"] == epsilons
     assert 0.0 <= record["clean_accuracy"] <= 1.0
-    curves = record["robust_accuracy"]
-    assert set(curves) == {"PGD-40", "APGD-CE", "APGD-DLR"}
-    for curve in [*curves.values(), record["worst_case"]]:
-        values = curve["robust_accuracy"]
-        assert len(values) == len(epsilons)
-        assert all(0.0 <= v <= record["clean_accuracy"] + 1e-12 for v in values)
-        assert values == sorted(values, reverse=True)  # epsilons given in increasing order
-    for i in range(len(epsilons)):  # the worst case is at most every single attack
-        assert record["worst_case"]["robust_accuracy"][i] <= min(
-            c["robust_accuracy"][i] for c in curves.values()
-        )
+    curve = record["robust_accuracy"]
+    assert curve["epsilons"] == epsilons
+    values = curve["accuracy"]
+    assert all(0.0 <= v <= record["clean_accuracy"] + 1e-12 for v in values)
+    assert values == sorted(values, reverse=True)  # epsilons given in increasing order
+    for evaluation, value in zip(record["evaluations"], values, strict=True):
+        broken = sum(evaluation["broken_by"].values())
+        assert value == pytest.approx(1 - broken / samples)
 
 
 def test_audit_on_the_default_writes_valid_results(tmp_path, capsys, digits_cnn):
@@ -39,7 +36,9 @@ def test_audit_on_the_default_writes_valid_results(tmp_path, capsys, digits_cnn)
     _check_record(record, samples=60, epsilons=[0.05, 0.2])
     assert record["model"] == {"name": "digits-cnn", "parameters": 71754, "num_classes": 10}
     out = capsys.readouterr().out
-    assert "clean accuracy" in out and "APGD-DLR" in out and "results.json" in out
+    assert "clean accuracy" in out and "APGD-T" in out and "Square" in out
+    assert "results.json" in out
+    assert record["settings"]["attacks"] == ["APGD-CE", "APGD-T", "FAB-T", "Square"]
 
 
 def test_audit_is_reproducible_with_a_seed(tmp_path, digits_cnn):
@@ -66,8 +65,18 @@ def test_audit_is_reproducible_with_a_seed(tmp_path, digits_cnn):
     assert records[0] == records[1]
 
 
+def test_audit_runs_the_attacks_it_is_given_in_order(tmp_path, capsys, digits_cnn):
+    assert _audit(tmp_path, "--limit", "30", "--eps", "0.1", "--attacks", "DeepFool,apgd-ce") == 0
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    _check_record(record, samples=30, epsilons=[0.1])
+    assert record["settings"]["attacks"] == ["DeepFool", "APGD-CE"]
+    stages = record["evaluations"][0]["stages"]
+    assert [stage["name"] for stage in stages[:2]] == ["DeepFool", "APGD-CE"]
+    assert stages[1]["attacked"] == stages[0]["attacked"] - stages[0]["broken"]
+
+
 def test_audit_l2_uses_l2_defaults(tmp_path, digits_cnn):
-    assert _audit(tmp_path, "--limit", "20", "--norm", "l2") == 0
+    assert _audit(tmp_path, "--limit", "20", "--norm", "l2", "--attacks", "apgd-ce,fab-t") == 0
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     assert record["settings"]["norm"] == "l2" and record["settings"]["epsilons"] == [
         0.25,
@@ -109,6 +118,16 @@ def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
             ["--seed", "-3"],
             2,
             "vulnscope audit: error: argument --seed: expected a number >= 0, got -3",
+        ),
+        (
+            ["--attacks", "apgd-ce,nope"],
+            2,
+            "vulnscope audit: error: argument --attacks: unknown attack 'nope'; choose",
+        ),
+        (
+            ["--attacks", "square,square"],
+            2,
+            "vulnscope audit: error: argument --attacks: an attack is listed twice",
         ),
         (["--bogus"], 2, "vulnscope: error: unrecognized arguments: --bogus"),
         (["--model", "nomodule_abc:build"], 1, "vulnscope: error: cannot import 'nomodule_abc'"),

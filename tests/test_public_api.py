@@ -33,7 +33,20 @@ def test_every_public_name_imports_and_has_a_docstring(module_name):
 
 
 def test_issue_contract_names_exist():
-    from vulnscope.attacks import APGD, BIM, FGSM, PGD, FisherAttack  # noqa: F401
+    from vulnscope.attacks import (  # noqa: F401
+        APGD,
+        BIM,
+        FAB,
+        FGSM,
+        JSMA,
+        LBFGS,
+        PGD,
+        CarliniWagner,
+        DeepFool,
+        FisherAttack,
+        Square,
+        UniversalPerturbation,
+    )
     from vulnscope.cloning import (  # noqa: F401
         MAD,
         FisherPoisoning,
@@ -44,7 +57,7 @@ def test_issue_contract_names_exist():
         extract,
     )
     from vulnscope.diagnostics import input_fisher, input_hessian_eigenvalues  # noqa: F401
-    from vulnscope.evaluate import robust_accuracy  # noqa: F401
+    from vulnscope.evaluate import robust_accuracy, standard_evaluation  # noqa: F401
     from vulnscope.rbm import DeepRBM, train_layerwise_kl  # noqa: F401
     from vulnscope.rg import stability_matrix  # noqa: F401
 

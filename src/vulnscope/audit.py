@@ -19,39 +19,31 @@ from vulnscope._validation import (
     check_norm,
     check_seed,
 )
-from vulnscope.attacks import APGD, PGD, Attack
 from vulnscope.data.dataset import ImageData
 from vulnscope.errors import ModelError
-from vulnscope.evaluate import RobustAccuracyCurve, robust_accuracy
+from vulnscope.evaluate import (
+    DEFAULT_CASCADE,
+    accuracy,
+    check_cascade,
+    standard_evaluation_curve,
+)
 
-__all__ = ["DEFAULT_EPSILONS", "SCHEMA_VERSION", "audit", "audit_attacks"]
+__all__ = ["DEFAULT_EPSILONS", "SCHEMA_VERSION", "audit"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-"""Version of the ``results.json`` layout; bumped whenever a field changes meaning."""
+SCHEMA_VERSION = 2
+"""Version of the ``results.json`` layout; bumped whenever a field changes meaning.
+
+2: robust accuracy under the standard cascade (one curve, which attack broke each point,
+the gradient-masking warnings) instead of one curve per attack.
+"""
 
 DEFAULT_EPSILONS: dict[str, tuple[float, ...]] = {
     "linf": (0.02, 0.05, 0.1, 0.15, 0.2),
     "l2": (0.25, 0.5, 0.75, 1.0, 1.5),
 }
 """Budgets for inputs in [0, 1] when the user gives none."""
-
-
-def audit_attacks(*, norm: str, seed: int, num_classes: int) -> dict[str, Attack]:
-    """The attacks an audit runs, by display name.
-
-    PGD with 40 steps and a random start (Madry et al. 2018), APGD-CE and, with at least
-    3 classes, APGD-DLR (Croce and Hein 2020): two losses, so that a model whose
-    cross-entropy gradients are uninformative is still caught.
-    """
-    attacks: dict[str, Attack] = {
-        "PGD-40": PGD(norm=norm, steps=40, seed=seed),
-        "APGD-CE": APGD(norm=norm, loss="ce", seed=seed),
-    }
-    if num_classes >= 3:
-        attacks["APGD-DLR"] = APGD(norm=norm, loss="dlr", seed=seed)
-    return attacks
 
 
 def _num_outputs(model: Callable[[Tensor], Tensor], x: Tensor) -> int:
@@ -74,11 +66,12 @@ def audit(
     model_name: str,
     norm: str = "linf",
     epsilons: Sequence[float] | None = None,
+    attacks: Sequence[str] = DEFAULT_CASCADE,
     seed: int = 0,
     batch_size: int | None = 512,
     on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure clean accuracy and robust-accuracy curves; return the ``results.json`` record.
+    """Clean accuracy and the robust-accuracy curve under the standard cascade, as a record.
 
     Args:
         model: the classifier, mapping (N, ...) to logits (N, C), in eval mode.
@@ -86,14 +79,17 @@ def audit(
         model_name: how the report names the model.
         norm: ``"linf"`` or ``"l2"``.
         epsilons: budgets; default :data:`DEFAULT_EPSILONS` for the norm.
+        attacks: the cascade (names from :data:`vulnscope.evaluate.CASCADE_ATTACKS`);
+            default AutoAttack's standard four.
         seed: seed of every attack's randomness.
         batch_size: samples per attack call.
         on_stage: called with a short description as each stage starts (for progress).
 
     Returns:
         A JSON-ready dict: ``schema_version``, ``vulnscope_version``, ``model``, ``data``,
-        ``settings``, ``clean_accuracy``, ``robust_accuracy`` (one curve per attack),
-        ``worst_case`` (a sample counts as broken if any attack broke it) and ``timing``.
+        ``settings``, ``clean_accuracy``, ``robust_accuracy`` (the cascade's curve),
+        ``evaluations`` (per budget: which attack broke how many points, each attack's
+        cost, the masking checks), ``warnings`` and ``timing``.
 
     """
     norm = check_norm(norm, allowed=("linf", "l2"))
@@ -102,29 +98,36 @@ def audit(
         list(epsilons) if epsilons is not None else list(DEFAULT_EPSILONS[norm])
     )
     batch = None if batch_size is None else check_int(batch_size, "batch_size")
+    cascade = check_cascade(attacks, norm)
     num_outputs = _num_outputs(model, data.x)
     if num_outputs < data.num_classes:
         raise ModelError(
             f"the model has {num_outputs} outputs but the data has {data.num_classes} classes"
         )
     started = time.perf_counter()
-    curves: dict[str, RobustAccuracyCurve] = {}
-    timing: dict[str, float] = {}
-    for name, attack in audit_attacks(norm=norm, seed=seed, num_classes=num_outputs).items():
-        if on_stage is not None:
-            on_stage(f"{name} at {len(budgets)} budgets")
-        stage_start = time.perf_counter()
-        curves[name] = robust_accuracy(
-            model, data.x, data.y, attack=attack, epsilons=budgets, batch_size=batch
-        )
-        timing[name] = round(time.perf_counter() - stage_start, 3)
-        logger.info("%s done in %.1f s", name, timing[name])
-    worst = torch.stack([curve.success for curve in curves.values()]).any(dim=0)
-    timing["total"] = round(time.perf_counter() - started, 3)
+    positive = sorted({eps for eps in budgets if eps > 0})
+    if on_stage is not None:
+        on_stage(f"the attack cascade ({', '.join(attacks)}) at {len(positive)} budgets")
+    clean = accuracy(model, data.x, data.y, batch_size=batch)
+    by_eps: dict[float, dict[str, Any]] = {}
+    stage_seconds: dict[str, dict[str, float]] = {}
+    warnings: list[str] = []
+    if positive:
+        curve = standard_evaluation_curve(
+            model, data.x, data.y, norm=norm, epsilons=positive, seed=seed, attacks=attacks,
+            batch_size=batch,
+        )  # fmt: skip
+        for evaluation in curve.evaluations:
+            by_eps[evaluation.eps] = evaluation.to_dict()
+            stage_seconds[f"{evaluation.eps:g}"] = {
+                stage.name: round(stage.seconds, 3) for stage in evaluation.stages
+            }
+            warnings += [w for w in evaluation.warnings if w not in warnings]
+    elapsed = round(time.perf_counter() - started, 3)
+    logger.info("cascade done in %.1f s", elapsed)
     parameters = (
         sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
     )
-    first = next(iter(curves.values()))
     return {
         "schema_version": SCHEMA_VERSION,
         "vulnscope_version": __version__,
@@ -135,12 +138,18 @@ def audit(
             "samples": len(data),
             "input_shape": list(data.x.shape[1:]),
         },
-        "settings": {"norm": norm, "epsilons": budgets, "seed": seed},
-        "clean_accuracy": first.clean_accuracy,
-        "robust_accuracy": {name: curve.to_dict() for name, curve in curves.items()},
-        "worst_case": {
+        "settings": {
+            "norm": norm,
             "epsilons": budgets,
-            "robust_accuracy": [float(a) for a in 1.0 - worst.double().mean(dim=1)],
+            "seed": seed,
+            "attacks": [stage.name for stage in cascade],
         },
-        "timing": timing,
+        "clean_accuracy": clean,
+        "robust_accuracy": {
+            "epsilons": budgets,
+            "accuracy": [by_eps[eps]["robust_accuracy"] if eps > 0 else clean for eps in budgets],
+        },
+        "evaluations": [by_eps[eps] for eps in budgets if eps > 0],
+        "warnings": warnings,
+        "timing": {"total": elapsed, "stages": stage_seconds},
     }

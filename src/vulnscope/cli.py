@@ -48,6 +48,22 @@ def _eps_list(text: str) -> list[float]:
     return values
 
 
+def _attack_list(text: str) -> list[str]:
+    from vulnscope.evaluate import CASCADE_ATTACKS
+
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in CASCADE_ATTACKS]
+    if not names or unknown:
+        shown = repr(unknown[0]) if unknown else repr(text)
+        raise argparse.ArgumentTypeError(
+            f"unknown attack {shown}; choose a comma-separated list from "
+            f"{', '.join(CASCADE_ATTACKS)}"
+        )
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"an attack is listed twice in {text!r}")
+    return names
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -75,13 +91,21 @@ def _build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser(
         "audit",
         help="attack a model and write results.json",
-        description="Measure clean accuracy and robust accuracy under PGD and APGD "
-        "(the embedded digits CNN when no model is given) and write results.json.",
+        description="Measure clean accuracy and robust accuracy under the standard attack "
+        "cascade (APGD-CE, APGD-T, FAB-T, Square; the embedded digits CNN when no model is "
+        "given), run the gradient-masking checks, and write results.json.",
     )
     _add_model_and_data_arguments(audit)
     audit.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model")
     audit.add_argument(
         "--eps", type=_eps_list, help="comma-separated budgets (default depends on --norm)"
+    )
+    audit.add_argument(
+        "--attacks",
+        type=_attack_list,
+        default=None,
+        help="comma-separated cascade, run in order on the points still robust (default "
+        "apgd-ce,apgd-t,fab-t,square; also apgd-dlr, fab, pgd, fgsm, deepfool, cw)",
     )
     audit.add_argument(
         "--out", default="vulnscope-audit", type=Path, help="output directory (default %(default)s)"
@@ -273,19 +297,22 @@ def _run_rg(args: argparse.Namespace) -> int:
 
 
 def _print_table(record: dict[str, Any]) -> None:
-    curves = record["robust_accuracy"]
-    names = [*curves, "worst case"]
+    names = record["settings"]["attacks"]
     print(
         f"{record['model']['name']} on {record['data']['source']} "
         f"({record['data']['samples']} samples): clean accuracy {record['clean_accuracy']:.1%}"
     )
-    print(f"robust accuracy ({record['settings']['norm']}):")
-    print("  " + f"{'eps':>8}" + "".join(f"{name:>12}" for name in names))
-    columns = [curve["robust_accuracy"] for curve in curves.values()]
-    columns.append(record["worst_case"]["robust_accuracy"])
-    for row, eps in enumerate(record["settings"]["epsilons"]):
-        cells = "".join(f"{column[row]:>12.1%}" for column in columns)
-        print("  " + f"{eps:>8g}" + cells)
+    print(f"robust accuracy ({record['settings']['norm']}) and the points each attack broke:")
+    print("  " + f"{'eps':>8}{'robust':>9}" + "".join(f"{name:>10}" for name in names))
+    evaluations = {evaluation["eps"]: evaluation for evaluation in record["evaluations"]}
+    for eps, robust in zip(
+        record["robust_accuracy"]["epsilons"], record["robust_accuracy"]["accuracy"], strict=True
+    ):
+        broken = evaluations[eps]["broken_by"] if eps in evaluations else {}
+        cells = "".join(f"{broken.get(name, 0):>10}" for name in names)
+        print("  " + f"{eps:>8g}{robust:>9.1%}" + cells)
+    for warning in record["warnings"]:
+        print(f"warning: {warning}")
 
 
 def _load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -384,6 +411,7 @@ def _print_clone_table(record: dict[str, Any]) -> None:
 def _run_audit(args: argparse.Namespace) -> int:
     from vulnscope._io import write_json_atomic
     from vulnscope.audit import audit
+    from vulnscope.evaluate import DEFAULT_CASCADE
 
     model, data = _load_model_and_data(args)
     if args.limit is not None:
@@ -391,7 +419,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
     record = audit(
         model, data, model_name=args.model, norm=args.norm, epsilons=args.eps,
-        seed=args.seed, batch_size=args.batch_size,
+        attacks=args.attacks or DEFAULT_CASCADE, seed=args.seed, batch_size=args.batch_size,
         on_stage=lambda stage: logging.getLogger("vulnscope").info("running %s", stage),
     )  # fmt: skip
     path = write_json_atomic(args.out / "results.json", record)

@@ -11,8 +11,30 @@ base class :class:`Attack` owns validation, the model's state, projection and sc
 from vulnscope.attacks.apgd import APGD
 from vulnscope.attacks.base import Attack, AttackResult
 from vulnscope.attacks.bim import BIM
+from vulnscope.attacks.carlini_wagner import CarliniWagner
+from vulnscope.attacks.deepfool import DeepFool
+from vulnscope.attacks.fab import FAB
 from vulnscope.attacks.fgsm import FGSM
 from vulnscope.attacks.fisher import FisherAttack
+from vulnscope.attacks.jsma import JSMA
+from vulnscope.attacks.lbfgs import LBFGS
 from vulnscope.attacks.pgd import PGD
+from vulnscope.attacks.square import Square
+from vulnscope.attacks.universal import UniversalPerturbation
 
-__all__ = ["APGD", "BIM", "FGSM", "PGD", "Attack", "AttackResult", "FisherAttack"]
+__all__ = [
+    "APGD",
+    "BIM",
+    "FAB",
+    "FGSM",
+    "JSMA",
+    "LBFGS",
+    "PGD",
+    "Attack",
+    "AttackResult",
+    "CarliniWagner",
+    "DeepFool",
+    "FisherAttack",
+    "Square",
+    "UniversalPerturbation",
+]

@@ -39,6 +39,7 @@ from vulnscope.attacks.pgd import PGD
 from vulnscope.cloning.augmentation import jacobian_augmentation, periodic_step
 from vulnscope.cloning.oracle import BlackBox, QueryBudgetExceededError
 from vulnscope.errors import InvalidTypeError, ModelError
+from vulnscope.evaluate.transfer import predicted_class, transferability
 from vulnscope.models.training import train_classifier
 
 __all__ = ["CloneMeasurement", "Extraction", "Trainer", "extract", "measure_clone"]
@@ -266,7 +267,9 @@ def measure_clone(
     Over the test inputs the reference classifies correctly, untargeted PGD (Madry et al.
     2018; ``steps`` steps from a random start seeded with ``seed``) is run on the CLONE
     within ``eps`` in ``norm``; the transfer rate is the fraction of those adversarial
-    examples the reference misclassifies (Papernot et al. 2017's transferability).
+    examples the reference misclassifies (Papernot et al. 2017's transferability), i.e.
+    :attr:`~vulnscope.evaluate.Transfer.target_fooled_rate` of
+    :func:`~vulnscope.evaluate.transferability` with ``require_source_correct=False``.
 
     Args:
         clone: the clone, inputs (N, ...) -> logits (N, C), differentiable.
@@ -293,26 +296,20 @@ def measure_clone(
     norm = check_norm(norm)
     steps = check_int(steps, "steps")
     seed = check_int(seed, "seed", minimum=0)
-    clone_class = _top1(clone, x, "clone")
-    reference_class = _top1(reference, x, "reference")
-    attacked = (reference_class == y).nonzero()[:, 0]
-    fooled = transferred = 0
-    if attacked.numel() > 0:
-        attack = PGD(norm=norm, eps=eps, steps=steps, random_start=True, seed=seed, bounds=bounds)
-        result = attack(clone, x[attacked], y[attacked])
-        fooled = int(result.success.sum())
-        transferred = int((_top1(reference, result.x_adv, "reference") != y[attacked]).sum())
-    n_attacked = int(attacked.numel())
+    clone_class = predicted_class(clone, x, name="clone")
+    reference_class = predicted_class(reference, x, name="reference")
+    attack = PGD(norm=norm, eps=eps, steps=steps, random_start=True, seed=seed, bounds=bounds)
+    transfer = transferability(clone, reference, x, y, attack=attack, require_source_correct=False)
     return CloneMeasurement(
         accuracy=float((clone_class == y).double().mean()),
-        reference_accuracy=n_attacked / x.shape[0],
+        reference_accuracy=transfer.target_accuracy,
         agreement=float((clone_class == reference_class).double().mean()),
-        transfer_rate=transferred / n_attacked if n_attacked else math.nan,
-        clone_attack_success=fooled / n_attacked if n_attacked else math.nan,
+        transfer_rate=transfer.target_fooled_rate,
+        clone_attack_success=transfer.source_success_rate,
         n_test=x.shape[0],
-        n_attacked=n_attacked,
-        n_clone_fooled=fooled,
-        n_transferred=transferred,
+        n_attacked=transfer.n_attacked,
+        n_clone_fooled=transfer.n_source_fooled,
+        n_transferred=transfer.n_target_fooled,
         eps=eps,
         norm=norm,
         steps=steps,
@@ -399,12 +396,3 @@ def _subset(x: Tensor, size: int | None, generator: torch.Generator) -> Tensor:
         return x
     chosen = torch.randperm(x.shape[0], generator=generator)[:size].sort().values
     return x[chosen.to(x.device)]
-
-
-def _top1(model: Callable[[Tensor], Any], x: Tensor, name: str) -> Tensor:
-    """The predicted class (N,) from logits or probabilities (N, C), or labels (N,)."""
-    with torch.no_grad():
-        out = model(x)
-    if isinstance(out, Tensor) and out.shape == (x.shape[0],) and not out.is_floating_point():
-        return out.long()
-    return check_logits(out, x.shape[0], name=name).argmax(dim=1)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
-from torch import nn
+from torch import Tensor, nn
 
 from vulnscope._io import write_bytes_atomic
 from vulnscope._validation import check_choice, check_seed
@@ -23,7 +23,15 @@ from vulnscope.errors import VulnscopeWarning
 from vulnscope.models.digits import DigitsCNN, DigitsMLP
 from vulnscope.models.training import train_classifier
 
-__all__ = ["CACHE_ENV", "PRETRAINED", "Recipe", "cache_dir", "pretrained", "recipe_digest"]
+__all__ = [
+    "CACHE_ENV",
+    "PRETRAINED",
+    "Recipe",
+    "cache_dir",
+    "pretrained",
+    "recipe_digest",
+    "train_recipe",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +81,30 @@ def cache_dir() -> Path:
     return Path(base) / "vulnscope"
 
 
+def train_recipe(
+    factory: Callable[[], nn.Module], recipe: Recipe, x: Tensor, y: Tensor, *, seed: int
+) -> nn.Module:
+    """A fresh model from ``factory``, built under ``seed``, trained on ``(x, y)`` by ``recipe``.
+
+    How :func:`pretrained` trains its reference models; other experiments (e.g. networks
+    trained on parts of the data) call it to train theirs exactly alike.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = factory()
+    return train_classifier(
+        model, x, y, epochs=recipe.epochs, batch_size=recipe.batch_size,
+        lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
+    )  # fmt: skip
+
+
 def _train(name: str, seed: int) -> nn.Module:
     from vulnscope.data.digits import load_digits  # the data package imports scikit-learn
 
     factory, recipe = PRETRAINED[name]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = factory()
     train = load_digits("train")
     logger.info("training %s (seed %d) on %d images", name, seed, len(train))
-    return train_classifier(
-        model, train.x, train.y, epochs=recipe.epochs, batch_size=recipe.batch_size,
-        lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
-    )  # fmt: skip
+    return train_recipe(factory, recipe, train.x, train.y, seed=seed)
 
 
 def pretrained(name: str = "digits-cnn", *, seed: int = 0, use_cache: bool = True) -> nn.Module:
