@@ -227,3 +227,12 @@ def test_bad_arguments_are_named(kwargs, error, message):
     arguments = {"eps": 0.1, **kwargs}
     with pytest.raises(error, match=message):
         standard_evaluation(model, x, torch.tensor([0, 1]), **arguments)
+
+
+def test_nothing_left_to_attack_is_not_an_error():
+    model = tiny_classifier(11, (1, 3, 3), classes=4)
+    x = random_inputs(11, 5, (1, 3, 3), (0.0, 1.0))
+    y = (model(x).argmax(1) + 1) % 4  # every point misclassified before any attack
+    report = standard_evaluation(model, x, y, eps=0.1, attacks=FAST, batch_size=2)
+    assert report.broken_by == ("clean",) * 5 and report.robust_accuracy == 0.0
+    assert all(stage.attacked == 0 for stage in report.stages)

@@ -311,7 +311,7 @@ def _run_stage(
         rows = (robust & ~broken).nonzero()[:, 0]
         if target is not None:
             rows = rows[target[rows] != y[rows]]
-        for chunk in rows.split(batch_size):
+        for chunk in rows.split(batch_size) if rows.numel() else ():
             result = attack(
                 model, x[chunk], y[chunk], target=None if target is None else target[chunk]
             )
