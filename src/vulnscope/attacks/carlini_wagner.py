@@ -121,7 +121,10 @@ class CarliniWagner(Attack):
         initial_const: the first ``c`` (L2); the constant ``c`` (L∞); > 0.
         confidence: ``κ >= 0``, the logit margin an adversarial point must have.
         learning_rate: Adam's step size: in tanh space (L2), as a fraction of the width
-            of the bounds (L∞).
+            of the bounds (L∞). Adam's first step moves every coordinate by about this
+            fraction of the box: keep it well below the perturbation sought, or that first
+            step lands far past the boundary and the search on ``c`` takes the overshoot
+            for a success (with bounds ±20 and distances near 0.4, use 0.001).
         abort_early: end a run without an adversarial point when its loss stops falling
             (L2); end a run at its first success (L∞).
         targeted: move towards ``target`` instead of away from ``y``.
