@@ -86,7 +86,8 @@ def test_square_spends_exactly_its_query_budget_on_samples_it_cannot_break(norm,
     model = _Calls(_Unbreakable()).double().eval()
     x = random_inputs(1, 4, (1, 5, 5), (0.0, 1.0))
     y = torch.zeros(4, dtype=torch.int64)
-    result = Square(norm=norm, eps=0.5, queries=37, restarts=restarts)(model, x, y)
+    attack = Square(norm=norm, eps=0.5, queries=37, restarts=restarts, skip_repeats=False)
+    result = attack(model, x, y)
     assert not result.success.any()
     assert result.forward_evals == restarts * 37 * 4
     # plus the base class's validation pass and its final scoring pass
@@ -110,7 +111,7 @@ def test_linf_square_breaks_the_affine_model_just_above_the_minimal_budget(seed)
     result = attack(model, x, y)
     assert result.success.all()
     assert (result.norms <= 1.02 * minimal * (1 + 1e-12)).all()
-    below = attack.replace(eps=0.98 * minimal)(model, x, y)
+    below = attack.replace(eps=0.98 * minimal, skip_repeats=False)(model, x, y)
     assert not below.success.any()
     assert below.forward_evals == 300 * x.shape[0]
 
@@ -248,3 +249,37 @@ def test_square_needs_a_budget_and_an_image_like_shape():
         Square()(model, x, y)
     with pytest.raises(InvalidArgumentError, match=r"Square needs inputs of shape \(N, D\)"):
         Square(eps=0.1)(model, x, y)
+
+
+@pytest.mark.parametrize(
+    ("shape", "targeted", "eps"), [((1, 3, 3), False, 0.002), ((2, 4, 4), True, 0.005)]
+)
+def test_skipping_repeated_linf_candidates_changes_nothing_but_the_evaluations(
+    shape, targeted, eps
+):
+    # Small images have few distinct 1 x 1 updates: a long search meets many again. Steep
+    # hidden units make the pixels interact: a rejected change can help once another
+    # pixel has moved, so a record kept past a change of the best point would show.
+    inner = tiny_classifier(4, shape, classes=4)
+    with torch.no_grad():
+        inner[1].weight.mul_(40.0)
+    model = _Calls(inner).eval()
+    x = random_inputs(5, 12, shape, (0.0, 1.0))
+    y = torch.arange(12) % 4
+    target = (y + 1) % 4 if targeted else None
+    attack = Square(eps=eps, queries=400, targeted=targeted, seed=3)
+    skipping = attack(model, x, y, target=target)
+    model.rows = 0
+    every = attack.replace(skip_repeats=False)(model, x, y, target=target)
+    calls_every, model.rows = model.rows, 0
+    attack(model, x, y, target=target)
+    assert torch.equal(skipping.x_adv, every.x_adv)
+    assert torch.equal(skipping.success, every.success)
+    assert not every.success.all()  # some searches run to the end, where repeats pile up
+    assert skipping.forward_evals < every.forward_evals / 2
+    assert model.rows < calls_every / 2  # the model itself was asked less
+
+
+def test_skip_repeats_is_validated():
+    with pytest.raises(InvalidTypeError, match="skip_repeats"):
+        Square(eps=0.1, skip_repeats="yes")

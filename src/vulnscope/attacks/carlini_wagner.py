@@ -21,7 +21,7 @@ _INSIDE = 0.999999  # keeps atanh finite at the bounds, as in the reference code
 _PROGRESS = 0.9999  # a loss that fell by less than 0.01% since the last check has stalled
 # A search whose bracket is this narrow, relative to its top, stops: on c for L2, on the
 # distance itself for L∞.
-_CONVERGED = {"l2": 0.1, "linf": 0.01}
+_CONVERGED = {"l2": 0.01, "linf": 0.01}
 _LARGEST_CONST = 1e10
 
 
@@ -91,9 +91,11 @@ class CarliniWagner(Attack):
     Every sample runs its own search in one shared batch: a sample whose run stops
     starts its next run at the next step, so the batch stays full until samples finish.
     A sample finishes after ``binary_search_steps`` runs, once its bracket on ``c`` is
-    within 10% (on the digits CNN, the runs this skips cost 9% of the work and changed
-    the median L2 distance by nothing, the mean by 0.04%), or once it has an adversarial
-    point within ``eps``. So a batch gives each sample what it would get alone.
+    within 1%, or once it has an adversarial point within ``eps``. (A later run at a
+    ``c`` inside a narrow bracket is still a fresh start that may land closer: with 9
+    runs of 100 steps on the digits CNN, stopping at 10% saved 10% of the work but left
+    39 of 394 distances over 0.1% above Foolbox's, and the median above it; at 1%, one.)
+    So a batch gives each sample what it would get alone.
 
     **L∞**: the paper's penalty ``c · f(x') + Σ_i max(|x'_i - x_i| - τ, 0)``, with two
     changes that make it work in few steps. ``τ`` is found by bisection rather than

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vulnscope._validation import check_choice, check_fraction, check_int
+from vulnscope._validation import check_bool, check_choice, check_fraction, check_int
 from vulnscope.attacks.base import Attack
 from vulnscope.attacks.counting import CountingModel
 from vulnscope.attacks.iterative import best_of_restarts
@@ -120,6 +120,55 @@ def _place(bumps: Tensor, top: Tensor, left: Tensor, shape: torch.Size) -> Tenso
     return bumps[batch, rows[:, :, None], cols[:, None, :]][:, None]
 
 
+_MAX_KEYS = 1 << 16
+"""Largest number of distinct L∞ candidates per sample that :class:`_Rejected` tracks."""
+_MAX_TABLE = 1 << 26
+"""Largest table (samples x candidates, bytes) that :class:`_Rejected` allocates."""
+
+
+class _Rejected:
+    """Which L∞ candidates each sample has already evaluated since its best point changed.
+
+    Given the best point, an L∞ candidate is fixed by its window's position and signs (its
+    *key*), so a key met again names the same point, whose loss a deterministic model
+    repeats: not better, not adversarial. Late in the schedule the windows are 1 x 1 and
+    a small image has few keys (128 for a one-channel 8 x 8 image), so a search that has
+    stopped improving draws mostly repeats. The table is per window size; above
+    ``_MAX_KEYS`` keys or ``_MAX_TABLE`` entries it is not kept (``fresh`` returns None).
+    """
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.n, self.device = n, device
+        self.sides: tuple[int, int] | None = None
+        self.table: Tensor | None = None
+
+    def fresh(self, sides: tuple[int, int], key: Tensor, count: int) -> Tensor | None:
+        """(n,) True where ``key`` is new for that sample; records it. None: not tracked."""
+        if sides != self.sides:
+            self.sides = sides
+            small = count <= _MAX_KEYS and self.n * count <= _MAX_TABLE
+            self.table = (
+                torch.zeros(self.n, count, dtype=torch.bool, device=self.device) if small else None
+            )
+        if self.table is None:
+            return None
+        rows = torch.arange(self.n, device=self.device)
+        fresh = ~self.table[rows, key]
+        self.table[rows, key] = True
+        return fresh
+
+    def forget(self, changed: Tensor) -> None:
+        """The samples whose best point changed start a fresh record."""
+        if self.table is not None:
+            self.table[changed] = False
+
+    def keep(self, rows: Tensor) -> None:
+        """Follow the batch as samples leave it (``rows``: a mask of those that stay)."""
+        self.n = int(rows.sum())
+        if self.table is not None:
+            self.table = self.table[rows]
+
+
 class Square(Attack):
     r"""The Square attack: random search that changes one square window per query.
 
@@ -147,6 +196,15 @@ class Square(Attack):
     cascade only pass the points still classified correctly). The loss is the paper's:
     the logit margin (untargeted) and the cross-entropy of the target (targeted).
 
+    With ``skip_repeats`` (default), an L∞ candidate that a sample has already evaluated
+    since its best point last changed is not sent to the model again: its loss is known
+    (not better) and the search goes on exactly as the paper's would, with the same random
+    draws, the same accepted steps and the same result, for fewer model evaluations. On
+    small images this is most of the late budget: a one-channel 8 x 8 image has 128
+    distinct 1 x 1 updates, and on the robust digits 5000 queries made about N evaluations
+    (see ``benchmarks/attacks_vs_peers.py``). This assumes a deterministic model; for a
+    randomised one, where a second query is a new draw, pass ``skip_repeats=False``.
+
     Window positions (uniform over all positions in the image) and signs are drawn for
     each sample separately, as in the authors' L∞ code (AutoAttack's shares one window
     across the batch). Inputs (N, C, H, W) are images; (N, H, W) are one-channel images,
@@ -162,6 +220,9 @@ class Square(Attack):
         restarts: independent runs from fresh starting points.
         loss: ``"margin"``, ``"ce"``, or ``None`` (default) for the paper's choice:
             margin when untargeted, cross-entropy of the target when targeted.
+        skip_repeats: do not re-evaluate an L∞ candidate already rejected since the
+            sample's best point last changed (the result is the same for a
+            deterministic model); ``forward_evals`` counts the evaluations made.
         targeted: push the inputs towards ``target`` instead of away from ``y``.
         bounds: input bounds, default ``(0, 1)``.
         seed: seed of the random search; the same seed gives the same result.
@@ -192,11 +253,13 @@ class Square(Attack):
         p_init: float = 0.8,
         restarts: int = 1,
         loss: str | None = None,
+        skip_repeats: bool = True,
         targeted: bool = False,
         bounds: tuple[float, float] = (0.0, 1.0),
         seed: int | None = 0,
     ) -> None:
         super().__init__(norm=norm, eps=eps, targeted=targeted, bounds=bounds, seed=seed)
+        self.skip_repeats = check_bool(skip_repeats, "skip_repeats")
         self.queries = check_int(queries, "queries")
         self.p_init = check_fraction(p_init, "p_init")
         self.restarts = check_int(restarts, "restarts")
@@ -244,22 +307,45 @@ class Square(Attack):
         index = (~broken).nonzero()[:, 0]
         x, y, best, best_loss = x[index], y[index], best[index], result_loss[index]
         target = None if target is None else target[index]
+        rejected = (
+            _Rejected(index.numel(), x.device)
+            if self.norm == "linf" and self.skip_repeats
+            else None
+        )
         for iteration in range(self.queries - 1):
             if index.numel() == 0:
                 break
             p = square_fraction(self.p_init, iteration, self.queries)
-            candidate = self._propose(x, best, p, generator)
-            logits = evaluate(candidate)
-            values, hit = loss(logits, y, target), is_adversarial(logits, y, target)
+            sides = _window(p, x.shape[2], x.shape[3], self.norm)
+            if self.norm == "linf":
+                candidate, key, count = self._linf_update(x, best, sides, generator)
+                ask = None if rejected is None else rejected.fresh(sides, key, count)
+            else:
+                candidate, ask = self._l2_update(x, best, sides, generator), None
+            if ask is None:
+                logits = evaluate(candidate)
+                values, hit = loss(logits, y, target), is_adversarial(logits, y, target)
+            else:  # a repeat is neither better nor adversarial: its loss is known
+                values = torch.full_like(best_loss, -math.inf)
+                hit = torch.zeros_like(ask)
+                if bool(ask.any()):
+                    goal = None if target is None else target[ask]
+                    logits = evaluate(candidate[ask])
+                    values[ask] = loss(logits, y[ask], goal)
+                    hit[ask] = is_adversarial(logits, y[ask], goal)
             better = hit | (values > best_loss)
             best[better] = candidate[better]
             best_loss = torch.where(better, values, best_loss)
+            if rejected is not None:
+                rejected.forget(better)
             if bool(hit.any()):
                 result[index[hit]], result_loss[index[hit]] = best[hit], best_loss[hit]
                 broken[index[hit]] = True
                 keep = ~hit
                 index, x, y, best, best_loss = (t[keep] for t in (index, x, y, best, best_loss))
                 target = None if target is None else target[keep]
+                if rejected is not None:
+                    rejected.keep(keep)
         result[index], result_loss[index] = best, best_loss
         return result, broken, result_loss
 
@@ -306,20 +392,17 @@ class Square(Attack):
         first = max((length - 5 * side) // 2, 0) if length > 1 else 0
         return range(first, min(first + (length // side) * side, length - side + 1), side)
 
-    def _propose(self, x: Tensor, best: Tensor, p: float, generator: torch.Generator) -> Tensor:
-        """One candidate per sample: ``best`` changed inside a random window."""
-        sides = _window(p, x.shape[2], x.shape[3], self.norm)
-        if self.norm == "linf":
-            return self._linf_update(x, best, sides, generator)
-        return self._l2_update(x, best, sides, generator)
-
     def _linf_update(
         self, x: Tensor, best: Tensor, sides: tuple[int, int], generator: torch.Generator
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor, int]:
         """Set the window to ``x ± eps``, one random sign per channel (the paper's L∞ step).
 
         Works on the windows alone, (n, a, b, C) gathered by advanced indexing, so that an
         iteration late in the schedule (1 x 1 windows) costs little beyond one copy.
+
+        Returns the candidates, each one's key (n,) int64 (window position and signs, which
+        fix the candidate given ``best``) and the number of keys (above ``_MAX_KEYS``, so
+        untracked, beyond 16 channels).
         """
         n, channels = x.shape[:2]
         top, left = self._positions(n, sides, x, generator)
@@ -337,7 +420,12 @@ class Square(Attack):
         candidate = best.clone()
         moved = (centre + self.budget() * signs[:, None, None, :]).clamp(*self.bounds)
         candidate[batch, :, rows, cols] = moved
-        return candidate
+        positions = (x.shape[2] - sides[0] + 1) * (x.shape[3] - sides[1] + 1)
+        if channels > 16:  # too many sign patterns to track: no key
+            return candidate, torch.zeros_like(top), _MAX_KEYS + 1
+        bits = ((signs > 0).long() << torch.arange(channels, device=x.device)).sum(1)
+        key = (top * (x.shape[3] - sides[1] + 1) + left) * (1 << channels) + bits
+        return candidate, key, positions << channels
 
     def _flip_some(self, signs: Tensor, generator: torch.Generator) -> Tensor:
         """``signs`` (n, C) with a uniformly drawn non-empty subset of channels flipped.
