@@ -74,3 +74,26 @@ def test_diagnostics_speed_benchmark_runs_and_agrees_with_its_bare_references(
     for name in ["fisher v1, nearer sign", "gradient, + sign"]:
         assert 0 < distances[name]["median"] <= distances["max_step"]
     assert 0 <= distances["random"]["failed"] <= 1
+
+
+def test_attacks_benchmark_runs_every_section(tmp_path, digits_cnn, isolated_cache):
+    out = tmp_path / "figures.json"
+    script = ROOT / "benchmarks" / "attacks_vs_peers.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--repeats", "1", "--samples", "12", "--cw-steps", "5",
+         "--cw-searches", "2", "--cascade-norms", "linf", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"cw", "deepfool", "cascade", "jsma"}
+    for norm in ("l2", "linf"):
+        assert figures["deepfool"][norm]["vulnscope"]["success"] == 1.0  # uncapped, complete
+    assert 0.0 <= figures["cw"]["vulnscope"]["success"] <= 1.0
+    # JSMA changes at most gamma = 10% of the 64 pixels (rounded down to pairs: 6)
+    assert figures["jsma"]["vulnscope"]["changed_fraction"] <= 6 / 64 + 1e-9
+    for entry in figures["cascade"].values():
+        assert 0.0 <= entry["robust_accuracy"]["vulnscope"] <= 1.0
