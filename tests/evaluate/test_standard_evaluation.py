@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from helpers import random_inputs, reference_norm, tiny_classifier
-from vulnscope.attacks import APGD, PGD, Square
+from vulnscope.attacks import APGD, PGD, Attack, Square
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.evaluate import (
     CASCADE_ATTACKS,
@@ -236,3 +236,37 @@ def test_nothing_left_to_attack_is_not_an_error():
     report = standard_evaluation(model, x, y, eps=0.1, attacks=FAST, batch_size=2)
     assert report.broken_by == ("clean",) * 5 and report.robust_accuracy == 0.0
     assert all(stage.attacked == 0 for stage in report.stages)
+
+
+class _Sideways(Attack):
+    """A targeted attack that ignores its target: it always steps along +x_0."""
+
+    supported_norms = ("linf",)
+
+    def run(self, model, x, y, *, target, generator):
+        step = torch.zeros_like(x)
+        step[:, 0] = self.budget()
+        return (x + step).clamp(*self.bounds)
+
+
+def test_a_targeted_stage_breaks_a_point_it_sends_to_another_class_than_its_target():
+    # Logits (0, -0.5, 20 (x_0 - 0.55)) at x_0 = 0.5: the runner-up, and the only target,
+    # is class 1, which no input reaches; a step of 0.1 along x_0 lands in class 2.
+    class Model(nn.Module):
+        def forward(self, x):
+            zero = torch.zeros_like(x[:, 0])
+            return torch.stack([zero, zero - 0.5, 20.0 * (x[:, 0] - 0.55)], dim=1)
+
+    x = torch.full((3, 2), 0.5, dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.int64)
+    report = standard_evaluation(
+        Model(),
+        x,
+        y,
+        eps=0.1,
+        attacks=[_Sideways(norm="linf", eps=None, targeted=True, bounds=(0.0, 1.0), seed=0)],
+        n_target_classes=1,
+    )
+    assert report.broken_by == ("_Sideways-T",) * 3  # as AutoAttack scores it
+    assert report.robust_accuracy == 0.0
+    assert (Model()(report.x_adv).argmax(1) == 2).all()

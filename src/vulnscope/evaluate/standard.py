@@ -69,7 +69,8 @@ class CascadeAttack:
         name: how reports name it, e.g. ``"APGD-T"``.
         build: ``(norm, eps, seed, num_classes) -> Attack`` at the budget ``eps``.
         targeted: run once per target class: the 2nd, 3rd, ... most likely class at the
-            clean input, each time on the points still robust.
+            clean input, each time on the points still robust. As in AutoAttack, a run
+            breaks a point it sends to any class but the true one, the target or not.
         black_box: uses the model's outputs only (its successes after the white-box
             attacks are a gradient-masking symptom).
         norms: the norms it supports.
@@ -315,8 +316,12 @@ def _run_stage(
             result = attack(
                 model, x[chunk], y[chunk], target=None if target is None else target[chunk]
             )
-            # A targeted success is a misclassification too; score it as one.
-            hit = result.success if target is None else result.success & (target[chunk] != y[chunk])
+            if target is None:
+                hit = result.success
+            else:  # as AutoAttack: a targeted run breaks a point it sends to any other class
+                with preserved_model_state(model), torch.no_grad():
+                    hit = check_logits(model(result.x_adv), chunk.numel()).argmax(1) != y[chunk]
+                forward += chunk.numel()
             x_adv[chunk[hit]] = result.x_adv[hit]
             broken[chunk[hit]] = True
             attacked += chunk.numel()
