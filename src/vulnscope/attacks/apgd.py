@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -12,7 +12,8 @@ from vulnscope.attacks.base import Attack
 from vulnscope.attacks.counting import CountingModel
 from vulnscope.attacks.iterative import best_of_restarts, value_and_grad
 from vulnscope.attacks.losses import LOSSES, Loss, is_adversarial
-from vulnscope.attacks.norms import lp_norm, project, steepest_ascent
+from vulnscope.attacks.norms import lp_norm, per_sample, project, steepest_ascent
+from vulnscope.attacks.rows import keep_rows
 
 __all__ = ["APGD"]
 
@@ -40,18 +41,7 @@ class _Walk:
     adv: Tensor
 
     def keep(self, mask: Tensor) -> _Walk:
-        return replace(
-            self,
-            **{
-                f.name: getattr(self, f.name)[mask]
-                for f in fields(self)
-                if getattr(self, f.name) is not None
-            },
-        )
-
-
-def _per_sample(values: Tensor, like: Tensor) -> Tensor:
-    return values.reshape((-1,) + (1,) * (like.ndim - 1))
+        return keep_rows(self, mask)
 
 
 class APGD(Attack):
@@ -154,7 +144,7 @@ class APGD(Attack):
         else:
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         size = lp_norm(noise, self.norm).clamp_min(1e-12)
-        return (x + eps * noise / _per_sample(size, x)).clamp(*self.bounds)
+        return (x + eps * noise / per_sample(size, x)).clamp(*self.bounds)
 
     def _single_run(
         self, model: CountingModel, x: Tensor, start: Tensor, y: Tensor, target: Tensor | None
@@ -193,7 +183,7 @@ class APGD(Attack):
             if since_check == interval:
                 self._checkpoint(walk, interval)
                 since_check, interval = 0, max(interval - shrink, shortest)
-        chosen[walk.index] = torch.where(_per_sample(walk.adv, walk.x), walk.adv_x, walk.best_x)
+        chosen[walk.index] = torch.where(per_sample(walk.adv, walk.x), walk.adv_x, walk.best_x)
         chosen_adv[walk.index] = walk.adv
         chosen_loss[walk.index] = walk.best_loss
         return chosen, chosen_adv, chosen_loss
@@ -206,7 +196,7 @@ class APGD(Attack):
             weight = 1.0 if first else self.momentum
             direction = steepest_ascent(walk.grad, self.norm)
             z = project(
-                walk.x, walk.x_cur + _per_sample(walk.step, walk.x) * direction,
+                walk.x, walk.x_cur + per_sample(walk.step, walk.x) * direction,
                 norm=self.norm, eps=eps, bounds=self.bounds,
             )  # fmt: skip
             moved = (
@@ -232,7 +222,7 @@ class APGD(Attack):
         walk.reduced_at_check = reduce
         walk.best_at_check = walk.best_loss.clone()
         walk.step = torch.where(reduce, walk.step / 2.0, walk.step)
-        back = _per_sample(reduce, walk.x)
+        back = per_sample(reduce, walk.x)
         walk.x_cur = torch.where(back, walk.best_x, walk.x_cur)
         walk.x_prev = torch.where(back, walk.best_x, walk.x_prev)
         walk.grad = torch.where(back, walk.best_grad, walk.grad)

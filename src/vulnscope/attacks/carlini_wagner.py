@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -12,7 +12,8 @@ from vulnscope._validation import check_bool, check_int, check_real
 from vulnscope.attacks.base import Attack
 from vulnscope.attacks.counting import CountingModel
 from vulnscope.attacks.losses import is_adversarial, margin
-from vulnscope.attacks.norms import lp_norm
+from vulnscope.attacks.norms import lp_norm, per_sample
+from vulnscope.attacks.rows import keep_rows
 
 __all__ = ["CarliniWagner"]
 
@@ -55,15 +56,7 @@ class _Runs:
     best_norm: Tensor  # (n,) its distance to x, inf while there is none
 
     def keep(self, mask: Tensor) -> _Runs:
-        rows = mask.nonzero()[:, 0]
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(
-            self, **{k: v.index_select(0, rows) for k, v in values.items() if v is not None}
-        )
-
-
-def _rows(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape((-1,) + (1,) * (like.ndim - 1))
+        return keep_rows(self, mask)
 
 
 class CarliniWagner(Attack):
@@ -237,7 +230,7 @@ class CarliniWagner(Attack):
             norms = lp_norm(x_adv - runs.x, self.norm)
             better = adv & (norms < runs.best_norm)
             runs.best_norm = torch.where(better, norms, runs.best_norm)
-            runs.best = torch.where(_rows(better, x_adv), x_adv, runs.best)
+            runs.best = torch.where(per_sample(better, x_adv), x_adv, runs.best)
             ended = runs.step == self.steps - 1
             if self.norm == "l2":
                 runs.found |= adv
@@ -292,7 +285,7 @@ class CarliniWagner(Attack):
         if self.eps is not None:
             done |= runs.best_norm <= self.eps
         done &= ended
-        fresh = _rows(ended, runs.m)
+        fresh = per_sample(ended, runs.m)
         runs.m = runs.m.masked_fill_(fresh, 0.0)
         runs.v = runs.v.masked_fill_(fresh, 0.0)
         runs.step = runs.step.masked_fill_(ended, 0)
@@ -315,7 +308,7 @@ class CarliniWagner(Attack):
             last = runs.runs == self.binary_search_steps - 1
             following = torch.where(last, runs.high.clamp_max(_LARGEST_CONST), following)
         runs.const = torch.where(ended, following, runs.const)
-        runs.delta.masked_fill_(_rows(ended, runs.delta), 0.0)
+        runs.delta.masked_fill_(per_sample(ended, runs.delta), 0.0)
 
     def _next_tau(self, runs: _Runs, ended: Tensor) -> None:
         """L∞: bisect ``tau`` between the largest failure and the smallest distance found."""
@@ -325,6 +318,6 @@ class CarliniWagner(Attack):
         # a run beat a tau that failed before: that failure was the optimiser's, start over
         runs.low = runs.low.masked_fill_(runs.low >= runs.high, 0.0)
         runs.tau = torch.where(ended, (runs.low + runs.high) / 2, runs.tau)
-        radius = _rows(runs.tau.clamp_max(self.bounds[1] - self.bounds[0]), runs.x)
+        radius = per_sample(runs.tau.clamp_max(self.bounds[1] - self.bounds[0]), runs.x)
         start = torch.minimum(torch.maximum(runs.best, runs.x - radius), runs.x + radius)
-        runs.delta = torch.where(_rows(ended, runs.x), start - runs.x, runs.delta)
+        runs.delta = torch.where(per_sample(ended, runs.x), start - runs.x, runs.delta)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -23,7 +23,8 @@ from torch import Tensor
 from vulnscope.attacks.base import Attack
 from vulnscope.attacks.counting import CountingModel
 from vulnscope.attacks.losses import LOSSES, Loss, is_adversarial
-from vulnscope.attacks.norms import project, random_in_ball, steepest_ascent
+from vulnscope.attacks.norms import per_sample, project, random_in_ball, steepest_ascent
+from vulnscope.attacks.rows import keep_rows
 
 __all__ = [
     "AscentResult",
@@ -108,15 +109,7 @@ class _Walkers:
     high: Tensor | None
 
     def keep(self, mask: Tensor) -> _Walkers:
-        rows = mask.nonzero()[:, 0]
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(
-            self, **{k: v.index_select(0, rows) for k, v in values.items() if v is not None}
-        )
-
-
-def _rows(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape((-1,) + (1,) * (like.ndim - 1))
+        return keep_rows(self, mask)
 
 
 def _rows_equal(a: Tensor, b: Tensor) -> Tensor:
@@ -129,7 +122,7 @@ def _box_blocked(x_adv: Tensor, grad: Tensor, bounds: tuple[float, float]) -> Te
 
 
 def _linf_box(x: Tensor, eps: Tensor, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
-    radius = _rows(eps, x)
+    radius = per_sample(eps, x)
     return (x - radius).clamp_(min=bounds[0]), (x + radius).clamp_(max=bounds[1])
 
 
@@ -144,13 +137,13 @@ def _step(
 ) -> Tensor:
     """One projected steepest-ascent step of every row; a new tensor."""
     if walk.low is not None and walk.high is not None:
-        x_next = torch.addcmul(walk.x_cur, _rows(size, grad), grad.sign_())
+        x_next = torch.addcmul(walk.x_cur, per_sample(size, grad), grad.sign_())
         torch.maximum(x_next, walk.low, out=x_next)
         return torch.minimum(x_next, walk.high, out=x_next)
     if norm == "l1":
         grad.masked_fill_(_box_blocked(walk.x_cur, grad, bounds), 0.0)
     direction = steepest_ascent(grad, norm, l1_sparsity=l1_sparsity)
-    moved = walk.x_cur + _rows(size, grad) * direction
+    moved = walk.x_cur + per_sample(size, grad) * direction
     return project(walk.x, moved, norm=norm, eps=eps_of[walk.level], bounds=bounds)
 
 
@@ -253,7 +246,7 @@ def gradient_ascent(
             if bool(cycling.any()):
                 # period 1 or 2: an even number of steps left ends on x_next, an odd on x_cur
                 even = (steps - count) % 2 == 0
-                ends_on = torch.where(_rows(even, x_next), x_next, walk.x_cur)
+                ends_on = torch.where(per_sample(even, x_next), x_next, walk.x_cur)
                 on_top = cycling & (walk.level == rungs - 1)
                 result[walk.index[on_top]] = ends_on[on_top]
                 retire |= on_top

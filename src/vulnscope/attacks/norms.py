@@ -14,6 +14,7 @@ from torch import Tensor
 
 __all__ = [
     "lp_norm",
+    "per_sample",
     "project",
     "project_ball",
     "random_in_ball",
@@ -27,7 +28,7 @@ def _flat(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+def per_sample(values: Tensor, like: Tensor) -> Tensor:
     """Reshape (N,) values so that they broadcast against ``like`` of shape (N, ...)."""
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
@@ -38,7 +39,7 @@ Radius = float | Tensor
 
 def _radius(eps: Radius, like: Tensor) -> float | Tensor:
     """``eps`` broadcastable against ``like`` (N, ...)."""
-    return _per_sample(eps, like) if isinstance(eps, Tensor) else eps
+    return per_sample(eps, like) if isinstance(eps, Tensor) else eps
 
 
 def lp_norm(delta: Tensor, norm: str) -> Tensor:
@@ -123,13 +124,13 @@ def project_ball(delta: Tensor, norm: str, eps: Radius) -> Tensor:
     """
     if norm == "linf":
         if isinstance(eps, Tensor):
-            radius = _per_sample(eps, delta)
+            radius = per_sample(eps, delta)
             return torch.minimum(torch.maximum(delta, -radius), radius)
         return delta.clamp(-eps, eps)
     if norm == "l2":
         size = lp_norm(delta, "l2")
         scale = torch.where(size > eps, eps / size.clamp_min(_TINY), torch.ones_like(size))
-        return delta * _per_sample(scale, delta)
+        return delta * per_sample(scale, delta)
     flat = _flat(delta)
     unbounded = flat.abs()
     return _project_l1_box(flat, -unbounded, unbounded, eps).reshape(delta.shape)
@@ -188,7 +189,7 @@ def steepest_ascent(grad: Tensor, norm: str, *, l1_sparsity: float = 0.05) -> Te
         return grad.sign()
     if norm == "l2":
         size = lp_norm(grad, "l2").clamp_min(_TINY)
-        return grad / _per_sample(size, grad)
+        return grad / per_sample(size, grad)
     flat = _flat(grad)
     k = max(1, math.ceil(l1_sparsity * flat.shape[1]))
     threshold = flat.abs().topk(k, dim=1).values[:, -1:]

@@ -11,13 +11,9 @@ from torch import Tensor
 
 from vulnscope.attacks.counting import CountingModel
 from vulnscope.attacks.losses import is_adversarial
-from vulnscope.attacks.norms import lp_norm, project
+from vulnscope.attacks.norms import lp_norm, per_sample, project
 
 __all__ = ["bisect_to_boundary", "fit_in_cap"]
-
-
-def _rows(values: Tensor, like: Tensor) -> Tensor:
-    return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 def bisect_to_boundary(
@@ -44,7 +40,7 @@ def bisect_to_boundary(
     with torch.no_grad():
         for _ in range(steps):
             middle = (low + high) / 2
-            point = (x + _rows(middle, x) * direction).clamp(*bounds)
+            point = (x + per_sample(middle, x) * direction).clamp(*bounds)
             hit = is_adversarial(model(point), y, target)
             best[hit] = point[hit]
             high = torch.where(hit, middle, high)
@@ -75,5 +71,5 @@ def fit_in_cap(
     with torch.no_grad():
         hit = is_adversarial(model(inside), y[outside], None if target is None else target[outside])
     result = x_adv.clone()
-    result[outside] = torch.where(_rows(hit, inside), inside, x[outside])
+    result[outside] = torch.where(per_sample(hit, inside), inside, x[outside])
     return result
