@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from vulnscope.errors import InvalidArgumentError
+from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.models import train_classifier
 
 
@@ -127,3 +127,93 @@ def test_checking_the_width_leaves_batch_norm_statistics_alone():
     assert model.training
     assert torch.equal(model[1].running_mean, torch.zeros(8))
     assert int(model[1].num_batches_tracked) == 0
+
+
+# --- objective and after_step: the hooks the training-time defences plug into ---
+
+
+def _toy_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(40, 1, 2, 2, generator=generator)
+    return x, (x.flatten(1).sum(1) > 2).long()
+
+
+def _toy_model() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+
+def test_cross_entropy_objective_reproduces_the_default_training_exactly() -> None:
+    x, y = _toy_data()
+    default = train_classifier(_toy_model(), x, y, epochs=3, batch_size=8, seed=5)
+    seen: list[int] = []
+
+    def cross_entropy(model, xb, yb, generator):  # type: ignore[no-untyped-def]
+        seen.append(xb.shape[0])
+        return torch.nn.functional.cross_entropy(model(xb), yb)
+
+    explicit = train_classifier(
+        _toy_model(), x, y, epochs=3, batch_size=8, seed=5, objective=cross_entropy
+    )
+    for a, b in zip(default.parameters(), explicit.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert seen == [8] * 15
+
+
+def test_objective_randomness_does_not_change_the_minibatch_order() -> None:
+    x, y = _toy_data()
+    orders: list[list[torch.Tensor]] = [[], []]
+
+    def recorder(index: int, draws: int):  # type: ignore[no-untyped-def]
+        def objective(model, xb, yb, generator):  # type: ignore[no-untyped-def]
+            torch.rand(draws, generator=generator)
+            orders[index].append(xb.clone())
+            return torch.nn.functional.cross_entropy(model(xb), yb)
+
+        return objective
+
+    train_classifier(_toy_model(), x, y, epochs=2, batch_size=8, seed=1, objective=recorder(0, 0))
+    train_classifier(_toy_model(), x, y, epochs=2, batch_size=8, seed=1, objective=recorder(1, 7))
+    assert all(torch.equal(a, b) for a, b in zip(*orders, strict=True))
+
+
+def test_objective_generator_is_seeded_and_the_model_is_in_training_mode() -> None:
+    x, y = _toy_data()
+    draws: list[list[float]] = [[], []]
+    modes: list[bool] = []
+
+    def recorder(index: int):  # type: ignore[no-untyped-def]
+        def objective(model, xb, yb, generator):  # type: ignore[no-untyped-def]
+            draws[index].append(float(torch.rand(1, generator=generator)))
+            modes.append(model.training)
+            return torch.nn.functional.cross_entropy(model(xb), yb)
+
+        return objective
+
+    for index in (0, 1):
+        train_classifier(
+            _toy_model(), x, y, epochs=1, batch_size=8, seed=9, objective=recorder(index)
+        )
+    assert draws[0] == draws[1] and len(set(draws[0])) == 5
+    assert all(modes)
+
+
+def test_after_step_runs_after_every_optimiser_step_without_gradients() -> None:
+    x, y = _toy_data()
+    calls: list[bool] = []
+
+    def clip(model: torch.nn.Module) -> None:
+        calls.append(torch.is_grad_enabled())
+        for parameter in model.parameters():
+            parameter.clamp_(-0.01, 0.01)
+
+    model = train_classifier(_toy_model(), x, y, epochs=2, batch_size=10, seed=0, after_step=clip)
+    assert calls == [False] * 8
+    assert all(float(p.detach().abs().max()) <= 0.01 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["objective", "after_step"])
+def test_non_callable_hooks_are_refused_by_name(name: str) -> None:
+    x, y = _toy_data()
+    with pytest.raises(InvalidTypeError, match=name):
+        train_classifier(_toy_model(), x, y, epochs=1, **{name: 3})

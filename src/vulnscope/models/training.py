@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -18,9 +19,16 @@ from vulnscope._validation import (
 )
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["train_classifier"]
+__all__ = ["Objective", "train_classifier"]
 
 logger = logging.getLogger(__name__)
+
+Objective = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor]
+"""The loss of one minibatch: ``objective(model, x_batch, y_batch, generator)`` -> scalar.
+
+Called with the model in training mode; what it returns is minimised. A training-time
+defence (adversarial training, TRADES, CURE, Manifold Mixup, ...) is an objective; the
+generator is its only source of randomness."""
 
 
 def train_classifier(
@@ -33,6 +41,8 @@ def train_classifier(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     seed: int = 0,
+    objective: Objective | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
     r"""Train ``model`` in place with Adam on the cross-entropy, then put it in eval mode.
 
@@ -59,7 +69,12 @@ def train_classifier(
         batch_size: samples per step.
         lr: Adam's learning rate.
         weight_decay: L2 penalty (Adam's ``weight_decay``).
-        seed: seed of the minibatch order.
+        seed: seed of the minibatch order, and (derived from it) of the objective's
+            generator.
+        objective: the minibatch loss (see :data:`Objective`); ``None`` for the
+            cross-entropy above.
+        after_step: called with the model after every optimiser step (e.g. the Parseval
+            retraction, :func:`vulnscope.defences.parseval_retraction`).
 
     Returns:
         ``model``, trained and in eval mode.
@@ -77,7 +92,14 @@ def train_classifier(
     batch_size = check_int(batch_size, "batch_size")
     lr = check_real(lr, "lr", minimum=0.0, exclusive=True)
     weight_decay = check_real(weight_decay, "weight_decay", minimum=0.0)
-    generator = torch.Generator().manual_seed(check_seed(seed) or 0)
+    if objective is not None and not callable(objective):
+        raise InvalidTypeError(f"objective must be callable, got {type(objective).__name__}")
+    if after_step is not None and not callable(after_step):
+        raise InvalidTypeError(f"after_step must be callable, got {type(after_step).__name__}")
+    seed = check_seed(seed) or 0
+    generator = torch.Generator().manual_seed(seed)
+    # the objective draws from its own stream, so the minibatch order never depends on it
+    objective_generator = torch.Generator(device=x.device).manual_seed(seed ^ _OBJECTIVE_STREAM)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
     for epoch in range(epochs):
@@ -85,14 +107,23 @@ def train_classifier(
         total = 0.0
         for start in range(0, x.shape[0], batch_size):
             batch = order[start : start + batch_size]
-            # with (B, C) float targets, cross_entropy is the soft cross-entropy above
-            loss = F.cross_entropy(model(x[batch]), y[batch])
+            if objective is None:
+                # with (B, C) float targets, cross_entropy is the soft cross-entropy above
+                loss = F.cross_entropy(model(x[batch]), y[batch])
+            else:
+                loss = objective(model, x[batch], y[batch], objective_generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(model)
             total += float(loss.detach()) * batch.numel()
         logger.debug("epoch %d/%d: loss %.4f", epoch + 1, epochs, total / x.shape[0])
     return model.eval()
+
+
+_OBJECTIVE_STREAM = 0x5EED_0B1E
 
 
 def _check_probability_targets(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
