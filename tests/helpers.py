@@ -138,3 +138,66 @@ def affine_binary_classifier(
     x = torch.randn(margins.shape[0], dim, generator=generator, dtype=torch.float64)
     x = x - ((x @ w + margins) / (w @ w))[:, None] * w
     return model.eval(), x, w
+
+
+def _snapshot(model):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+    )
+
+
+def check_attack_contract(model, build, x, y, target, *, norm, eps, bounds):
+    """Run ``build(...)`` on ``model`` and assert the contract every attack keeps.
+
+    The caller's input and the model's state are untouched; the result lies in the threat
+    model; success is what the model says about the returned tensor; the counters are
+    consistent; the same seed gives the same result.
+    """
+    targeted = target is not None
+    x_before = x.clone()
+    state, modes, grads = _snapshot(model)
+
+    attack = build(norm=norm, eps=eps, targeted=targeted, bounds=bounds)
+    result = attack(model, x, y, target=target)
+
+    # The caller's input, the model's weights, buffers, modes and requires_grad are untouched.
+    assert torch.equal(x, x_before)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == grads
+
+    # The result lies in the threat model.
+    assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
+    assert ((result.x_adv >= bounds[0]) & (result.x_adv <= bounds[1])).all()
+    size = reference_norm(result.x_adv - x, norm)
+    torch.testing.assert_close(result.norms, size)
+    changed = (result.x_adv != x).flatten(1).double().mean(dim=1)
+    torch.testing.assert_close(result.changed_fraction, changed)
+    if attack.eps is not None:
+        assert (size <= eps * (1 + 1e-9) + 1e-12).all()
+        if eps == 0.0:
+            assert torch.equal(result.x_adv, x)
+
+    # Success is what the model says about exactly the returned tensor.
+    with torch.no_grad():
+        logits = model(result.x_adv)
+    predicted, classes = logits.argmax(dim=1), logits.shape[1]
+    expected = predicted == target if targeted else predicted != y
+    assert torch.equal(result.success, expected)
+    # A forward pass feeds at most one backward pass per logit (a full Jacobian).
+    assert result.gradient_evals <= classes * result.forward_evals
+    # Nothing to attack where every sample is already adversarial (misclassified, or at
+    # its target): an attack that stops early there need not differentiate at all.
+    clean = model(x).argmax(1)
+    attacked = eps > 0 and not (clean == target if targeted else clean != y).all()
+    if attack.gradient_free:
+        assert result.gradient_evals == 0
+    elif attacked:
+        assert result.gradient_evals >= 1
+
+    # Same seed, same result.
+    again = build(norm=norm, eps=eps, targeted=targeted, bounds=bounds)(model, x, y, target=target)
+    assert torch.equal(again.x_adv, result.x_adv)

@@ -7,19 +7,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import ATTACK_CASES, random_inputs, reference_norm, tiny_classifier
+from helpers import ATTACK_CASES, check_attack_contract, random_inputs, tiny_classifier
 
 CASES = [(name, norm, build) for name, norms, build in ATTACK_CASES for norm in norms]
 IDS = [f"{name}-{norm}" for name, norm, _ in CASES]
 SHAPE = (1, 2, 3)
-
-
-def _snapshot(model):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-    )
 
 
 @pytest.mark.parametrize(("name", "norm", "build"), CASES, ids=IDS)
@@ -35,52 +27,9 @@ def test_attack_keeps_the_contract(name, norm, build, seed, n, eps, bounds, targ
     model[1].weight.requires_grad_(False)  # a frozen layer, to be left frozen
     model[2].train()  # a module in training mode (harmless: no dropout, no batch norm)
     x = random_inputs(seed, n, SHAPE, bounds)
-    x_before = x.clone()
     y = torch.randint(0, 4, (n,), generator=torch.Generator().manual_seed(seed))
     target = (y + 1) % 4 if targeted else None
-    state, modes, grads = _snapshot(model)
-
-    attack = build(norm=norm, eps=eps, targeted=targeted, bounds=bounds)
-    result = attack(model, x, y, target=target)
-
-    # The caller's input, the model's weights, buffers, modes and requires_grad are untouched.
-    assert torch.equal(x, x_before)
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, state[key]), key
-    assert [m.training for m in model.modules()] == modes
-    assert [p.requires_grad for p in model.parameters()] == grads
-
-    # The result lies in the threat model.
-    assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
-    assert ((result.x_adv >= bounds[0]) & (result.x_adv <= bounds[1])).all()
-    size = reference_norm(result.x_adv - x, norm)
-    torch.testing.assert_close(result.norms, size)
-    changed = (result.x_adv != x).flatten(1).double().mean(dim=1)
-    torch.testing.assert_close(result.changed_fraction, changed)
-    if attack.eps is not None:
-        assert (size <= eps * (1 + 1e-9) + 1e-12).all()
-        if eps == 0.0:
-            assert torch.equal(result.x_adv, x)
-
-    # Success is what the model says about exactly the returned tensor.
-    with torch.no_grad():
-        predicted = model(result.x_adv).argmax(dim=1)
-    expected = predicted == target if targeted else predicted != y
-    assert torch.equal(result.success, expected)
-    # A forward pass feeds at most one backward pass per logit (a full Jacobian).
-    assert result.gradient_evals <= 4 * result.forward_evals
-    # Nothing to attack where every sample is already adversarial (misclassified, or at
-    # its target): an attack that stops early there need not differentiate at all.
-    clean = model(x).argmax(1)
-    attacked = eps > 0 and not (clean == target if targeted else clean != y).all()
-    if attack.gradient_free:
-        assert result.gradient_evals == 0
-    elif attacked:
-        assert result.gradient_evals >= 1
-
-    # Same seed, same result.
-    again = build(norm=norm, eps=eps, targeted=targeted, bounds=bounds)(model, x, y, target=target)
-    assert torch.equal(again.x_adv, result.x_adv)
+    check_attack_contract(model, build, x, y, target, norm=norm, eps=eps, bounds=bounds)
 
 
 @pytest.mark.parametrize(("name", "norm", "build"), CASES, ids=IDS)
