@@ -1,0 +1,45 @@
+"""Defences: training objectives, constraints and input filters that harden a classifier.
+
+Training-time defences are objectives or after-step hooks for
+:func:`vulnscope.models.train_classifier`; each is judged by attacks that adapt to it
+(the standard cascade of :mod:`vulnscope.evaluate`, and for MagNet an attacker on the
+whole pipeline).
+"""
+
+from vulnscope.defences.adversarial_training import (
+    AdversarialTraining,
+    fast_fgsm_training,
+    pgd_training,
+)
+from vulnscope.defences.cure import CURE, curvature_penalty
+from vulnscope.defences.distillation import (
+    DistilledModels,
+    Tempered,
+    defensive_distillation,
+    soft_labels,
+)
+from vulnscope.defences.dropout import ACTIVATION_TYPES, activation_dropout
+from vulnscope.defences.mixup import ManifoldMixup, MixupDraw
+from vulnscope.defences.parseval import ConvexAggregation, parseval_deviation, parseval_retraction
+from vulnscope.defences.trades import TRADES, trades_loss
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "CURE",
+    "TRADES",
+    "AdversarialTraining",
+    "ConvexAggregation",
+    "DistilledModels",
+    "ManifoldMixup",
+    "MixupDraw",
+    "Tempered",
+    "activation_dropout",
+    "curvature_penalty",
+    "defensive_distillation",
+    "fast_fgsm_training",
+    "parseval_deviation",
+    "parseval_retraction",
+    "pgd_training",
+    "soft_labels",
+    "trades_loss",
+]
