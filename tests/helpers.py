@@ -175,7 +175,7 @@ def check_attack_contract(model, build, x, y, target, *, norm, eps, bounds):
     size = reference_norm(result.x_adv - x, norm)
     torch.testing.assert_close(result.norms, size)
     changed = (result.x_adv != x).flatten(1).double().mean(dim=1)
-    torch.testing.assert_close(result.changed_fraction, changed)
+    torch.testing.assert_close(result.changed_fraction, changed.to(result.changed_fraction.dtype))
     if attack.eps is not None:
         assert (size <= eps * (1 + 1e-9) + 1e-12).all()
         if eps == 0.0:

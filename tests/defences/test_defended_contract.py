@@ -18,6 +18,7 @@ from vulnscope.defences import (
     parseval_retraction,
     pgd_training,
 )
+from vulnscope.defences.magnet import DigitsAutoencoder, fit_magnet
 from vulnscope.models import train_classifier
 
 SHAPE = (1, 2, 3)
@@ -70,3 +71,17 @@ def test_attacks_keep_the_contract_on_defended_models(defended, name, norm, buil
     x = random_inputs(7, 3, SHAPE, (0.0, 1.0))
     y = torch.tensor([0, 1, 2])
     check_attack_contract(defended, build, x, y, None, norm=norm, eps=0.3, bounds=(0.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def magnet():  # type: ignore[no-untyped-def]
+    classifier = tiny_classifier(2, (1, 8, 8), classes=4)
+    autoencoder = DigitsAutoencoder(seed=0).double()
+    return fit_magnet(classifier, autoencoder, random_inputs(2, 64, (1, 8, 8), (0.0, 1.0)))
+
+
+@pytest.mark.parametrize(("name", "norm", "build"), CASES, ids=[c[0] for c in CASES])
+def test_attacks_keep_the_contract_on_the_magnet_pipeline(magnet, name, norm, build):  # type: ignore[no-untyped-def]
+    x = random_inputs(8, 3, (1, 8, 8), (0.0, 1.0))
+    y = torch.tensor([0, 1, 2])
+    check_attack_contract(magnet, build, x, y, None, norm=norm, eps=0.3, bounds=(0.0, 1.0))

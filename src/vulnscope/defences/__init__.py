@@ -19,6 +19,22 @@ from vulnscope.defences.distillation import (
     soft_labels,
 )
 from vulnscope.defences.dropout import ACTIVATION_TYPES, activation_dropout
+from vulnscope.defences.magnet import (
+    DigitsAutoencoder,
+    MagNet,
+    fit_magnet,
+    fit_threshold,
+    jensen_shannon,
+    reconstruction_error,
+    train_autoencoder,
+)
+from vulnscope.defences.magnet_evaluation import (
+    AdaptiveMagNetAttack,
+    AdaptiveResult,
+    MagNetEvaluation,
+    evaluate_adaptive,
+    evaluate_oblivious,
+)
 from vulnscope.defences.mixup import ManifoldMixup, MixupDraw
 from vulnscope.defences.parseval import ConvexAggregation, parseval_deviation, parseval_retraction
 from vulnscope.defences.trades import TRADES, trades_loss
@@ -27,19 +43,31 @@ __all__ = [
     "ACTIVATION_TYPES",
     "CURE",
     "TRADES",
+    "AdaptiveMagNetAttack",
+    "AdaptiveResult",
     "AdversarialTraining",
     "ConvexAggregation",
+    "DigitsAutoencoder",
     "DistilledModels",
+    "MagNet",
+    "MagNetEvaluation",
     "ManifoldMixup",
     "MixupDraw",
     "Tempered",
     "activation_dropout",
     "curvature_penalty",
     "defensive_distillation",
+    "evaluate_adaptive",
+    "evaluate_oblivious",
     "fast_fgsm_training",
+    "fit_magnet",
+    "fit_threshold",
+    "jensen_shannon",
     "parseval_deviation",
     "parseval_retraction",
     "pgd_training",
+    "reconstruction_error",
     "soft_labels",
     "trades_loss",
+    "train_autoencoder",
 ]

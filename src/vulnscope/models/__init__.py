@@ -4,6 +4,7 @@ from vulnscope.models.cache import CACHE_ENV, PRETRAINED, cache_dir, pretrained
 from vulnscope.models.checks import warn_if_probabilities, warn_if_training_mode
 from vulnscope.models.digits import DigitsCNN, DigitsMLP
 from vulnscope.models.loading import load_model, load_state_dict_file
+from vulnscope.models.saving import save_torchscript, torchscript_metadata
 from vulnscope.models.state import preserved_model_state
 from vulnscope.models.training import train_classifier
 
@@ -17,6 +18,8 @@ __all__ = [
     "load_state_dict_file",
     "preserved_model_state",
     "pretrained",
+    "save_torchscript",
+    "torchscript_metadata",
     "train_classifier",
     "warn_if_probabilities",
     "warn_if_training_mode",

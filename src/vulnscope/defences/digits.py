@@ -1,0 +1,177 @@
+"""Defended versions of the reference digits CNN: what ``vulnscope defend`` trains.
+
+Each method trains :class:`vulnscope.models.DigitsCNN` on the digits training split with
+the reference recipe (:data:`vulnscope.models.PRETRAINED`: Adam, the same epochs, batch
+size and learning rate), changing only what the defence changes: the objective, an
+after-step constraint, the labels (distillation) or a filter in front (MagNet). The
+result is an ordinary ``nn.Module`` in eval mode that TorchScript can save, so
+``vulnscope audit --model FILE`` attacks it like any other model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vulnscope._validation import check_choice, check_int, check_real, check_seed
+from vulnscope.defences.adversarial_training import fast_fgsm_training, pgd_training
+from vulnscope.defences.cure import CURE
+from vulnscope.defences.distillation import defensive_distillation
+from vulnscope.defences.dropout import activation_dropout
+from vulnscope.defences.magnet import DigitsAutoencoder, fit_magnet, train_autoencoder
+from vulnscope.defences.mixup import ManifoldMixup
+from vulnscope.defences.parseval import parseval_retraction
+from vulnscope.defences.trades import TRADES
+from vulnscope.errors import InvalidArgumentError
+from vulnscope.models.cache import PRETRAINED
+from vulnscope.models.digits import DigitsCNN
+from vulnscope.models.training import Objective, train_classifier
+
+__all__ = ["DEFENCE_METHODS", "DefendedModel", "defend_digits"]
+
+DEFENCE_METHODS = (
+    "none",
+    "pgd",
+    "fgsm",
+    "trades",
+    "distill",
+    "cure",
+    "parseval",
+    "mixup",
+    "magnet",
+)
+"""Methods of :func:`defend_digits` (``"none"``: the reference recipe, for comparison)."""
+
+MAGNET_VALIDATION = 280
+"""Training images held out to fit MagNet's detector thresholds (20% of the split)."""
+
+AUTOENCODER_EPOCHS = 100
+"""Epochs of MagNet's autoencoder with the default recipe (another ``epochs`` is used as is)."""
+
+
+@dataclass(frozen=True)
+class DefendedModel:
+    """A defended digits model and how it was made.
+
+    Attributes:
+        model: the defended classifier, eval mode, (N, 1, 8, 8) -> (N, 10) logits.
+        method: one of :data:`DEFENCE_METHODS`.
+        settings: every setting that shaped it (JSON-ready).
+
+    """
+
+    model: nn.Module
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def defend_digits(
+    method: str,
+    *,
+    eps: float = 0.1,
+    epochs: int | None = None,
+    dropout: float = 0.0,
+    temperature: float = 100.0,
+    beta: float = 6.0,
+    cure_h: float = 0.5,
+    cure_gamma: float = 4.0,
+    parseval_beta: float = 0.01,
+    mixup_alpha: float = 2.0,
+    seed: int = 0,
+) -> DefendedModel:
+    """Train the digits CNN with one defence.
+
+    Args:
+        method: ``"pgd"`` (Madry et al. 2018, 10 steps), ``"fgsm"`` (fast FGSM training,
+            Wong et al. 2020), ``"trades"`` (Zhang et al. 2019), ``"distill"``
+            (Papernot et al. 2016), ``"cure"`` (Moosavi-Dezfooli et al. 2019),
+            ``"parseval"`` (Cissé et al. 2017), ``"mixup"`` (Manifold Mixup, Verma et al.
+            2019), ``"magnet"`` (Meng and Chen 2017), or ``"none"``.
+        eps: L∞ radius of the adversarial training methods (pgd, fgsm, trades).
+        epochs: training epochs (default: the reference recipe's 30).
+        dropout: dropout on every activation during training (any method), in [0, 1).
+        temperature: distillation temperature T.
+        beta: TRADES' trade-off weight.
+        cure_h: CURE's finite-difference step.
+        cure_gamma: CURE's penalty weight.
+        parseval_beta: the Parseval retraction's step.
+        mixup_alpha: Manifold Mixup's Beta(α, α).
+        seed: seed of the initialisation, the minibatches and every random draw.
+
+    Returns:
+        :class:`DefendedModel`.
+
+    """
+    from vulnscope.data.digits import load_digits  # the data package imports scikit-learn
+
+    method = check_choice(method, "method", DEFENCE_METHODS)
+    seed = check_seed(seed) or 0
+    recipe = PRETRAINED["digits-cnn"][1]
+    epochs = recipe.epochs if epochs is None else check_int(epochs, "epochs")
+    dropout = check_real(dropout, "dropout", minimum=0.0)
+    if dropout >= 1.0:
+        raise InvalidArgumentError(f"dropout must be in [0, 1), got {dropout}")
+    if method == "distill" and dropout > 0.0:
+        raise InvalidArgumentError("dropout is not an option of method 'distill'")
+    eps = check_real(eps, "eps", minimum=0.0, exclusive=True)
+    settings: dict[str, Any] = {"epochs": epochs, "dropout": dropout, "seed": seed,
+                                "lr": recipe.lr, "batch_size": recipe.batch_size}  # fmt: skip
+    train = load_digits("train")
+    x, y = train.x, train.y
+    objective: Objective | None = None
+    after_step = None
+    if method in ("pgd", "fgsm", "trades"):
+        settings["eps"] = eps
+    if method == "pgd":
+        objective, settings["steps"] = pgd_training(eps), 10
+    elif method == "fgsm":
+        objective = fast_fgsm_training(eps)
+    elif method == "trades":
+        objective, settings["beta"] = TRADES(eps=eps, beta=beta), beta
+    elif method == "cure":
+        objective = CURE(h=cure_h, gamma=cure_gamma)
+        settings.update(h=cure_h, gamma=cure_gamma)
+    elif method == "parseval":
+        settings["parseval_beta"] = check_real(parseval_beta, "parseval_beta", minimum=0.0)
+
+        def after_step(model: nn.Module) -> None:
+            parseval_retraction(model, beta=parseval_beta)
+
+    elif method == "mixup":
+        objective, settings["alpha"] = ManifoldMixup(alpha=mixup_alpha), mixup_alpha
+    elif method == "magnet":
+        x, y = train.x[:-MAGNET_VALIDATION], train.y[:-MAGNET_VALIDATION]
+    generator = torch.Generator().manual_seed(seed ^ 0xD20)
+
+    def fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, at: int) -> nn.Module:
+        with activation_dropout(model, dropout, generator):
+            return train_classifier(
+                model, inputs, targets, epochs=epochs, batch_size=recipe.batch_size,
+                lr=recipe.lr, weight_decay=recipe.weight_decay, seed=at,
+                objective=objective, after_step=after_step,
+            )  # fmt: skip
+
+    if method == "distill":
+        settings["temperature"] = temperature
+        distilled = defensive_distillation(
+            DigitsCNN, x, y, temperature=temperature, epochs=epochs,
+            batch_size=recipe.batch_size, lr=recipe.lr, seed=seed,
+        )  # fmt: skip
+        return DefendedModel(distilled.student, method, settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        classifier = fit(DigitsCNN(), x, y, seed)
+    if method != "magnet":
+        return DefendedModel(classifier, method, settings)
+    autoencoder_epochs = AUTOENCODER_EPOCHS if epochs == recipe.epochs else epochs
+    autoencoder = train_autoencoder(
+        DigitsAutoencoder(seed=seed), x, epochs=autoencoder_epochs, seed=seed
+    )
+    magnet = fit_magnet(classifier, autoencoder, train.x[-MAGNET_VALIDATION:])
+    settings.update(
+        validation_images=MAGNET_VALIDATION, fpr=0.01, autoencoder_epochs=autoencoder_epochs
+    )
+    return DefendedModel(magnet, method, settings)

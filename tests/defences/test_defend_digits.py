@@ -1,0 +1,116 @@
+"""``defend_digits`` and ``vulnscope defend``: every method trains, saves and audits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vulnscope.cli import main
+from vulnscope.data import load_digits
+from vulnscope.defences.digits import DEFENCE_METHODS, defend_digits
+from vulnscope.defences.parseval import parseval_deviation
+from vulnscope.errors import InvalidArgumentError
+from vulnscope.models import load_model, save_torchscript, torchscript_metadata
+
+
+@pytest.fixture(scope="module")
+def test_split():  # type: ignore[no-untyped-def]
+    return load_digits("test")
+
+
+@pytest.mark.parametrize("method", [m for m in DEFENCE_METHODS if m != "none"])
+def test_every_method_trains_a_scriptable_classifier(method, test_split, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    defended = defend_digits(method, epochs=1, seed=0)
+    model = defended.model
+    assert defended.method == method and defended.settings["epochs"] == 1
+    assert not model.training
+    with torch.no_grad():
+        logits = model(test_split.x[:16])
+    assert logits.shape == (16, 10) and torch.isfinite(logits).all()
+    path = save_torchscript(model, tmp_path / "model.pt", metadata={"method": method})
+    loaded = load_model(str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(test_split.x[:16]), logits)
+    assert torchscript_metadata(path) == {"method": method}
+
+
+def test_parseval_method_keeps_the_weights_near_parseval_frames() -> None:
+    plain = defend_digits("none", epochs=2).model
+    parseval = defend_digits("parseval", epochs=2).model
+    assert max(parseval_deviation(parseval).values()) < 0.5 * max(
+        parseval_deviation(plain).values()
+    )
+
+
+def test_distilled_logits_are_about_t_times_larger(test_split) -> None:  # type: ignore[no-untyped-def]
+    plain = defend_digits("none", epochs=3).model
+    distilled = defend_digits("distill", epochs=3, temperature=50.0).model
+
+    def spread(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(model(test_split.x).std(dim=1).median())
+
+    assert spread(distilled) > 10 * spread(plain)
+
+
+def test_same_seed_same_model() -> None:
+    a = defend_digits("fgsm", epochs=1, seed=3).model
+    b = defend_digits("fgsm", epochs=1, seed=3).model
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "adversarial"}, "method"),
+        ({"method": "pgd", "eps": 0.0}, "eps"),
+        ({"method": "pgd", "dropout": 1.0}, "dropout"),
+        ({"method": "distill", "dropout": 0.5}, "dropout"),
+        ({"method": "pgd", "epochs": 0}, "epochs"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidArgumentError, match=match):
+        defend_digits(**kwargs)
+
+
+def test_cli_defend_writes_a_model_that_audit_reads(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    model_file = tmp_path / "models" / "pgd.pt"
+    assert main(["defend", "--method", "pgd", "--epochs", "1", "--dropout", "0.2",
+                 "--out", str(model_file)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and str(model_file) in printed
+    metadata = torchscript_metadata(model_file)
+    assert metadata["method"] == "pgd" and metadata["settings"]["dropout"] == 0.2
+    out = tmp_path / "audit"
+    assert main(["audit", "--model", str(model_file), "--limit", "20", "--attacks", "fgsm",
+                 "--eps", "0.1", "--out", str(out)]) == 0  # fmt: skip
+    record = json.loads((out / "results.json").read_text())
+    assert record["model"]["name"] == str(model_file) and record["data"]["samples"] == 20
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["defend", "--method", "bogus", "--out", "m.pt"], "invalid choice"),
+        (["defend", "--method", "pgd"], "--out"),
+        (["defend", "--method", "pgd", "--out", "m.pt", "--dropout", "1"], "[0, 1)"),
+        (["defend", "--method", "pgd", "--out", "m.pt", "--eps", "-1"], "> 0"),
+    ],
+)
+def test_cli_defend_bad_arguments_are_one_line(
+    argv, message, capsys, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_defend_refuses_a_directory_as_out(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["defend", "--method", "pgd", "--epochs", "1", "--out", str(tmp_path)]) == 1
+    assert "is a directory" in capsys.readouterr().err
