@@ -12,6 +12,8 @@ PUBLIC_MODULES = [
     "vulnscope.attacks",
     "vulnscope.cloning",
     "vulnscope.data",
+    "vulnscope.defences",
+    "vulnscope.defences.digits",
     "vulnscope.diagnostics",
     "vulnscope.errors",
     "vulnscope.evaluate",
