@@ -40,6 +40,7 @@ from vulnscope.cloning.augmentation import jacobian_augmentation, periodic_step
 from vulnscope.cloning.oracle import BlackBox, QueryBudgetExceededError
 from vulnscope.errors import InvalidTypeError, ModelError
 from vulnscope.evaluate.transfer import predicted_class, transferability
+from vulnscope.models.seeded import build_seeded
 from vulnscope.models.training import train_classifier
 
 __all__ = ["CloneMeasurement", "Extraction", "Trainer", "extract", "measure_clone"]
@@ -350,13 +351,7 @@ def _initial_clone(architecture: Any, seed: int, queries: Tensor) -> nn.Module:
     if isinstance(architecture, nn.Module):
         clone = copy.deepcopy(architecture)
     elif callable(architecture):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            clone = architecture()
-        if not isinstance(clone, nn.Module):
-            raise InvalidTypeError(
-                f"architecture must return a torch.nn.Module, returned {_describe(clone)}"
-            )
+        clone = build_seeded(architecture, seed, name="architecture")
     else:
         raise InvalidTypeError(
             "architecture must be a torch.nn.Module or a callable returning one, "

@@ -43,6 +43,7 @@ from vulnscope.cloning.reverse import ReverseModel
 from vulnscope.cloning.reverse_sigmoid import ReverseSigmoid
 from vulnscope.cloning.rounding import Rounding
 from vulnscope.errors import InvalidArgumentError
+from vulnscope.models.seeded import build_seeded
 
 __all__ = [
     "DEFENCE_NAMES",
@@ -177,9 +178,7 @@ def build_defence(spec: DefenceSpec, victim: Victim, seed: int) -> OutputDefence
     if spec.name == "random":
         return RandomPoisoning(model, spec.budget, seed=seed)  # type: ignore[arg-type]
     if spec.name == "mad":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            surrogate = victim.architecture()
+        surrogate = build_seeded(victim.architecture, seed, name="architecture")
         return MAD(model, spec.budget, surrogate=surrogate, seed=seed)  # type: ignore[arg-type]
     if spec.name == "reverse_sigmoid":
         return ReverseSigmoid(model, budget=spec.budget, calibration=victim.train_x)

@@ -28,6 +28,7 @@ from vulnscope.defences.trades import TRADES
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models.cache import PRETRAINED
 from vulnscope.models.digits import DigitsCNN
+from vulnscope.models.seeded import build_seeded
 from vulnscope.models.training import Objective, train_classifier
 
 __all__ = ["DEFENCE_METHODS", "DefendedModel", "defend_digits"]
@@ -161,9 +162,7 @@ def defend_digits(
             batch_size=recipe.batch_size, lr=recipe.lr, seed=seed,
         )  # fmt: skip
         return DefendedModel(distilled.student, method, settings)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        classifier = fit(DigitsCNN(), x, y, seed)
+    classifier = fit(build_seeded(DigitsCNN, seed), x, y, seed)
     if method != "magnet":
         return DefendedModel(classifier, method, settings)
     autoencoder_epochs = AUTOENCODER_EPOCHS if epochs == recipe.epochs else epochs

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from vulnscope._validation import check_int, check_logits, check_real
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+from vulnscope.models.seeded import build_seeded
 from vulnscope.models.state import preserved_model_state
 from vulnscope.models.training import train_classifier
 
@@ -142,10 +143,8 @@ def defensive_distillation(
 
     """
     temperature = check_real(temperature, "temperature", minimum=0.0, exclusive=True)
-    if not callable(factory):
-        raise InvalidTypeError(f"factory must be callable, got {type(factory).__name__}")
     if teacher is None:
-        teacher = _fresh(factory, seed)
+        teacher = build_seeded(factory, seed)
         train_classifier(
             Tempered(teacher, temperature), x, y, epochs=epochs, batch_size=batch_size, lr=lr,
             seed=seed,
@@ -153,20 +152,9 @@ def defensive_distillation(
     elif not isinstance(teacher, nn.Module):
         raise InvalidTypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     targets = soft_labels(teacher, x, temperature)
-    student = _fresh(factory, seed + 1)
+    student = build_seeded(factory, seed + 1)
     train_classifier(
         Tempered(student, temperature), x, targets, epochs=epochs, batch_size=batch_size, lr=lr,
         seed=seed + 1,
     )  # fmt: skip
     return DistilledModels(teacher.eval(), student.eval(), temperature)
-
-
-def _fresh(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = factory()
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError(
-            f"factory() must return a torch.nn.Module, got {type(model).__name__}"
-        )
-    return model

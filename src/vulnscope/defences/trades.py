@@ -23,6 +23,7 @@ from vulnscope._validation import check_bounds, check_int, check_norm, check_rea
 from vulnscope.attacks.norms import project, steepest_ascent
 from vulnscope.defences._modes import evaluation_mode
 from vulnscope.errors import InvalidArgumentError
+from vulnscope.models.state import preserved_model_state
 
 __all__ = ["TRADES", "trades_loss"]
 
@@ -99,27 +100,20 @@ class TRADES:
 
     def inner_maximum(self, model: nn.Module, x: Tensor, generator: torch.Generator) -> Tensor:
         """``x'`` (B, ...): projected ascent on ``KL(p(x) || p(x'))`` in the eps-ball, eval mode."""
-        with evaluation_mode(model), torch.enable_grad():
+        # eval mode, parameters frozen (gradients with respect to x only), all restored after
+        with evaluation_mode(model), preserved_model_state(model), torch.enable_grad():
             with torch.no_grad():
                 clean = model(x).detach()
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x_adv = project(x, x + 0.001 * noise, norm=self.norm, eps=self.eps, bounds=self.bounds)
-            parameters = [(p, p.requires_grad) for p in model.parameters()]
-            try:
-                for parameter, _ in parameters:
-                    parameter.requires_grad_(False)
-                for _ in range(self.steps):
-                    x_adv = x_adv.detach().requires_grad_(True)
-                    divergence = _kl(clean, model(x_adv)).sum()
-                    (grad,) = torch.autograd.grad(divergence, x_adv)
-                    step = steepest_ascent(grad, self.norm)
-                    x_adv = project(
-                        x, x_adv.detach() + self.step_size * step,
-                        norm=self.norm, eps=self.eps, bounds=self.bounds,
-                    )  # fmt: skip
-            finally:
-                for parameter, requires_grad in parameters:
-                    parameter.requires_grad_(requires_grad)
+            for _ in range(self.steps):
+                x_adv = x_adv.detach().requires_grad_(True)
+                divergence = _kl(clean, model(x_adv)).sum()
+                (grad,) = torch.autograd.grad(divergence, x_adv)
+                x_adv = project(
+                    x, x_adv.detach() + self.step_size * steepest_ascent(grad, self.norm),
+                    norm=self.norm, eps=self.eps, bounds=self.bounds,
+                )  # fmt: skip
         return x_adv.detach()
 
     def __call__(

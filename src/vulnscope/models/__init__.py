@@ -5,6 +5,7 @@ from vulnscope.models.checks import warn_if_probabilities, warn_if_training_mode
 from vulnscope.models.digits import DigitsCNN, DigitsMLP
 from vulnscope.models.loading import load_model, load_state_dict_file
 from vulnscope.models.saving import save_torchscript, torchscript_metadata
+from vulnscope.models.seeded import build_seeded
 from vulnscope.models.state import preserved_model_state
 from vulnscope.models.training import train_classifier
 
@@ -13,6 +14,7 @@ __all__ = [
     "PRETRAINED",
     "DigitsCNN",
     "DigitsMLP",
+    "build_seeded",
     "cache_dir",
     "load_model",
     "load_state_dict_file",

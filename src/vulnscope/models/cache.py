@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor, nn
@@ -21,6 +20,7 @@ from vulnscope._io import write_bytes_atomic
 from vulnscope._validation import check_choice, check_seed
 from vulnscope.errors import VulnscopeWarning
 from vulnscope.models.digits import DigitsCNN, DigitsMLP
+from vulnscope.models.seeded import build_seeded
 from vulnscope.models.training import train_classifier
 
 __all__ = [
@@ -89,9 +89,7 @@ def train_recipe(
     How :func:`pretrained` trains its reference models; other experiments (e.g. networks
     trained on parts of the data) call it to train theirs exactly alike.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = factory()
+    model = build_seeded(factory, seed)
     return train_classifier(
         model, x, y, epochs=recipe.epochs, batch_size=recipe.batch_size,
         lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
