@@ -22,7 +22,7 @@ def test_same_seed_same_weights_and_the_global_state_is_given_back() -> None:
 
 
 def test_a_factory_that_is_not_a_module_factory_is_refused_by_name() -> None:
-    with pytest.raises(InvalidTypeError, match="architecture must return a torch.nn.Module"):
+    with pytest.raises(InvalidTypeError, match=r"architecture must return a torch\.nn\.Module"):
         build_seeded(lambda: "model", 0, name="architecture")  # type: ignore[arg-type, return-value]
     with pytest.raises(InvalidTypeError, match="factory must be callable"):
         build_seeded(3, 0)  # type: ignore[arg-type]
