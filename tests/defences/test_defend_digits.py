@@ -114,3 +114,18 @@ def test_cli_defend_bad_arguments_are_one_line(
 def test_cli_defend_refuses_a_directory_as_out(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["defend", "--method", "pgd", "--epochs", "1", "--out", str(tmp_path)]) == 1
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_method_none_is_exactly_the_reference_recipe() -> None:
+    from dataclasses import replace
+
+    from vulnscope.models.cache import PRETRAINED, train_recipe
+
+    factory, recipe = PRETRAINED["digits-cnn"]
+    train = load_digits("train")
+    reference = train_recipe(factory, replace(recipe, epochs=2), train.x, train.y, seed=4)
+    defended = defend_digits("none", epochs=2, seed=4).model
+    for (name, p), (_, q) in zip(
+        reference.state_dict().items(), defended.state_dict().items(), strict=True
+    ):
+        assert torch.equal(p, q), name

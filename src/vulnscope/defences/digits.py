@@ -98,7 +98,8 @@ def defend_digits(
         beta: TRADES' trade-off weight.
         cure_h: CURE's finite-difference step.
         cure_gamma: CURE's penalty weight.
-        parseval_beta: the Parseval retraction's step.
+        parseval_beta: the Parseval retraction's step (the paper's 0.0003 is made for SGD
+            and barely constrains a network trained with Adam).
         mixup_alpha: Manifold Mixup's Beta(α, α).
         seed: seed of the initialisation, the minibatches and every random draw.
 
