@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from helpers import random_inputs, tiny_classifier
-from vulnscope.attacks import BIM, PGD
+from vulnscope.attacks import BIM, FGSM, PGD
 from vulnscope.errors import VulnscopeWarning
 
 SHAPE = (1, 3, 3)
@@ -164,3 +164,22 @@ def test_replace_changes_only_what_it_names():
     assert changed.eps == 1.0 and changed.steps == 7 and changed.norm == "l2" and changed.seed == 3
     assert attack.eps == 0.5
     assert repr(changed).startswith("PGD(norm='l2', eps=1.0, steps=7")
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@pytest.mark.parametrize("build", [
+    lambda norm: PGD(norm=norm, eps=0.3, steps=7, seed=3),
+    lambda norm: PGD(norm=norm, eps=0.3, steps=7, early_stop=True, seed=3),
+    lambda norm: FGSM(norm=norm, eps=0.3),
+    lambda norm: BIM(norm=norm, eps=0.3, steps=5),
+])  # fmt: skip
+def test_perturb_returns_what_the_attack_returns(norm, build):
+    from vulnscope.models import preserved_model_state
+
+    model = tiny_classifier(5, (1, 2, 3), classes=4)
+    x = random_inputs(5, 6, (1, 2, 3), (0.0, 1.0))
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    attack = build(norm)
+    with preserved_model_state(model):
+        lean = attack.perturb(model, x, y)
+    assert torch.equal(lean, attack(model, x, y).x_adv)

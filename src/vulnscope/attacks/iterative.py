@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vulnscope._random import make_generator
 from vulnscope.attacks.base import Attack
 from vulnscope.attacks.counting import CountingModel
 from vulnscope.attacks.losses import LOSSES, Loss, is_adversarial
 from vulnscope.attacks.norms import per_sample, project, random_in_ball, steepest_ascent
 from vulnscope.attacks.rows import keep_rows
+from vulnscope.models.checks import is_batch_independent
 
 __all__ = [
     "AscentResult",
@@ -348,6 +350,39 @@ class GradientAscentAttack(Attack):
             evaluate_final=evaluate_final, l1_sparsity=self.l1_sparsity,
             detect_cycles=model.deterministic,
         )  # fmt: skip
+
+    def perturb(
+        self,
+        model: Callable[[Tensor], Tensor],
+        x: Tensor,
+        y: Tensor,
+        *,
+        target: Tensor | None = None,
+    ) -> Tensor:
+        """The points :meth:`__call__` returns, without its checks and bookkeeping.
+
+        For inner loops that attack thousands of minibatches they have already validated,
+        such as adversarial training: no input validation, no clean or final forward
+        pass, no counting, no guard of the model's state. The caller puts the model in
+        eval mode and stops its parameters' gradients (as
+        :func:`vulnscope.models.preserved_model_state` does), which ``__call__`` would
+        otherwise do. Same seed, same points as ``__call__``.
+
+        Args:
+            model: maps (N, ...) to logits (N, C), deterministic (eval mode).
+            x: (N, ...) inputs inside ``bounds``.
+            y: (N,) int64 labels.
+            target: (N,) target labels when the attack is targeted.
+
+        Returns:
+            (N, ...) the adversarial points, in the eps-ball and the bounds.
+
+        """
+        counting = CountingModel(model, batch_independent=is_batch_independent(model))
+        generator = make_generator(self.seed, x.device)
+        with torch.enable_grad():
+            x_adv = self.run(counting, x.detach(), y, target=target, generator=generator)
+        return project(x, x_adv.detach(), norm=self.norm, eps=self.budget(), bounds=self.bounds)
 
     def run(
         self,

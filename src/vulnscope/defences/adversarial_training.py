@@ -24,6 +24,7 @@ from vulnscope._validation import check_bounds, check_int, check_norm, check_rea
 from vulnscope.attacks.pgd import PGD
 from vulnscope.defences._modes import evaluation_mode
 from vulnscope.errors import InvalidArgumentError
+from vulnscope.models.state import preserved_model_state
 
 __all__ = ["AdversarialTraining", "fast_fgsm_training", "pgd_training"]
 
@@ -107,8 +108,9 @@ class AdversarialTraining:
                 "adversarial training needs integer class labels y, got probability targets"
             )
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        with evaluation_mode(model):
-            return self.attack(seed)(model, x, y).x_adv
+        # the attack's lean path: the minibatch is the training loop's, already checked
+        with evaluation_mode(model), preserved_model_state(model):
+            return self.attack(seed).perturb(model, x, y)
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
