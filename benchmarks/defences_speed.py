@@ -16,7 +16,7 @@ Prints, measured side by side in one run (absolute times on a shared machine mea
 Every contender runs once per round, in an order that rotates from round to round;
 ratios are taken within each round and the median (min-max) over rounds is printed.
 
-    python benchmarks/defences_speed.py [--rounds 3] [--epochs 2] [--threads 1]
+    python benchmarks/defences_speed.py [--rounds 3] [--epochs 2] [--threads 1] [--samples 1400]
 """
 
 from __future__ import annotations
@@ -104,10 +104,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=1400, help="training images used")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = load_digits("train"), load_digits("test")
-    x, y = train.x, train.y
+    x, y = train.x[: args.samples], train.y[: args.samples]
     generator = torch.Generator().manual_seed(0)
     trained: dict[str, nn.Module] = {}
 

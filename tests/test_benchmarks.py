@@ -97,3 +97,17 @@ def test_attacks_benchmark_runs_every_section(tmp_path, digits_cnn, isolated_cac
     assert figures["jsma"]["vulnscope"]["changed_fraction"] <= 6 / 64 + 1e-9
     for entry in figures["cascade"].values():
         assert 0.0 <= entry["robust_accuracy"]["vulnscope"] <= 1.0
+
+
+def test_defences_speed_benchmark_runs(digits_cnn, isolated_cache):
+    script = ROOT / "benchmarks" / "defences_speed.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rounds", "1", "--epochs", "1", "--samples", "128"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    for row in ("bare PGD training", "vulnscope pgd_training", "vulnscope TRADES"):
+        assert row in done.stdout
