@@ -70,6 +70,7 @@ def test_same_seed_same_model() -> None:
         ({"method": "pgd", "dropout": 1.0}, "dropout"),
         ({"method": "distill", "dropout": 0.5}, "dropout"),
         ({"method": "pgd", "epochs": 0}, "epochs"),
+        ({"method": "parseval", "parseval_beta": 1.0}, "parseval_beta"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, match) -> None:  # type: ignore[no-untyped-def]

@@ -137,7 +137,10 @@ def defend_digits(
         objective = CURE(h=cure_h, gamma=cure_gamma)
         settings.update(h=cure_h, gamma=cure_gamma)
     elif method == "parseval":
-        settings["parseval_beta"] = check_real(parseval_beta, "parseval_beta", minimum=0.0)
+        parseval_beta = check_real(parseval_beta, "parseval_beta", minimum=0.0, exclusive=True)
+        if parseval_beta >= 1.0:
+            raise InvalidArgumentError(f"parseval_beta must be in (0, 1), got {parseval_beta}")
+        settings["parseval_beta"] = parseval_beta
 
         def after_step(model: nn.Module) -> None:
             parseval_retraction(model, beta=parseval_beta)
@@ -148,14 +151,6 @@ def defend_digits(
         x, y = train.x[:-MAGNET_VALIDATION], train.y[:-MAGNET_VALIDATION]
     generator = torch.Generator().manual_seed(seed ^ 0xD20)
 
-    def fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, at: int) -> nn.Module:
-        with activation_dropout(model, dropout, generator):
-            return train_classifier(
-                model, inputs, targets, epochs=epochs, batch_size=recipe.batch_size,
-                lr=recipe.lr, weight_decay=recipe.weight_decay, seed=at,
-                objective=objective, after_step=after_step,
-            )  # fmt: skip
-
     if method == "distill":
         settings["temperature"] = temperature
         distilled = defensive_distillation(
@@ -163,7 +158,13 @@ def defend_digits(
             batch_size=recipe.batch_size, lr=recipe.lr, seed=seed,
         )  # fmt: skip
         return DefendedModel(distilled.student, method, settings)
-    classifier = fit(build_seeded(DigitsCNN, seed), x, y, seed)
+    classifier = build_seeded(DigitsCNN, seed)
+    with activation_dropout(classifier, dropout, generator):
+        train_classifier(
+            classifier, x, y, epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+            weight_decay=recipe.weight_decay, seed=seed, objective=objective,
+            after_step=after_step,
+        )  # fmt: skip
     if method != "magnet":
         return DefendedModel(classifier, method, settings)
     autoencoder_epochs = AUTOENCODER_EPOCHS if epochs == recipe.epochs else epochs
