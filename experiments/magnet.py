@@ -5,10 +5,11 @@ Run:  OMP_NUM_THREADS=1 VULNSCOPE_CACHE_DIR=/tmp/vcache python experiments/magne
 
 Meng and Chen (2017), "MagNet: a two-pronged defense against adversarial examples",
 against Carlini and Wagner (2017), "MagNet and 'Efficient defenses against adversarial
-attacks' are not robust to adversarial examples". The training split (1400 images) is
-cut, by a permutation drawn from ``--seed``, into 1000 images that train the digits CNN
-(the ``digits-cnn`` recipe) and MagNet's denoising autoencoder, and 400 held-out images
-on which the detectors' thresholds are fitted (total false-positive rate ``--fpr``,
+attacks' are not robust to adversarial examples". The model is the one
+``vulnscope defend --method magnet`` writes (:func:`vulnscope.defences.digits.defend_digits`):
+the first 1000 of the 1400 training images train the digits CNN (the ``digits-cnn``
+recipe) and MagNet's denoising autoencoder, and the last 400, held out, fit the
+detectors' thresholds (total false-positive rate ``--fpr``,
 split evenly over the four detectors: reconstruction error L1 and L2, Jensen-Shannon
 divergence at T = 10 and 40). On the 397 test images it measures:
 
@@ -38,17 +39,14 @@ import torch
 from vulnscope._io import write_json_atomic
 from vulnscope.attacks import PGD, CarliniWagner
 from vulnscope.data import load_digits
-from vulnscope.defences.magnet import DigitsAutoencoder, fit_magnet, train_autoencoder
+from vulnscope.defences.digits import MAGNET_FPR, MAGNET_VALIDATION, defend_digits
+from vulnscope.defences.magnet import MagNet, fit_magnet
 from vulnscope.defences.magnet_evaluation import (
     AdaptiveMagNetAttack,
     MagNetEvaluation,
     evaluate_adaptive,
     evaluate_oblivious,
 )
-from vulnscope.models.cache import PRETRAINED, train_recipe
-
-VALIDATION = 400
-"""Training images held out to fit the thresholds."""
 
 COLUMNS = (
     ("attacker", "attacker"),
@@ -92,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("experiment-magnet"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fpr", type=float, default=0.02)
+    parser.add_argument("--fpr", type=float, default=MAGNET_FPR)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -101,16 +99,13 @@ def main() -> None:
     started = time.perf_counter()
 
     train, test = load_digits("train"), load_digits("test")
-    order = torch.randperm(len(train.y), generator=torch.Generator().manual_seed(args.seed))
-    fit, val = order[VALIDATION:], order[:VALIDATION]
-    factory, recipe = PRETRAINED["digits-cnn"]
-    classifier = train_recipe(factory, recipe, train.x[fit], train.y[fit], seed=args.seed)
-    autoencoder = train_autoencoder(
-        DigitsAutoencoder(channels=16, seed=args.seed),
-        train.x[fit],
-        noise=0.1, epochs=100, batch_size=64, lr=1e-2, seed=args.seed,
-    )  # fmt: skip
-    magnet = fit_magnet(classifier, autoencoder, train.x[val], fpr=args.fpr)
+    # the model `vulnscope defend --method magnet` writes: CNN and autoencoder trained on
+    # the first 1000 training images, thresholds fitted on the last 400
+    magnet = defend_digits("magnet", seed=args.seed).model
+    assert isinstance(magnet, MagNet)
+    if args.fpr != MAGNET_FPR:
+        validation = train.x[-MAGNET_VALIDATION:]
+        magnet = fit_magnet(magnet.classifier, magnet.autoencoder, validation, fpr=args.fpr)
     trained = time.perf_counter() - started
     logging.info("trained and fitted in %.0f s; thresholds %s", trained, magnet.thresholds_)
 
@@ -137,7 +132,7 @@ def main() -> None:
         "experiment": "magnet",
         "seed": args.seed,
         "fpr": args.fpr,
-        "validation_images": VALIDATION,
+        "validation_images": MAGNET_VALIDATION,
         "detectors": dict(zip(magnet.detector_names, magnet.thresholds_.tolist(), strict=True)),
         "results": [{"name": name, **result.to_dict()} for name, result in rows],
         "runtime_s": round(runtime, 1),

@@ -31,7 +31,7 @@ from vulnscope.models.digits import DigitsCNN
 from vulnscope.models.seeded import build_seeded
 from vulnscope.models.training import Objective, train_classifier
 
-__all__ = ["DEFENCE_METHODS", "DefendedModel", "defend_digits"]
+__all__ = ["DEFENCE_METHODS", "MAGNET_FPR", "MAGNET_VALIDATION", "DefendedModel", "defend_digits"]
 
 DEFENCE_METHODS = (
     "none",
@@ -46,8 +46,11 @@ DEFENCE_METHODS = (
 )
 """Methods of :func:`defend_digits` (``"none"``: the reference recipe, for comparison)."""
 
-MAGNET_VALIDATION = 280
-"""Training images held out to fit MagNet's detector thresholds (20% of the split)."""
+MAGNET_VALIDATION = 400
+"""The last training images, held out to fit MagNet's detector thresholds."""
+
+MAGNET_FPR = 0.02
+"""MagNet's total false-positive rate on the held-out images, split over its 4 detectors."""
 
 AUTOENCODER_EPOCHS = 100
 """Epochs of MagNet's autoencoder with the default recipe (another ``epochs`` is used as is)."""
@@ -169,10 +172,11 @@ def defend_digits(
         return DefendedModel(classifier, method, settings)
     autoencoder_epochs = AUTOENCODER_EPOCHS if epochs == recipe.epochs else epochs
     autoencoder = train_autoencoder(
-        DigitsAutoencoder(seed=seed), x, epochs=autoencoder_epochs, seed=seed
-    )
-    magnet = fit_magnet(classifier, autoencoder, train.x[-MAGNET_VALIDATION:])
+        DigitsAutoencoder(channels=16, seed=seed), x, noise=0.1, epochs=autoencoder_epochs,
+        lr=1e-2, seed=seed,
+    )  # fmt: skip
+    magnet = fit_magnet(classifier, autoencoder, train.x[-MAGNET_VALIDATION:], fpr=MAGNET_FPR)
     settings.update(
-        validation_images=MAGNET_VALIDATION, fpr=0.01, autoencoder_epochs=autoencoder_epochs
+        validation_images=MAGNET_VALIDATION, fpr=MAGNET_FPR, autoencoder_epochs=autoencoder_epochs
     )
     return DefendedModel(magnet, method, settings)
