@@ -287,7 +287,8 @@ def _add_model_and_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", default="digits",
         help="'digits' (the embedded test split, default), an .npz file with arrays x "
-        "and y, or 'IMAGES,LABELS' IDX files",
+        "and y, 'IMAGES,LABELS' IDX files, or a folder with one sub-folder of images per "
+        "class",
     )  # fmt: skip
 
 

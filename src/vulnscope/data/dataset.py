@@ -22,6 +22,8 @@ class ImageData:
         y: labels, int64 of shape (N,).
         num_classes: number of classes (labels lie in ``[0, num_classes)``).
         source: where the data came from, for reports.
+        class_names: a name per class, when the data has them (an image folder's
+            sub-folders), else ``None``.
 
     """
 
@@ -29,6 +31,7 @@ class ImageData:
     y: Tensor
     num_classes: int
     source: str
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 4 or self.y.shape != (self.x.shape[0],):
@@ -42,7 +45,9 @@ class ImageData:
 
     def take(self, count: int) -> ImageData:
         """The first ``count`` samples."""
-        return ImageData(self.x[:count], self.y[:count], self.num_classes, self.source)
+        return ImageData(
+            self.x[:count], self.y[:count], self.num_classes, self.source, self.class_names
+        )
 
 
 def images_from_array(array: np.ndarray, source: str) -> Tensor:
