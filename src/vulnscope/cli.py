@@ -281,15 +281,33 @@ def _add_model_and_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="digits-cnn",
         help="'digits-cnn' (default), 'digits-mlp', 'package.module:factory', "
-        "or a TorchScript file",
+        "a TorchScript file, or a torch.export program (.pt2)",
     )  # fmt: skip
     parser.add_argument("--weights", help="weights for --model: .safetensors or a torch state dict")
+    parser.add_argument(
+        "--mean", type=_float_list,
+        help="per-channel mean the model normalises its input with, e.g. 0.485,0.456,0.406 "
+        "(applied inside the model, so budgets stay in pixel units)",
+    )  # fmt: skip
+    parser.add_argument("--std", type=_float_list, help="per-channel std, with --mean")
     parser.add_argument(
         "--data", default="digits",
         help="'digits' (the embedded test split, default), an .npz file with arrays x "
         "and y, 'IMAGES,LABELS' IDX files, or a folder with one sub-folder of images per "
         "class",
     )  # fmt: skip
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.5,0.5,0.5, got {text!r}"
+        ) from None
+    if not values or any(value != value or abs(value) == float("inf") for value in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def _positive_float(text: str) -> float:
@@ -364,8 +382,14 @@ def _load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
 
     if ":" in args.model and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # so that 'mymodels:build' finds ./mymodels.py
+    if (args.mean is None) != (args.std is None):
+        raise _UsageError("vulnscope: error: --mean and --std go together: give both or neither")
     data = load_data(args.data, seed=args.seed)
     model = load_model(args.model, weights=args.weights, seed=args.seed)
+    if args.mean is not None:
+        from vulnscope.models.normalized import Normalized
+
+        model = Normalized(model, args.mean, args.std)
     return model, data
 
 

@@ -5,7 +5,8 @@ Three ways in:
 - a reference model by name (``"digits-cnn"``, ``"digits-mlp"``), trained or cached;
 - ``"package.module:factory"``, a function that builds the architecture, plus a weights
   file: safetensors, or a state dict read by ``torch.load(..., weights_only=True)``;
-- a TorchScript file (``torch.jit.script(model).save(path)``).
+- a TorchScript file (``torch.jit.script(model).save(path)``);
+- a ``torch.export`` program (``torch.export.save(program, "model.pt2")``).
 
 A file that would need arbitrary unpickling (``torch.save(model, path)``) is refused with
 a message that says how to export the model instead.
@@ -28,6 +29,7 @@ from torch import nn
 
 from vulnscope.errors import MissingFileError, ModelError
 from vulnscope.models.cache import PRETRAINED, pretrained
+from vulnscope.models.exported import load_exported_program
 
 __all__ = ["load_model", "load_state_dict_file"]
 
@@ -150,7 +152,8 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
 
     Args:
         spec: a reference model name (see :data:`vulnscope.models.PRETRAINED`),
-            ``"package.module:factory"``, or the path of a TorchScript file.
+            ``"package.module:factory"``, the path of a TorchScript file, or of a
+            ``torch.export`` program (``.pt2``, exported with a dynamic batch size).
         weights: weights to load into the model (for a reference model, replaces the
             cached training; for a factory, usually required).
         seed: seed of a reference model that has to be trained.
@@ -171,6 +174,8 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
             raise ModelError(
                 f"weights are only used with 'package.module:factory' models, not {spec!r}"
             )
+        if path.suffix == ".pt2":
+            return load_exported_program(path)  # an exported graph has no train/eval mode
         return _load_torchscript(path).eval()
     if ":" in spec and not path.suffix:
         model = _build_from_factory(spec)
