@@ -52,7 +52,13 @@ def _num_outputs(model: Callable[[Tensor], Tensor], x: Tensor) -> int:
         with torch.no_grad():
             logits = model(x[:1])
     except (RuntimeError, ValueError, TypeError) as error:
-        message = str(error).strip().splitlines()[0] if str(error) else type(error).__name__
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        # a TorchScript error opens with a banner; its cause is on the last line
+        message = (
+            (lines[-1] if "TorchScript" in lines[0] else lines[0])
+            if lines
+            else type(error).__name__
+        )
         raise ModelError(
             f"the model cannot process inputs of shape {tuple(x.shape[1:])}: {message}"
         ) from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -78,10 +79,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             raise ModelError(f"{path}: is not a readable safetensors file ({error})") from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found is None:  # not a pickle at all: a corrupt or foreign file
+            raise ModelError(
+                f"{path}: is not a readable weights file (neither a torch file nor safetensors)"
+            ) from None
         raise ModelError(
-            f"{path}: holds pickled Python objects beyond tensors, and vulnscope never "
-            f"unpickles arbitrary objects; {_EXPORT_ADVICE}"
+            f"{path}: holds pickled Python objects beyond tensors ({found.group(1)}), and "
+            f"vulnscope never unpickles arbitrary objects; {_EXPORT_ADVICE}"
         ) from None
     except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise ModelError(f"{path}: is not a readable weights file ({error})") from None
@@ -129,7 +135,8 @@ def _load_torchscript(path: Path) -> nn.Module:
             scripted: nn.Module = torch.jit.load(str(path), map_location="cpu")
         return scripted
     except (RuntimeError, ValueError) as script_error:
-        script_reason = str(script_error).strip().splitlines()[0] if str(script_error) else ""
+        first_line = str(script_error).strip().splitlines()[0] if str(script_error) else ""
+        script_reason = first_line.split(". ")[0]  # the cause, not torch's advice after it
     if path.suffix == ".safetensors":
         raise ModelError(
             f"{path}: holds weights only; pass the architecture as 'package.module:factory' "
@@ -140,7 +147,10 @@ def _load_torchscript(path: Path) -> nn.Module:
     except ModelError as error:
         if "never unpickles" in str(error):
             raise
-        raise ModelError(f"{path}: is not a TorchScript model ({script_reason})") from None
+        raise ModelError(
+            f"{path}: is not a model file vulnscope reads: not TorchScript ({script_reason}), "
+            "not a torch.export program (.pt2), not a state dict"
+        ) from None
     raise ModelError(
         f"{path}: holds a state dict, not a model; pass the architecture as "
         "'package.module:factory' and this file as the weights"
