@@ -35,3 +35,39 @@ def test_model_returning_a_vector_is_refused():
         ModelError, match=r"the model must return logits of shape \(N, C\) = \(1, C\)"
     ):
         audit(lambda x: x.flatten(1).sum(1), data, model_name="m")
+
+
+def _validator():  # type: ignore[no-untyped-def]
+    import jsonschema
+
+    from vulnscope.audit import results_schema
+
+    schema = results_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def test_audit_records_validate_against_the_shipped_schema(digits_cnn, digits_test):
+    import json
+
+    from vulnscope.audit import SCHEMA_VERSION
+
+    validator = _validator()
+    for norm, epsilons in (("linf", [0.0, 0.05, 0.1]), ("l2", [0.5])):
+        record = audit(digits_cnn, digits_test.take(30), model_name="<cnn>", norm=norm,
+                       epsilons=epsilons, attacks=["apgd-ce", "fgsm"])  # fmt: skip
+        record = json.loads(json.dumps(record))  # exactly what results.json holds
+        assert record["schema_version"] == SCHEMA_VERSION
+        assert sorted(validator.iter_errors(record), key=str) == []
+    # a schema that accepts anything would let each of these through
+    broken = [
+        {k: v for k, v in record.items() if k != "clean_accuracy"},
+        {**record, "schema_version": SCHEMA_VERSION + 1},
+        {**record, "clean_accuracy": 1.5},
+        {**record, "settings": {**record["settings"], "norm": "l3"}},
+        {**record, "unexpected": 1},
+        {**record, "evaluations": [{**record["evaluations"][0], "broken_by": {"APGD-CE": -1}}]},
+        {**record, "created": "yesterday"},
+    ]
+    for bad in broken:
+        assert list(validator.iter_errors(bad)), bad

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 import torch
@@ -28,7 +30,7 @@ from vulnscope.evaluate import (
     standard_evaluation_curve,
 )
 
-__all__ = ["DEFAULT_EPSILONS", "SCHEMA_VERSION", "audit"]
+__all__ = ["DEFAULT_EPSILONS", "SCHEMA_VERSION", "audit", "results_schema"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,18 @@ SCHEMA_VERSION = 2
 2: robust accuracy under the standard cascade (one curve, which attack broke each point,
 the gradient-masking warnings) instead of one curve per attack.
 """
+
+
+def results_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``results.json``, shipped in the package.
+
+    Validate a record with any JSON Schema validator, e.g.
+    ``jsonschema.validate(record, results_schema())``.
+    """
+    text = resources.files("vulnscope").joinpath("schemas/results.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
 
 DEFAULT_EPSILONS: dict[str, tuple[float, ...]] = {
     "linf": (0.02, 0.05, 0.1, 0.15, 0.2),
