@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from vulnscope import __version__
+from vulnscope._checkpoint import Checkpoints
 from vulnscope._validation import (
     check_epsilons,
     check_int,
@@ -25,8 +27,8 @@ from vulnscope.data.dataset import ImageData
 from vulnscope.errors import ModelError
 from vulnscope.evaluate import (
     DEFAULT_CASCADE,
-    accuracy,
     check_cascade,
+    predict,
     standard_evaluation_curve,
 )
 
@@ -90,6 +92,8 @@ def audit(
     seed: int = 0,
     batch_size: int | None = 512,
     on_stage: Callable[[str], None] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Clean accuracy and the robust-accuracy curve under the standard cascade, as a record.
 
@@ -102,8 +106,15 @@ def audit(
         attacks: the cascade (names from :data:`vulnscope.evaluate.CASCADE_ATTACKS`);
             default AutoAttack's standard four.
         seed: seed of every attack's randomness.
-        batch_size: samples per attack call.
+        batch_size: samples per attack call, and per chunk: the data is evaluated in
+            chunks of this size, chunk ``k`` with seed ``seed + k`` (the default 512 takes
+            the 397 digits in one chunk).
         on_stage: called with a short description as each stage starts (for progress).
+        checkpoint: a directory where each finished chunk is written atomically, so that
+            an interrupted audit can resume (``None``: no checkpoint).
+        resume: keep the chunks a previous run with the same settings left in
+            ``checkpoint``; the result equals an uninterrupted run's (apart from
+            ``created`` and ``timing``). A checkpoint made with other settings is refused.
 
     Returns:
         A JSON-ready dict: ``schema_version``, ``vulnscope_version``, ``model``, ``data``,
@@ -124,26 +135,41 @@ def audit(
         raise ModelError(
             f"the model has {num_outputs} outputs but the data has {data.num_classes} classes"
         )
-    started = time.perf_counter()
     positive = sorted({eps for eps in budgets if eps > 0})
+    size = len(data) if batch is None else batch
+    bounds = [(start, min(start + size, len(data))) for start in range(0, len(data), size)]
+    store = None
+    if checkpoint is not None:
+        store = Checkpoints(checkpoint, {
+            "model": model_name, "data": data.source, "samples": len(data), "norm": norm,
+            "epsilons": budgets, "seed": seed, "attacks": list(attacks), "chunk_size": size,
+            "vulnscope_version": __version__,
+        }, resume=resume)  # fmt: skip
     if on_stage is not None:
-        on_stage(f"the attack cascade ({', '.join(attacks)}) at {len(positive)} budgets")
-    clean = accuracy(model, data.x, data.y, batch_size=batch)
-    by_eps: dict[float, dict[str, Any]] = {}
-    stage_seconds: dict[str, dict[str, float]] = {}
-    warnings: list[str] = []
-    if positive:
-        curve = standard_evaluation_curve(
-            model, data.x, data.y, norm=norm, epsilons=positive, seed=seed, attacks=attacks,
-            batch_size=batch,
-        )  # fmt: skip
-        for evaluation in curve.evaluations:
-            by_eps[evaluation.eps] = evaluation.to_dict()
-            stage_seconds[f"{evaluation.eps:g}"] = {
-                stage.name: round(stage.seconds, 3) for stage in evaluation.stages
-            }
-            warnings += [w for w in evaluation.warnings if w not in warnings]
-    elapsed = round(time.perf_counter() - started, 3)
+        on_stage(
+            f"the attack cascade ({', '.join(attacks)}) at {len(positive)} budgets, "
+            f"{len(bounds)} chunk(s) of up to {size} samples"
+        )
+    chunks = []
+    for index, (start, stop) in enumerate(bounds):
+        name = f"chunk-{index:05d}"
+        piece = store.load(name) if store is not None else None
+        if piece is None:
+            piece = _evaluate_chunk(
+                model, data.x[start:stop], data.y[start:stop], norm=norm, epsilons=positive,
+                seed=seed + index, attacks=attacks, batch_size=batch,
+            )  # fmt: skip
+            if store is not None:
+                store.save(name, piece)
+        elif on_stage is not None:
+            on_stage(f"chunk {index + 1} of {len(bounds)} read from the checkpoint")
+        chunks.append(piece)
+    merged = _merge(chunks, norm=norm, epsilons=positive, samples=len(data))
+    clean = merged["clean_accuracy"]
+    by_eps = {evaluation["eps"]: evaluation for evaluation in merged["evaluations"]}
+    warnings = merged["warnings"]
+    stage_seconds = merged["stage_seconds"]
+    elapsed = merged["seconds"]
     logger.info("cascade done in %.1f s", elapsed)
     parameters = (
         sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
@@ -172,4 +198,90 @@ def audit(
         "evaluations": [by_eps[eps] for eps in budgets if eps > 0],
         "warnings": warnings,
         "timing": {"total": elapsed, "stages": stage_seconds},
+    }
+
+
+def _evaluate_chunk(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str,
+    epsilons: list[float],
+    seed: int,
+    attacks: Sequence[str],
+    batch_size: int | None,
+) -> dict[str, Any]:
+    """The cascade on one chunk, as counts that add up across chunks (JSON-ready)."""
+    started = time.perf_counter()
+    correct = int((predict(model, x, batch_size=batch_size) == y).sum())
+    evaluations = []
+    if epsilons:
+        curve = standard_evaluation_curve(
+            model, x, y, norm=norm, epsilons=epsilons, seed=seed, attacks=attacks,
+            batch_size=batch_size,
+        )  # fmt: skip
+        for evaluation in curve.evaluations:
+            summary = evaluation.to_dict()
+            evaluations.append({
+                "eps": evaluation.eps,
+                "robust": int(evaluation.robust.sum()),
+                "clean": x.shape[0] - summary["broken_by"].get("clean", 0),
+                "broken_by": summary["broken_by"],
+                "stages": summary["stages"],
+                "checks": summary["checks"],
+                "warnings": summary["warnings"],
+                "seconds": {stage.name: round(stage.seconds, 3) for stage in evaluation.stages},
+            })  # fmt: skip
+    seconds = round(time.perf_counter() - started, 3)
+    return {"samples": x.shape[0], "correct": correct, "evaluations": evaluations,
+            "seconds": seconds}  # fmt: skip
+
+
+def _merge(
+    chunks: list[dict[str, Any]], *, norm: str, epsilons: list[float], samples: int
+) -> dict[str, Any]:
+    """Add the chunks' counts up into the record's figures."""
+    evaluations = []
+    warnings: list[str] = []
+    stage_seconds: dict[str, dict[str, float]] = {}
+    for position, eps in enumerate(epsilons):
+        parts = [chunk["evaluations"][position] for chunk in chunks]
+        broken: dict[str, int] = {}
+        checks: dict[str, bool] = {}
+        stages: list[dict[str, Any]] = []
+        seconds: dict[str, float] = {}
+        messages: list[str] = []
+        for part in parts:
+            for name, count in part["broken_by"].items():
+                broken[name] = broken.get(name, 0) + count
+            for name, fired in part["checks"].items():
+                checks[name] = checks.get(name, False) or fired
+            for index, stage in enumerate(part["stages"]):
+                if index == len(stages):
+                    stages.append(dict(stage))
+                else:
+                    for key in ("attacked", "broken", "forward_evals", "gradient_evals"):
+                        stages[index][key] += stage[key]
+            for name, value in part["seconds"].items():
+                seconds[name] = round(seconds.get(name, 0.0) + value, 3)
+            messages += [message for message in part["warnings"] if message not in messages]
+        evaluations.append({
+            "norm": norm,
+            "eps": eps,
+            "robust_accuracy": sum(part["robust"] for part in parts) / samples,
+            "clean_accuracy": sum(part["clean"] for part in parts) / samples,
+            "broken_by": broken,
+            "stages": stages,
+            "checks": checks,
+            "warnings": messages,
+        })  # fmt: skip
+        stage_seconds[f"{eps:g}"] = seconds
+        warnings += [message for message in messages if message not in warnings]
+    return {
+        "clean_accuracy": sum(chunk["correct"] for chunk in chunks) / samples,
+        "evaluations": evaluations,
+        "warnings": warnings,
+        "stage_seconds": stage_seconds,
+        "seconds": round(sum(chunk["seconds"] for chunk in chunks), 3),
     }

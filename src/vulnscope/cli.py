@@ -113,8 +113,13 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
     audit.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT samples")
     audit.add_argument(
-        "--batch-size", type=_positive_int, default=512, help="samples per attack call"
-    )
+        "--batch-size", type=_positive_int, default=512,
+        help="samples per attack call and per checkpointed chunk (default %(default)s)",
+    )  # fmt: skip
+    audit.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted audit from the chunks in OUT/.checkpoint (same options)",
+    )  # fmt: skip
     audit.set_defaults(handler=_run_audit)
 
     rg = commands.add_parser(
@@ -498,6 +503,7 @@ def _run_defend(args: argparse.Namespace) -> int:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
+    from vulnscope._checkpoint import Checkpoints
     from vulnscope._io import write_json_atomic
     from vulnscope.audit import audit
     from vulnscope.evaluate import DEFAULT_CASCADE
@@ -506,12 +512,16 @@ def _run_audit(args: argparse.Namespace) -> int:
     if args.limit is not None:
         data = data.take(args.limit)
     args.out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
+    checkpoint = args.out / ".checkpoint"
+    args.interrupted_hint = "rerun with --resume to continue from the finished chunks"
     record = audit(
         model, data, model_name=args.model, norm=args.norm, epsilons=args.eps,
         attacks=args.attacks or DEFAULT_CASCADE, seed=args.seed, batch_size=args.batch_size,
         on_stage=lambda stage: logging.getLogger("vulnscope").info("running %s", stage),
+        checkpoint=checkpoint, resume=args.resume,
     )  # fmt: skip
     path = write_json_atomic(args.out / "results.json", record)
+    Checkpoints.discard_directory(checkpoint)
     _print_table(record)
     print(f"wrote {path}")
     return 0
@@ -547,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args: argparse.Namespace | None = None
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -565,7 +576,8 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
         print(f"vulnscope: error: {error.strerror or error}{where}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("vulnscope: interrupted", file=sys.stderr)
+        hint = getattr(args, "interrupted_hint", None)
+        print("vulnscope: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

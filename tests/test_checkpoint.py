@@ -1,0 +1,108 @@
+"""Checkpoints, and an audit that is interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vulnscope._checkpoint import CheckpointError, Checkpoints
+from vulnscope.audit import audit
+
+
+def test_pieces_survive_a_resume_with_the_same_settings_only(tmp_path) -> None:
+    store = Checkpoints(tmp_path / "c", {"seed": 1, "eps": [0.1]}, resume=False)
+    assert store.load("a") is None
+    store.save("a", {"value": 3})
+    again = Checkpoints(tmp_path / "c", {"seed": 1, "eps": [0.1]}, resume=True)
+    assert again.load("a") == {"value": 3}
+    with pytest.raises(CheckpointError, match=r"other settings \(eps, seed\)"):
+        Checkpoints(tmp_path / "c", {"seed": 2, "eps": [0.2]}, resume=True)
+    fresh = Checkpoints(tmp_path / "c", {"seed": 2}, resume=False)  # without resume: discarded
+    assert fresh.load("a") is None
+    (tmp_path / "c" / "b.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"b\.json: is damaged"):
+        fresh.load("b")
+    Checkpoints.discard_directory(tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+class _Interrupting(torch.nn.Module):
+    """Forwards to the model, then raises KeyboardInterrupt at call ``stop``."""
+
+    def __init__(self, model: torch.nn.Module, stop: int) -> None:
+        super().__init__()
+        self.model, self.stop, self.calls = model, stop, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.stop:
+            raise KeyboardInterrupt
+        return self.model(x)
+
+
+def _without_clock(record):  # type: ignore[no-untyped-def]
+    return {key: value for key, value in record.items() if key not in ("created", "timing")}
+
+
+def test_an_interrupted_audit_resumes_to_the_uninterrupted_result(
+    digits_cnn, digits_test, tmp_path
+):
+    data = digits_test.take(30)
+    options = {"model_name": "cnn", "epsilons": [0.05, 0.1], "attacks": ["apgd-ce", "fgsm"],
+               "batch_size": 10, "seed": 3}  # fmt: skip
+    reference = audit(digits_cnn, data, **options)
+    counting = _Interrupting(digits_cnn, stop=10**9)
+    audit(counting, data, **options)
+    per_run = counting.calls
+    # stop part-way through the second chunk: the first is on disk, the rest is not
+    interrupted = _Interrupting(digits_cnn, stop=per_run // 2)
+    with pytest.raises(KeyboardInterrupt):
+        audit(interrupted, data, checkpoint=tmp_path / "ck", **options)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir())[0] == "chunk-00000.json"
+    resumed_model = _Interrupting(digits_cnn, stop=10**9)
+    resumed = audit(resumed_model, data, checkpoint=tmp_path / "ck", resume=True, **options)
+    assert _without_clock(resumed) == _without_clock(reference)
+    assert resumed_model.calls < per_run  # the finished chunks were not recomputed
+    with pytest.raises(CheckpointError, match="other settings"):
+        audit(digits_cnn, data, checkpoint=tmp_path / "ck", resume=True,
+              **{**options, "seed": 4})  # fmt: skip
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_same_results(
+    digits_cnn, isolated_cache, tmp_path
+):
+    command = [sys.executable, "-m", "vulnscope", "audit", "--limit", "40", "--batch-size", "10",
+               "--attacks", "apgd-ce,fgsm", "--eps", "0.05,0.1"]  # fmt: skip
+    env = {**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run([*command, "--out", str(reference)], env=env, check=True, capture_output=True)
+    out = tmp_path / "killed"
+    first_chunk = out / ".checkpoint" / "chunk-00000.json"
+    for moment in ("after the first chunk", "during start-up"):
+        process = subprocess.Popen(
+            [*command, "--out", str(out), "--resume"], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        if moment == "after the first chunk":
+            deadline = time.monotonic() + 120
+            while not first_chunk.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            time.sleep(0.5)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (out / "results.json").exists(), moment
+        json.loads(first_chunk.read_text())  # what is on disk is whole
+    subprocess.run([*command, "--out", str(out), "--resume"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    expected = json.loads((reference / "results.json").read_text())
+    got = json.loads((out / "results.json").read_text())
+    assert _without_clock(got) == _without_clock(expected)
+    assert not (out / ".checkpoint").exists()  # removed once results.json is written
