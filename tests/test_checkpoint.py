@@ -106,3 +106,18 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_results(
     got = json.loads((out / "results.json").read_text())
     assert _without_clock(got) == _without_clock(expected)
     assert not (out / ".checkpoint").exists()  # removed once results.json is written
+
+
+def test_ctrl_c_during_an_audit_says_how_to_resume(monkeypatch, tmp_path, capsys, digits_cnn):  # type: ignore[no-untyped-def]
+    import vulnscope.audit
+    from vulnscope.cli import EXIT_INTERRUPTED, main
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vulnscope.audit, "audit", interrupted)
+    assert main(["audit", "--out", str(tmp_path / "out")]) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "vulnscope: interrupted; rerun with --resume to continue from the finished chunks"
+    ]
