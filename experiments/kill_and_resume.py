@@ -68,8 +68,10 @@ def main() -> None:
     kills = 0
     while kills < args.kills:
         (resumed / "results.json").unlink(missing_ok=True)
-        process = subprocess.Popen([*command, "--out", str(resumed), "--resume"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        process = subprocess.Popen(
+            [*command, "--out", str(resumed), "--resume"], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         moment = draw.uniform(0.2, duration)
         try:
             process.wait(timeout=moment)
