@@ -36,14 +36,22 @@ class _OneLineParser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: error: {message}")
 
 
-def _eps_list(text: str) -> list[float]:
+def _numbers(text: str, example: str) -> list[float]:
+    """Comma-separated finite numbers, at least one."""
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers such as 0.05,0.1, got {text!r}"
+            f"expected comma-separated numbers such as {example}, got {text!r}"
         ) from None
-    if not values or any(not value >= 0 or value == float("inf") for value in values):
+    if not values or any(value != value or abs(value) == float("inf") for value in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
+def _eps_list(text: str) -> list[float]:
+    values = _numbers(text, "0.05,0.1")
+    if any(value < 0 for value in values):
         raise argparse.ArgumentTypeError(f"expected finite budgets >= 0, got {text!r}")
     return values
 
@@ -304,15 +312,7 @@ def _add_model_and_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers such as 0.5,0.5,0.5, got {text!r}"
-        ) from None
-    if not values or any(value != value or abs(value) == float("inf") for value in values):
-        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
-    return values
+    return _numbers(text, "0.5,0.5,0.5")
 
 
 def _positive_float(text: str) -> float:
