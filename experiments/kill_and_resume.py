@@ -66,6 +66,7 @@ def main() -> None:
     print(f"reference run: {duration:.1f} s")
     draw = random.Random(args.seed)
     kills = 0
+    mismatches: list[str] = []
     while kills < args.kills:
         (resumed / "results.json").unlink(missing_ok=True)
         process = subprocess.Popen(
@@ -75,7 +76,13 @@ def main() -> None:
         moment = draw.uniform(0.2, duration)
         try:
             process.wait(timeout=moment)
-            print(f"run finished before the kill at {moment:.1f} s; starting over")
+            early = _differences(
+                json.loads((reference / "results.json").read_text()),
+                json.loads((resumed / "results.json").read_text()),
+            )
+            print(f"run finished before the kill at {moment:.1f} s (equal to the reference: "
+                  f"{not early}); starting over")  # fmt: skip
+            mismatches += early
             continue
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
@@ -87,7 +94,7 @@ def main() -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     expected = json.loads((reference / "results.json").read_text())
     got = json.loads((resumed / "results.json").read_text())
-    differences = _differences(expected, got)
+    differences = _differences(expected, got) + mismatches
     for line in differences:
         print(line)
     print(f"{args.kills} kills; results.json equal field by field: {not differences}")
