@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import torch
 
 from vulnscope._checkpoint import CheckpointError, Checkpoints
 from vulnscope.audit import audit
+from vulnscope.data import ImageData
 
 
 def test_pieces_survive_a_resume_with_the_same_settings_only(tmp_path) -> None:
@@ -73,6 +75,15 @@ def test_an_interrupted_audit_resumes_to_the_uninterrupted_result(
     with pytest.raises(CheckpointError, match="other settings"):
         audit(digits_cnn, data, checkpoint=tmp_path / "ck", resume=True,
               **{**options, "seed": 4})  # fmt: skip
+    # same name, other weights or other data: the checkpoint is not theirs
+    retrained = copy.deepcopy(digits_cnn)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(1e-3)
+    with pytest.raises(CheckpointError, match=r"other settings \(model_digest\)"):
+        audit(retrained, data, checkpoint=tmp_path / "ck", resume=True, **options)
+    other = ImageData(data.x.flip(0), data.y.flip(0), data.num_classes, data.source)
+    with pytest.raises(CheckpointError, match=r"other settings \(data_digest\)"):
+        audit(digits_cnn, other, checkpoint=tmp_path / "ck", resume=True, **options)
 
 
 def test_sigkill_at_random_moments_then_resume_gives_the_same_results(

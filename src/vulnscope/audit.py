@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -114,7 +115,8 @@ def audit(
             an interrupted audit can resume (``None``: no checkpoint).
         resume: keep the chunks a previous run with the same settings left in
             ``checkpoint``; the result equals an uninterrupted run's (apart from
-            ``created`` and ``timing``). A checkpoint made with other settings is refused.
+            ``created`` and ``timing``). A checkpoint made with other settings, other
+            weights (a digest of the state dict) or other data is refused.
 
     Returns:
         A JSON-ready dict: ``schema_version``, ``vulnscope_version``, ``model``, ``data``,
@@ -141,9 +143,10 @@ def audit(
     store = None
     if checkpoint is not None:
         store = Checkpoints(checkpoint, {
-            "model": model_name, "data": data.source, "samples": len(data), "norm": norm,
-            "epsilons": budgets, "seed": seed, "attacks": list(attacks), "chunk_size": size,
-            "vulnscope_version": __version__,
+            "model": model_name, "model_digest": _digest(_model_tensors(model)),
+            "data": data.source, "data_digest": _digest([data.x, data.y]),
+            "samples": len(data), "norm": norm, "epsilons": budgets, "seed": seed,
+            "attacks": list(attacks), "chunk_size": size, "vulnscope_version": __version__,
         }, resume=resume)  # fmt: skip
     if on_stage is not None:
         on_stage(
@@ -201,6 +204,21 @@ def audit(
     }
 
 
+def _model_tensors(model: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """The parameters and buffers that make ``model`` the function it is (none if opaque)."""
+    return list(model.state_dict().values()) if isinstance(model, nn.Module) else []
+
+
+def _digest(tensors: Sequence[Tensor]) -> str:
+    """SHA-256 of the tensors' shapes, dtypes and bytes: a checkpoint's model or data identity."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
 def _evaluate_chunk(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -214,9 +232,10 @@ def _evaluate_chunk(
 ) -> dict[str, Any]:
     """The cascade on one chunk, as counts that add up across chunks (JSON-ready)."""
     started = time.perf_counter()
-    correct = int((predict(model, x, batch_size=batch_size) == y).sum())
     evaluations = []
-    if epsilons:
+    if not epsilons:
+        correct = int((predict(model, x, batch_size=batch_size) == y).sum())
+    else:
         curve = standard_evaluation_curve(
             model, x, y, norm=norm, epsilons=epsilons, seed=seed, attacks=attacks,
             batch_size=batch_size,
@@ -233,6 +252,7 @@ def _evaluate_chunk(
                 "warnings": summary["warnings"],
                 "seconds": {stage.name: round(stage.seconds, 3) for stage in evaluation.stages},
             })  # fmt: skip
+        correct = evaluations[0]["clean"]  # the cascade classified the clean points already
     seconds = round(time.perf_counter() - started, 3)
     return {"samples": x.shape[0], "correct": correct, "evaluations": evaluations,
             "seconds": seconds}  # fmt: skip

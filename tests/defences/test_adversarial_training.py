@@ -138,3 +138,25 @@ def test_adversarial_training_makes_a_digits_mlp_more_robust() -> None:
 
     plain, defended = fit(None), fit(pgd_training(0.1, steps=5))
     assert robust(defended) > robust(plain) + 0.05  # measured: 0.650 against 0.557
+
+
+@pytest.mark.parametrize("objective", [pgd_training(0.2, steps=4), TRADES(eps=0.2, steps=4)])
+def test_examples_are_crafted_in_eval_mode_and_the_training_mode_comes_back(objective) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+        torch.nn.Linear(16, 3),
+    ).double().train()  # fmt: skip
+    x = random_inputs(6, 8, SHAPE, (0.0, 1.0))
+    y = torch.arange(8) % 3
+
+    def craft(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        if isinstance(objective, TRADES):
+            return objective.inner_maximum(model, x, generator)
+        return objective.adversarial_examples(model, x, y, generator)
+
+    # dropout active while crafting would draw fresh masks: two crafts would differ
+    assert torch.equal(craft(1), craft(1))
+    assert all(module.training for module in model.modules())
+    assert all(parameter.requires_grad for parameter in model.parameters())

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from vulnscope._validation import check_bounds, check_int, check_norm, check_real
 from vulnscope.attacks.pgd import PGD
-from vulnscope.defences._modes import evaluation_mode
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models.state import preserved_model_state
 
@@ -108,8 +107,10 @@ class AdversarialTraining:
                 "adversarial training needs integer class labels y, got probability targets"
             )
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        # the attack's lean path: the minibatch is the training loop's, already checked
-        with evaluation_mode(model), preserved_model_state(model):
+        # the attack's lean path: the minibatch is the training loop's, already checked;
+        # crafted in eval mode with the parameters frozen, every flag given back after
+        with preserved_model_state(model):
+            model.eval()
             return self.attack(seed).perturb(model, x, y)
 
     def __call__(

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from vulnscope._validation import check_bounds, check_int, check_norm, check_real
 from vulnscope.attacks.norms import project, steepest_ascent
-from vulnscope.defences._modes import evaluation_mode
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models.state import preserved_model_state
 
@@ -101,7 +100,8 @@ class TRADES:
     def inner_maximum(self, model: nn.Module, x: Tensor, generator: torch.Generator) -> Tensor:
         """``x'`` (B, ...): projected ascent on ``KL(p(x) || p(x'))`` in the eps-ball, eval mode."""
         # eval mode, parameters frozen (gradients with respect to x only), all restored after
-        with evaluation_mode(model), preserved_model_state(model), torch.enable_grad():
+        with preserved_model_state(model), torch.enable_grad():
+            model.eval()
             with torch.no_grad():
                 clean = model(x).detach()
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
