@@ -1,12 +1,15 @@
 """Load a user's model without ever unpickling arbitrary Python objects.
 
-Three ways in:
+The ways in:
 
-- a reference model by name (``"digits-cnn"``, ``"digits-mlp"``), trained or cached;
+- a reference model by name (``"digits-cnn"``, ``"digits-mlp"``, and the deep RBM
+  ``"digits-rbm"``), trained or cached;
 - ``"package.module:factory"``, a function that builds the architecture, plus a weights
   file: safetensors, or a state dict read by ``torch.load(..., weights_only=True)``;
 - a TorchScript file (``torch.jit.script(model).save(path)``);
-- a ``torch.export`` program (``torch.export.save(program, "model.pt2")``).
+- a ``torch.export`` program (``torch.export.save(program, "model.pt2")``);
+- an ONNX model (``torch.onnx.export(model, (x,), "model.onnx", ...)``), with the ``onnx``
+  extra installed.
 
 A file that would need arbitrary unpickling (``torch.save(model, path)``) is refused with
 a message that says how to export the model instead.
@@ -31,8 +34,13 @@ from torch import nn
 from vulnscope.errors import MissingFileError, ModelError
 from vulnscope.models.cache import PRETRAINED, pretrained
 from vulnscope.models.exported import load_exported_program
+from vulnscope.models.onnx_program import load_onnx_model
 
-__all__ = ["load_model", "load_state_dict_file"]
+__all__ = ["DEEP_RBM", "load_model", "load_state_dict_file"]
+
+DEEP_RBM = "digits-rbm"
+"""The reference deep RBM network (4 RBMs, hidden width 64, binarised digits): the model
+whose audit includes the RG analysis."""
 
 _EXPORT_ADVICE = (
     "export it with torch.jit.script(model).save(PATH), or save model.state_dict() with "
@@ -161,9 +169,13 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
     """Build or load a classifier, in eval mode.
 
     Args:
-        spec: a reference model name (see :data:`vulnscope.models.PRETRAINED`),
-            ``"package.module:factory"``, the path of a TorchScript file, or of a
-            ``torch.export`` program (``.pt2``, exported with a dynamic batch size).
+        spec: a reference model name (see :data:`vulnscope.models.PRETRAINED`, and
+            :data:`DEEP_RBM`),
+            ``"package.module:factory"``, the path of a TorchScript file, of a
+            ``torch.export`` program (``.pt2``, exported with a dynamic batch size), or
+            of an ONNX model (``.onnx``, converted by
+            :func:`vulnscope.models.onnx_program.load_onnx_model`; needs the ``onnx``
+            extra, ``pip install 'vulnscope[onnx]'``).
         weights: weights to load into the model (for a reference model, replaces the
             cached training; for a factory, usually required).
         seed: seed of a reference model that has to be trained.
@@ -172,6 +184,12 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
         The model in eval mode.
 
     """
+    if spec == DEEP_RBM:
+        if weights is not None:
+            raise ModelError(f"{DEEP_RBM!r} is trained and cached by vulnscope; give no weights")
+        from vulnscope.rbm.pretrained import pretrained_deep_rbm
+
+        return pretrained_deep_rbm(depth=4, width=64, seed=seed).eval()
     if spec in PRETRAINED:
         if weights is None:
             return pretrained(spec, seed=seed)
@@ -186,6 +204,8 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
             )
         if path.suffix == ".pt2":
             return load_exported_program(path)  # an exported graph has no train/eval mode
+        if path.suffix == ".onnx":
+            return load_onnx_model(path)
         return _load_torchscript(path).eval()
     if ":" in spec and not path.suffix:
         model = _build_from_factory(spec)
@@ -195,6 +215,6 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
     if path.suffix or path.parent != Path("."):
         raise MissingFileError(f"model file {spec!r} does not exist")
     raise MissingFileError(
-        f"model {spec!r} is neither a reference model ({', '.join(PRETRAINED)}), "
+        f"model {spec!r} is neither a reference model ({', '.join([*PRETRAINED, DEEP_RBM])}), "
         "nor 'package.module:factory', nor an existing TorchScript file"
     )
