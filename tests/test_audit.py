@@ -1,26 +1,151 @@
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
-from vulnscope.audit import audit
+from helpers import without_clock
+from vulnscope.audit import SCHEMA_VERSION, STAGES, audit, default_stages, results_schema, verdict
 from vulnscope.data import ImageData
-from vulnscope.errors import ModelError
-from vulnscope.evaluate import standard_evaluation
+from vulnscope.diagnostics.fisher import input_fisher
+from vulnscope.errors import InvalidArgumentError, ModelError
+from vulnscope.evaluate import minimal_perturbations, standard_evaluation
+
+SMALL = {"geometry_samples": 8, "batch_size": 16}
 
 
 def test_audit_record_agrees_with_the_cascade(digits_cnn, digits_test):
     data = digits_test.take(50)
-    record = audit(
-        digits_cnn, data, model_name="cnn", epsilons=[0.0, 0.1], attacks=["apgd-ce", "square"]
-    )
+    record = audit(digits_cnn, data, model_name="cnn", stages=["linf"],
+                   epsilons={"linf": [0.0, 0.1]}, attacks=["apgd-ce", "square"])  # fmt: skip
     clean = float((digits_cnn(data.x).argmax(1) == data.y).double().mean())
+    curve = record["robustness"]["linf"]
     assert record["clean_accuracy"] == pytest.approx(clean)
-    assert record["robust_accuracy"]["accuracy"][0] == pytest.approx(clean)
+    assert curve["accuracy"][0] == pytest.approx(clean)
     direct = standard_evaluation(digits_cnn, data.x, data.y, eps=0.1, attacks=["apgd-ce", "square"])
-    assert record["robust_accuracy"]["accuracy"][1] == pytest.approx(direct.robust_accuracy)
-    assert record["evaluations"][0] == direct.to_dict()
-    assert set(record["timing"]["stages"]["0.1"]) == {"APGD-CE", "Square"}
+    assert curve["accuracy"][1] == pytest.approx(direct.robust_accuracy)
+    assert curve["evaluations"][0] == direct.to_dict()
+    assert set(curve["attack_seconds"]["0.1"]) == {"APGD-CE", "Square"}
+    assert record["settings"]["stages"] == ["linf"] and "l2" not in record["robustness"]
+
+
+def test_minimal_stage_merges_chunks_into_the_one_call_distribution(digits_cnn, digits_test):
+    data = digits_test.take(40)
+    record = audit(digits_cnn, data, model_name="cnn", stages=["minimal"], quick=True,
+                   batch_size=15)  # fmt: skip
+    direct = minimal_perturbations(digits_cnn, data.x, data.y, norm="l2")
+    section = record["minimal_perturbations"]
+    expected = direct.to_dict()
+    for key in ("norm", "attacks", "n", "n_clean_correct", "n_not_found", "found_by"):
+        assert section[key] == expected[key], key
+    for key in ("median", "mean_found"):
+        assert section[key] == pytest.approx(expected[key], rel=1e-5)
+    assert section["quantiles"] == pytest.approx(expected["quantiles"], rel=1e-5)
+    norms = data.x.flatten(1).norm(dim=1)
+    assert section["input_l2_median"] == pytest.approx(float(norms.median()))
+    # no cascade ran: the clean accuracy comes from its own pass
+    assert record["clean_accuracy"] == pytest.approx(float(direct.clean_correct.double().mean()))
+
+
+def test_for_a_relu_network_the_fisher_and_hessian_spectra_coincide(digits_cnn, digits_test):
+    """For piecewise-linear networks the input Hessian of the cross-entropy is
+    J^T (diag p - p p^T) J, the input Fisher: the two stages' independent estimators
+    (eigendecomposition through the Jacobian; Lanczos on Hessian-vector products) agree.
+    """
+    record = audit(digits_cnn, digits_test.take(60), model_name="cnn", stages=["spectra"], **SMALL)
+    spectra = record["spectra"]
+    assert spectra["samples"] == 8
+    fisher, hessian = (
+        spectra["fisher"]["eigenvalue_median"],
+        spectra["hessian"]["eigenvalue_median"],
+    )
+    assert hessian[:3] == pytest.approx(fisher[:3], rel=1e-3)
+    assert spectra["fisher"]["trace_median"] >= fisher[0] > 0
+    profile = spectra["hessian"]["profile_median"]
+    assert max(profile) == pytest.approx(hessian[0], rel=0.05)
+
+
+def test_dangerous_rows_change_class_where_a_fine_walk_along_v1_does(digits_cnn, digits_test):
+    data = digits_test.take(60)
+    record = audit(digits_cnn, data, model_name="cnn", stages=["dangerous"],
+                   epsilons={"linf": [0.1]}, **SMALL)  # fmt: skip
+    section = record["dangerous"]
+    assert section["linf_eps"] == 0.1 and 0 < len(section["rows"]) <= 6
+    checked = 0
+    for row in section["rows"]:
+        x = data.x[row["index"] : row["index"] + 1]
+        assert row["clean"] == row["label"] == int(data.y[row["index"]])
+        assert row["adversarial_linf"] <= 0.1 + 1e-6
+        if row["fisher_l2"] is None:
+            continue
+        assert row["fisher"] != row["label"]
+        # an independent walk along ±v1 in steps of 0.002: the first class change
+        v1 = input_fisher(digits_cnn, x, k=1).eigenvectors[0, 0]
+        v1 = v1 / v1.norm()
+        steps = torch.arange(1, 2001, dtype=torch.float32) * 0.002
+        first = math.inf
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                classes = digits_cnn(x + sign * steps[:, None, None, None] * v1).argmax(1)
+            changed = (classes != row["label"]).nonzero()
+            if changed.numel():
+                first = min(first, float(steps[changed[0, 0]]))
+        assert row["fisher_l2"] == pytest.approx(first, abs=0.01)
+        checked += 1
+    assert checked >= 3
+    assert section["fisher_l2"] == pytest.approx(
+        float(torch.tensor([r["fisher_l2"] for r in section["rows"] if r["fisher_l2"]]).median())
+    )
+
+
+def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, tmp_path):
+    record = audit(digits_cnn, digits_test.take(30), model_name="cnn", quick=True,
+                   out=tmp_path, **SMALL)  # fmt: skip
+    assert record["settings"]["stages"] == default_stages(digits_cnn)
+    assert default_stages(digits_cnn) == [s for s in STAGES if s != "rg"]
+    assert set(record["figures"]) == {"robust_accuracy", "minimal_perturbations", "spectra",
+                                      "amplification", "dangerous"}  # fmt: skip
+    for name in record["figures"].values():
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(record))
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(record["figures"])
+    assert not (tmp_path / ".checkpoint").exists()
+    assert record["settings"]["quick"] and record["data"]["samples"] == 30
+    assert record["settings"]["attacks"] == ["APGD-CE", "APGD-DLR"]
+    amplification = record["amplification"]
+    assert amplification["blocks"][0] == "conv1" and len(amplification["growth_fisher_median"]) == (
+        len(amplification["blocks"])
+    )
+
+
+def test_the_same_seed_gives_the_same_record(digits_cnn, digits_test):
+    options = {"model_name": "cnn", "quick": True, "seed": 5, **SMALL,
+               "stages": ["linf", "minimal", "spectra", "dangerous"]}  # fmt: skip
+    first = audit(digits_cnn, digits_test.take(24), **options)
+    second = audit(digits_cnn, digits_test.take(24), **options)
+    assert without_clock(first) == without_clock(second)
+
+
+def test_rg_stage_on_a_deep_rbm(tmp_path):
+    from vulnscope.rbm.pretrained import binarized_digits, pretrained_deep_rbm
+
+    network = pretrained_deep_rbm(depth=3, width=8, seed=0)
+    assert default_stages(network)[-1] == "rg"
+    record = audit(network, binarized_digits("test").take(12), model_name="rbm", stages=["rg"],
+                   quick=True, geometry_samples=4, out=tmp_path)  # fmt: skip
+    rg = record["rg"]
+    assert record["model"]["kind"] == "deep RBM"
+    assert rg["depth"] == 3 and rg["widths"] == [64, 8, 8]
+    layers = rg["summary"]["layers"]
+    assert [row["layer"] for row in layers] == [2, 3]
+    expected = [row["layer"] for row in layers
+                if row["kind"] == "eigenvalue" and row["leading_mean"] > 1]  # fmt: skip
+    assert rg["relevant_layers"] == expected
+    assert {"rg_layers", "rg_directions"} <= set(record["figures"])
+    assert "RG analysis" in record["verdict"]["text"]
 
 
 def test_model_with_too_few_outputs_is_refused():
@@ -37,37 +162,95 @@ def test_model_returning_a_vector_is_refused():
         audit(lambda x: x.flatten(1).sum(1), data, model_name="m")
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"stages": ["linf", "fourier"]}, "stages: unknown stage 'fourier'; choose from linf, l2"),
+        ({"stages": []}, "stages must be a non-empty list"),
+        ({"stages": ["l2", "l2"]}, "stages: a stage is listed twice"),
+        ({"stages": ["rg"]}, "stages: 'rg' needs a deep RBM network"),
+        ({"stages": ["amplification"]}, "'amplification' needs an nn.Module"),
+        ({"epsilons": {"l3": [0.1]}}, "epsilons: expected budgets for 'linf' and/or 'l2', got"),
+        ({"epsilons": {"l2": [-1.0]}}, "epsilons\\['l2'\\]"),
+        ({"device": "gpu9"}, "device: expected a torch device such as 'cpu'"),
+        ({"geometry_samples": 0}, "geometry_samples"),
+    ],
+)
+def test_bad_settings_name_the_argument(options, message):
+    data = ImageData(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), 2, "test")
+    with pytest.raises(InvalidArgumentError, match=message):
+        audit(lambda x: x.flatten(1)[:, :2], data, model_name="m", **options)
+
+
+def _curve(epsilons, accuracy):  # type: ignore[no-untyped-def]
+    return {"epsilons": epsilons, "accuracy": accuracy, "evaluations": []}
+
+
+@pytest.mark.parametrize(("robust", "level"), [(0.3, "high"), (0.6, "moderate"), (0.89, "low")])
+def test_verdict_level_follows_the_kept_fraction_at_the_middle_budget(robust, level):
+    # clean 0.9; the middle of three budgets decides: kept = robust / 0.9
+    record = {
+        "clean_accuracy": 0.9,
+        "robustness": {"linf": _curve([0.0, 0.1, 0.2, 0.3], [0.9, 0.9, robust, 0.0])},
+    }
+    result = verdict(record)
+    assert result["level"] == level
+    assert result["headline"].startswith(level.capitalize())
+    assert "ε = 0.2" in result["headline"] and f"{100 * robust:.1f}%" in result["headline"]
+
+
+def test_verdict_names_the_worst_norm_masking_and_what_to_try():
+    masked = {"eps": 0.5, "checks": {"gradients": True, "transfer": False}}
+    record = {
+        "clean_accuracy": 1.0,
+        "robustness": {"linf": _curve([0.1], [0.95]),
+                       "l2": {**_curve([0.5], [0.2]), "evaluations": [masked]}},
+        "minimal_perturbations": {"median": 0.5, "input_l2_median": 5.0},
+        "rg": {"relevant_layers": [2, 3]},
+    }  # fmt: skip
+    result = verdict(record)
+    assert result["level"] == "high" and "L2 ε = 0.5" in result["headline"]
+    assert "At L∞ ε = 0.1 it is 95.0%." in result["text"]
+    assert "at most 0.5 (10.0% of a typical input's norm)" in result["text"]
+    assert "masking checks fired (gradients)" in result["text"]
+    assert "layers 2, 3" in result["text"] and "vulnscope defend --method pgd" in result["text"]
+    assert verdict({"clean_accuracy": 0.9})["level"] == "unknown"
+
+
 def _validator():  # type: ignore[no-untyped-def]
     import jsonschema
-
-    from vulnscope.audit import results_schema
 
     schema = results_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
-def test_audit_records_validate_against_the_shipped_schema(digits_cnn, digits_test):
-    import json
-
-    from vulnscope.audit import SCHEMA_VERSION
-
+def test_audit_records_validate_against_the_shipped_schema(digits_cnn, digits_test, tmp_path):
     validator = _validator()
-    for norm, epsilons in (("linf", [0.0, 0.05, 0.1]), ("l2", [0.5])):
-        record = audit(digits_cnn, digits_test.take(30), model_name="<cnn>", norm=norm,
-                       epsilons=epsilons, attacks=["apgd-ce", "fgsm"])  # fmt: skip
+    records = [
+        audit(digits_cnn, digits_test.take(20), model_name="<cnn>", quick=True, out=tmp_path,
+              **SMALL),
+        audit(digits_cnn, digits_test.take(20), model_name="cnn", stages=["l2"],
+              epsilons={"l2": [0.0, 0.5]}, attacks=["apgd-ce", "fgsm"]),
+    ]  # fmt: skip
+    for record in records:
         record = json.loads(json.dumps(record))  # exactly what results.json holds
-        assert record["schema_version"] == SCHEMA_VERSION
+        assert record["schema_version"] == SCHEMA_VERSION == 3
         assert sorted(validator.iter_errors(record), key=str) == []
+    record = json.loads(json.dumps(records[0]))
     # a schema that accepts anything would let each of these through
+    curve = record["robustness"]["linf"]
     broken = [
         {k: v for k, v in record.items() if k != "clean_accuracy"},
         {**record, "schema_version": SCHEMA_VERSION + 1},
         {**record, "clean_accuracy": 1.5},
-        {**record, "settings": {**record["settings"], "norm": "l3"}},
+        {**record, "settings": {**record["settings"], "stages": ["linf", "l3"]}},
         {**record, "unexpected": 1},
-        {**record, "evaluations": [{**record["evaluations"][0], "broken_by": {"APGD-CE": -1}}]},
+        {**record, "robustness": {"linf": {**curve, "evaluations": [
+            {**curve["evaluations"][0], "broken_by": {"APGD-CE": -1}}]}}},
         {**record, "created": "yesterday"},
-    ]
+        {**record, "verdict": {**record["verdict"], "level": "catastrophic"}},
+        {**record, "figures": {"spectra": "../../etc/passwd"}},
+    ]  # fmt: skip
     for bad in broken:
         assert list(validator.iter_errors(bad)), bad

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from helpers import without_clock
 from vulnscope._checkpoint import CheckpointError, Checkpoints
 from vulnscope.audit import audit
 from vulnscope.data import ImageData
@@ -49,53 +50,63 @@ class _Interrupting(torch.nn.Module):
         return self.model(x)
 
 
-def _without_clock(record):  # type: ignore[no-untyped-def]
-    return {key: value for key, value in record.items() if key not in ("created", "timing")}
-
-
 def test_an_interrupted_audit_resumes_to_the_uninterrupted_result(
     digits_cnn, digits_test, tmp_path
 ):
     data = digits_test.take(30)
-    options = {"model_name": "cnn", "epsilons": [0.05, 0.1], "attacks": ["apgd-ce", "fgsm"],
-               "batch_size": 10, "seed": 3}  # fmt: skip
-    reference = audit(digits_cnn, data, **options)
+    options = {"model_name": "cnn", "epsilons": {"linf": [0.05, 0.1], "l2": [0.5]},
+               "attacks": ["apgd-ce", "fgsm"], "batch_size": 10, "seed": 3,
+               "stages": ["linf", "l2", "minimal", "spectra", "dangerous"],
+               "geometry_samples": 8}  # fmt: skip
+    reference = audit(digits_cnn, data, out=tmp_path / "reference", **options)
     counting = _Interrupting(digits_cnn, stop=10**9)
     audit(counting, data, **options)
     per_run = counting.calls
-    # stop part-way through the second chunk: the first is on disk, the rest is not
+    # stop part-way through: the first chunks are on disk, the rest is not
     interrupted = _Interrupting(digits_cnn, stop=per_run // 2)
     with pytest.raises(KeyboardInterrupt):
-        audit(interrupted, data, checkpoint=tmp_path / "ck", **options)
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir())[0] == "chunk-00000.json"
+        audit(interrupted, data, out=tmp_path / "out", **options)
+    finished = sorted(p.name for p in (tmp_path / "out" / ".checkpoint").iterdir())
+    assert "linf-00000.json" in finished and "dangerous.json" not in finished, finished
+    assert not (tmp_path / "out" / "results.json").exists()
     resumed_model = _Interrupting(digits_cnn, stop=10**9)
-    resumed = audit(resumed_model, data, checkpoint=tmp_path / "ck", resume=True, **options)
-    assert _without_clock(resumed) == _without_clock(reference)
+    resumed = audit(resumed_model, data, out=tmp_path / "out", resume=True, **options)
+    assert without_clock(resumed) == without_clock(reference)
     assert resumed_model.calls < per_run  # the finished chunks were not recomputed
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == json.loads(
+        json.dumps(resumed)
+    )
+    for name in reference["figures"].values():  # the figures of resumed stages are there
+        assert (tmp_path / "out" / name).is_file()
+    # resuming again after success starts afresh: the checkpoint was removed
+    assert not (tmp_path / "out" / ".checkpoint").exists()
+    interrupted = _Interrupting(digits_cnn, stop=per_run // 2)
+    with pytest.raises(KeyboardInterrupt):
+        audit(interrupted, data, out=tmp_path / "ck", **options)
     with pytest.raises(CheckpointError, match="other settings"):
-        audit(digits_cnn, data, checkpoint=tmp_path / "ck", resume=True,
-              **{**options, "seed": 4})  # fmt: skip
+        audit(digits_cnn, data, out=tmp_path / "ck", resume=True, **{**options, "seed": 4})
     # same name, other weights or other data: the checkpoint is not theirs
     retrained = copy.deepcopy(digits_cnn)
     with torch.no_grad():
         next(retrained.parameters()).add_(1e-3)
     with pytest.raises(CheckpointError, match=r"other settings \(model_digest\)"):
-        audit(retrained, data, checkpoint=tmp_path / "ck", resume=True, **options)
+        audit(retrained, data, out=tmp_path / "ck", resume=True, **options)
     other = ImageData(data.x.flip(0), data.y.flip(0), data.num_classes, data.source)
     with pytest.raises(CheckpointError, match=r"other settings \(data_digest\)"):
-        audit(digits_cnn, other, checkpoint=tmp_path / "ck", resume=True, **options)
+        audit(digits_cnn, other, out=tmp_path / "ck", resume=True, **options)
 
 
 def test_sigkill_at_random_moments_then_resume_gives_the_same_results(
     digits_cnn, isolated_cache, tmp_path
 ):
     command = [sys.executable, "-m", "vulnscope", "audit", "--limit", "40", "--batch-size", "10",
-               "--attacks", "apgd-ce,fgsm", "--eps", "0.05,0.1"]  # fmt: skip
+               "--attacks", "apgd-ce,fgsm", "--stages", "linf,minimal,spectra",
+               "--linf-eps", "0.05,0.1"]  # fmt: skip
     env = {**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache, "OMP_NUM_THREADS": "1"}
     reference = tmp_path / "reference"
     subprocess.run([*command, "--out", str(reference)], env=env, check=True, capture_output=True)
     out = tmp_path / "killed"
-    first_chunk = out / ".checkpoint" / "chunk-00000.json"
+    first_chunk = out / ".checkpoint" / "linf-00000.json"
     for moment in ("after the first chunk", "during start-up"):
         process = subprocess.Popen(
             [*command, "--out", str(out), "--resume"], env=env,
@@ -115,8 +126,9 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_results(
                    capture_output=True)  # fmt: skip
     expected = json.loads((reference / "results.json").read_text())
     got = json.loads((out / "results.json").read_text())
-    assert _without_clock(got) == _without_clock(expected)
+    assert without_clock(got) == without_clock(expected)
     assert not (out / ".checkpoint").exists()  # removed once results.json is written
+    assert (out / "report.html").read_text().count("data:image/png") == len(got["figures"])
 
 
 def test_ctrl_c_during_an_audit_says_how_to_resume(monkeypatch, tmp_path, capsys, digits_cnn):  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import without_clock
 from vulnscope.cli import main
 
 
@@ -15,81 +16,72 @@ def _audit(tmp_path, *extra):
     return main(["audit", "--out", str(tmp_path / "out"), *extra])
 
 
-def _check_record(record, *, samples, epsilons):
-    assert record["schema_version"] == 2 and isinstance(record["vulnscope_version"], str)
+def _check_record(record, *, samples, epsilons, norm="linf"):
+    assert record["schema_version"] == 3 and isinstance(record["vulnscope_version"], str)
     assert record["data"]["samples"] == samples
-    assert record["settings"]["epsilons"] == epsilons
+    assert record["settings"]["epsilons"][norm] == epsilons
     assert 0.0 <= record["clean_accuracy"] <= 1.0
-    curve = record["robust_accuracy"]
+    curve = record["robustness"][norm]
     assert curve["epsilons"] == epsilons
     values = curve["accuracy"]
     assert all(0.0 <= v <= record["clean_accuracy"] + 1e-12 for v in values)
     assert values == sorted(values, reverse=True)  # epsilons given in increasing order
-    for evaluation, value in zip(record["evaluations"], values, strict=True):
+    for evaluation, value in zip(curve["evaluations"], values, strict=True):
         broken = sum(evaluation["broken_by"].values())
         assert value == pytest.approx(1 - broken / samples)
 
 
 def test_audit_on_the_default_writes_valid_results(tmp_path, capsys, digits_cnn):
-    assert _audit(tmp_path, "--limit", "60", "--eps", "0.05,0.2") == 0
+    assert _audit(tmp_path, "--limit", "60", "--stages", "linf", "--linf-eps", "0.05,0.2") == 0
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     _check_record(record, samples=60, epsilons=[0.05, 0.2])
-    assert record["model"] == {"name": "digits-cnn", "parameters": 71754, "num_classes": 10}
+    assert record["model"] == {"name": "digits-cnn", "parameters": 71754, "num_classes": 10,
+                               "kind": "classifier", "metadata": None}  # fmt: skip
     out = capsys.readouterr().out
     assert "clean accuracy" in out and "APGD-T" in out and "Square" in out
-    assert "results.json" in out
+    assert "results.json" in out and "report.html" in out and "verdict:" in out
     assert record["settings"]["attacks"] == ["APGD-CE", "APGD-T", "FAB-T", "Square"]
+    assert record["settings"]["stages"] == ["linf"]
+    assert set(record) >= {"robustness", "verdict", "figures"} and "spectra" not in record
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert record["figures"] == {"robust_accuracy": "robust_accuracy.png"}
 
 
 def test_audit_is_reproducible_with_a_seed(tmp_path, digits_cnn):
     records = []
     for run in ("a", "b"):
-        assert (
-            main(
-                [
-                    "audit",
-                    "--out",
-                    str(tmp_path / run),
-                    "--limit",
-                    "40",
-                    "--eps",
-                    "0.1",
-                    "--seed",
-                    "3",
-                ]
-            )
-            == 0
-        )
-        record = json.loads((tmp_path / run / "results.json").read_text())
-        records.append({k: v for k, v in record.items() if k not in ("created", "timing")})
+        command = ["audit", "--out", str(tmp_path / run), "--limit", "40", "--stages",
+                   "linf,minimal,dangerous", "--linf-eps", "0.1", "--seed", "3"]  # fmt: skip
+        assert main(command) == 0
+        records.append(without_clock(json.loads((tmp_path / run / "results.json").read_text())))
     assert records[0] == records[1]
 
 
 def test_audit_runs_the_attacks_it_is_given_in_order(tmp_path, capsys, digits_cnn):
-    assert _audit(tmp_path, "--limit", "30", "--eps", "0.1", "--attacks", "DeepFool,apgd-ce") == 0
+    assert _audit(tmp_path, "--limit", "30", "--stages", "linf", "--linf-eps", "0.1",
+                  "--attacks", "DeepFool,apgd-ce") == 0  # fmt: skip
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     _check_record(record, samples=30, epsilons=[0.1])
     assert record["settings"]["attacks"] == ["DeepFool", "APGD-CE"]
-    stages = record["evaluations"][0]["stages"]
+    stages = record["robustness"]["linf"]["evaluations"][0]["stages"]
     assert [stage["name"] for stage in stages[:2]] == ["DeepFool", "APGD-CE"]
     assert stages[1]["attacked"] == stages[0]["attacked"] - stages[0]["broken"]
 
 
 def test_audit_l2_uses_l2_defaults(tmp_path, digits_cnn):
-    assert _audit(tmp_path, "--limit", "20", "--norm", "l2", "--attacks", "apgd-ce,fab-t") == 0
+    assert _audit(tmp_path, "--limit", "20", "--stages", "l2", "--attacks", "apgd-ce,fab-t") == 0
     record = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert record["settings"]["norm"] == "l2" and record["settings"]["epsilons"] == [
-        0.25,
-        0.5,
-        0.75,
-        1.0,
-        1.5,
-    ]
+    assert list(record["robustness"]) == ["l2"]
+    assert record["robustness"]["l2"]["epsilons"] == [0.25, 0.5, 0.75, 1.0, 1.5]
+    _check_record(record, samples=20, epsilons=[0.25, 0.5, 0.75, 1.0, 1.5], norm="l2")
 
 
 def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
     np.savez(tmp_path / "d.npz", x=digits_test.x[:30].numpy(), y=digits_test.y[:30].numpy())
-    assert _audit(tmp_path, "--data", str(tmp_path / "d.npz"), "--eps", "0.1") == 0
+    assert (
+        _audit(tmp_path, "--data", str(tmp_path / "d.npz"), "--stages", "linf", "--linf-eps", "0.1")
+        == 0
+    )
     assert json.loads((tmp_path / "out" / "results.json").read_text())["data"]["samples"] == 30
 
 
@@ -104,16 +96,43 @@ def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
         ),
         (["--data", "nowhere.npz"], 1, "vulnscope: error: npz file 'nowhere.npz' does not exist"),
         (
-            ["--eps", "-0.1"],
+            ["--linf-eps", "-0.1"],
             2,
-            "vulnscope audit: error: argument --eps: expected finite budgets >= 0, got '-0.1'",
+            "vulnscope audit: error: argument --linf-eps: expected finite budgets >= 0, got '-0.1'",
         ),
         (
-            ["--eps", "big"],
+            ["--l2-eps", "big"],
             2,
-            "vulnscope audit: error: argument --eps: expected comma-separated numbers",
+            "vulnscope audit: error: argument --l2-eps: expected comma-separated numbers",
         ),
-        (["--norm", "l7"], 2, "vulnscope audit: error: argument --norm: invalid choice: 'l7'"),
+        (
+            ["--stages", "linf,l7"],
+            2,
+            "vulnscope audit: error: argument --stages: unknown stage 'l7'; choose a "
+            "comma-separated list from linf, l2, minimal, spectra, amplification, dangerous, rg",
+        ),
+        (
+            ["--stages", "linf,linf"],
+            2,
+            "vulnscope audit: error: argument --stages: a stage is listed twice in 'linf,linf'",
+        ),
+        (
+            ["--stages", "rg"],
+            1,
+            "vulnscope: error: stages: 'rg' needs a deep RBM network (e.g. --model digits-rbm); "
+            "this model is a DigitsCNN",
+        ),
+        (
+            ["--device", "cuda:7"],
+            1,
+            "vulnscope: error: device: 'cuda:7' is not available",
+        ),
+        (
+            ["--device", "toaster"],
+            1,
+            "vulnscope: error: device: expected a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+            "got 'toaster'",
+        ),
         (
             ["--seed", "-3"],
             2,
@@ -165,7 +184,22 @@ def test_no_command_prints_help_and_fails(capsys):
 def test_unwritable_output_is_one_line(tmp_path, capsys, digits_cnn):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert main(["audit", "--limit", "5", "--eps", "0.1", "--out", str(blocker / "sub")]) == 1
+    assert (
+        main(
+            [
+                "audit",
+                "--limit",
+                "5",
+                "--stages",
+                "linf",
+                "--linf-eps",
+                "0.1",
+                "--out",
+                str(blocker / "sub"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("vulnscope: error:") and len(err.splitlines()) == 1
 
@@ -174,7 +208,8 @@ def test_console_script_runs_end_to_end(tmp_path, digits_cnn, isolated_cache):
     env = {**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache}
     script = os.path.join(os.path.dirname(sys.executable), "vulnscope")
     done = subprocess.run(
-        [script, "audit", "--limit", "20", "--eps", "0.1", "--out", str(tmp_path / "o")],
+        [script, "audit", "--limit", "20", "--stages", "linf", "--linf-eps", "0.1",
+         "--out", str(tmp_path / "o")],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -1,12 +1,16 @@
-"""Confidence intervals of a mean over independent repetitions (seeds)."""
+"""Summaries of measured values: confidence intervals over seeds, JSON-ready numbers."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Interval", "mean_interval"]
+import torch
+from torch import Tensor
+
+__all__ = ["Interval", "finite_median", "json_numbers", "mean_interval"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,17 @@ def mean_interval(values: Sequence[float], *, level: float = 0.95) -> Interval:
     spread = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / (n - 1))
     quantile = float(student_t.ppf((1 + level) / 2, n - 1))
     return Interval(mean, quantile * spread / math.sqrt(n), n, level)
+
+
+def json_numbers(values: Tensor) -> list[Any]:
+    """A JSON-ready nested list of ``values`` (any shape, ndim >= 1); inf and NaN as None."""
+    return [
+        json_numbers(row) if row.ndim else (float(row) if math.isfinite(float(row)) else None)
+        for row in values.double().cpu()
+    ]
+
+
+def finite_median(values: Tensor) -> float | None:
+    """The median of the finite entries of ``values`` (torch's lower median); None if none."""
+    finite = values[torch.isfinite(values)].double()
+    return float(finite.median()) if finite.numel() else None

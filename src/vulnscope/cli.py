@@ -72,6 +72,21 @@ def _attack_list(text: str) -> list[str]:
     return names
 
 
+def _stage_list(text: str) -> list[str]:
+    from vulnscope.audit import STAGES
+
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in STAGES]
+    if not names or unknown:
+        shown = repr(unknown[0]) if unknown else repr(text)
+        raise argparse.ArgumentTypeError(
+            f"unknown stage {shown}; choose a comma-separated list from {', '.join(STAGES)}"
+        )
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a stage is listed twice in {text!r}")
+    return names
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -98,15 +113,31 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     audit = commands.add_parser(
         "audit",
-        help="attack a model and write results.json",
-        description="Measure clean accuracy and robust accuracy under the standard attack "
-        "cascade (APGD-CE, APGD-T, FAB-T, Square; the embedded digits CNN when no model is "
-        "given), run the gradient-masking checks, and write results.json.",
+        help="the full audit of a model: results.json, report.html and figures",
+        description="Audit a classifier (the embedded digits CNN when no model is given): "
+        "clean accuracy, robust accuracy under the standard cascade (APGD-CE, APGD-T, "
+        "FAB-T, Square) for L-inf and L2, minimal perturbations, input Fisher and Hessian "
+        "spectra, layer amplification, the dangerous (Fisher) perturbation, and the RG "
+        "analysis of a deep RBM; writes results.json, a self-contained report.html and the "
+        "figures to --out.",
     )
     _add_model_and_data_arguments(audit)
-    audit.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model")
     audit.add_argument(
-        "--eps", type=_eps_list, help="comma-separated budgets (default depends on --norm)"
+        "--stages", type=_stage_list,
+        help="comma-separated stages to run, from linf,l2,minimal,spectra,amplification,"
+        "dangerous,rg (default: all that apply to the model)",
+    )  # fmt: skip
+    audit.add_argument(
+        "--quick", action="store_true",
+        help="a fast first look: 100 samples, 3 budgets per norm, APGD-CE and APGD-DLR, "
+        "DeepFool alone, 16 geometry inputs",
+    )  # fmt: skip
+    audit.add_argument(
+        "--linf-eps", type=_eps_list, help="comma-separated L-inf budgets (default "
+        "0.02,0.05,0.1,0.15,0.2; for inputs in [0, 1])",
+    )  # fmt: skip
+    audit.add_argument(
+        "--l2-eps", type=_eps_list, help="comma-separated L2 budgets (default 0.25,0.5,0.75,1,1.5)"
     )
     audit.add_argument(
         "--attacks",
@@ -124,9 +155,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=512,
         help="samples per attack call and per checkpointed chunk (default %(default)s)",
     )  # fmt: skip
+    audit.add_argument("--device", help="where to run: cpu (default), cuda, cuda:1, mps")
     audit.add_argument(
         "--resume", action="store_true",
-        help="continue an interrupted audit from the chunks in OUT/.checkpoint (same options)",
+        help="continue an interrupted audit from OUT/.checkpoint (same options)",
     )  # fmt: skip
     audit.set_defaults(handler=_run_audit)
 
@@ -293,8 +325,9 @@ def _budget_list(text: str) -> list[float]:
 def _add_model_and_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="digits-cnn",
-        help="'digits-cnn' (default), 'digits-mlp', 'package.module:factory', "
-        "a TorchScript file, or a torch.export program (.pt2)",
+        help="'digits-cnn' (default), 'digits-mlp', 'digits-rbm' (a deep RBM: adds the RG "
+        "stage), 'package.module:factory', a TorchScript file, a torch.export program (.pt2), "
+        "or an ONNX model (.onnx; needs pip install 'vulnscope[onnx]')",
     )  # fmt: skip
     parser.add_argument("--weights", help="weights for --model: .safetensors or a torch state dict")
     parser.add_argument(
@@ -362,23 +395,27 @@ def _run_rg(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(record: dict[str, Any]) -> None:
-    names = record["settings"]["attacks"]
+def _print_summary(record: dict[str, Any]) -> None:
     print(
         f"{record['model']['name']} on {record['data']['source']} "
         f"({record['data']['samples']} samples): clean accuracy {record['clean_accuracy']:.1%}"
     )
-    print(f"robust accuracy ({record['settings']['norm']}) and the points each attack broke:")
-    print("  " + f"{'eps':>8}{'robust':>9}" + "".join(f"{name:>10}" for name in names))
-    evaluations = {evaluation["eps"]: evaluation for evaluation in record["evaluations"]}
-    for eps, robust in zip(
-        record["robust_accuracy"]["epsilons"], record["robust_accuracy"]["accuracy"], strict=True
-    ):
-        broken = evaluations[eps]["broken_by"] if eps in evaluations else {}
-        cells = "".join(f"{broken.get(name, 0):>10}" for name in names)
-        print("  " + f"{eps:>8g}{robust:>9.1%}" + cells)
+    names = record["settings"]["attacks"]
+    for norm, curve in record.get("robustness", {}).items():
+        print(f"robust accuracy ({norm}) and the points each attack broke:")
+        print("  " + f"{'eps':>8}{'robust':>9}" + "".join(f"{name:>10}" for name in names))
+        evaluations = {evaluation["eps"]: evaluation for evaluation in curve["evaluations"]}
+        for eps, robust in zip(curve["epsilons"], curve["accuracy"], strict=True):
+            broken = evaluations[eps]["broken_by"] if eps in evaluations else {}
+            cells = "".join(f"{broken.get(name, 0):>10}" for name in names)
+            print("  " + f"{eps:>8g}{robust:>9.1%}" + cells)
+    minimal = record.get("minimal_perturbations")
+    if minimal is not None and minimal["median"] is not None:
+        print(f"median minimal L2 perturbation: {minimal['median']:.3g}")
     for warning in record["warnings"]:
         print(f"warning: {warning}")
+    verdict = record["verdict"]
+    print(f"verdict: {verdict['headline']}")
 
 
 def _load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -503,28 +540,36 @@ def _run_defend(args: argparse.Namespace) -> int:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from vulnscope._checkpoint import Checkpoints
-    from vulnscope._io import write_json_atomic
     from vulnscope.audit import audit
-    from vulnscope.evaluate import DEFAULT_CASCADE
 
     model, data = _load_model_and_data(args)
     if args.limit is not None:
         data = data.take(args.limit)
-    args.out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
-    checkpoint = args.out / ".checkpoint"
     args.interrupted_hint = "rerun with --resume to continue from the finished chunks"
+    epsilons = {norm: values for norm, values in (("linf", args.linf_eps),
+                                                  ("l2", args.l2_eps)) if values}  # fmt: skip
     record = audit(
-        model, data, model_name=args.model, norm=args.norm, epsilons=args.eps,
-        attacks=args.attacks or DEFAULT_CASCADE, seed=args.seed, batch_size=args.batch_size,
-        on_stage=lambda stage: logging.getLogger("vulnscope").info("running %s", stage),
-        checkpoint=checkpoint, resume=args.resume,
+        model, data, model_name=args.model, stages=args.stages, quick=args.quick,
+        epsilons=epsilons, attacks=args.attacks,
+        seed=args.seed, batch_size=args.batch_size, device=args.device, out=args.out,
+        resume=args.resume, progress=None, model_metadata=_model_metadata(args.model),
     )  # fmt: skip
-    path = write_json_atomic(args.out / "results.json", record)
-    Checkpoints.discard_directory(checkpoint)
-    _print_table(record)
-    print(f"wrote {path}")
+    _print_summary(record)
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
     return 0
+
+
+def _model_metadata(spec: str) -> dict[str, Any] | None:
+    """What a TorchScript file written by ``vulnscope defend`` says about its model."""
+    path = Path(spec)
+    if not path.is_file() or path.suffix in (".pt2", ".onnx"):
+        return None
+    from vulnscope.models.saving import torchscript_metadata
+
+    try:
+        return torchscript_metadata(path) or None
+    except VulnscopeError:
+        return None
 
 
 def _one_line_warning(

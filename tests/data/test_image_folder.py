@@ -98,7 +98,7 @@ def test_load_data_and_the_audit_read_a_folder(tmp_path, digits_cnn) -> None:  #
     data = load_data(str(root))
     assert data.x.shape == (20, 1, 8, 8) and data.source == f"folder:{root}"
     out = tmp_path / "audit"
-    assert main(["audit", "--data", str(root), "--attacks", "fgsm", "--eps", "0.1",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert main(["audit", "--data", str(root), "--attacks", "fgsm", "--stages", "linf",
+                 "--linf-eps", "0.1", "--out", str(out)]) == 0  # fmt: skip
     record = json.loads((out / "results.json").read_text())
     assert record["data"]["samples"] == 20 and record["clean_accuracy"] > 0.8

@@ -88,7 +88,7 @@ def test_cli_defend_writes_a_model_that_audit_reads(tmp_path, capsys) -> None:  
     assert metadata["method"] == "pgd" and metadata["settings"]["dropout"] == 0.2
     out = tmp_path / "audit"
     assert main(["audit", "--model", str(model_file), "--limit", "20", "--attacks", "fgsm",
-                 "--eps", "0.1", "--out", str(out)]) == 0  # fmt: skip
+                 "--stages", "linf", "--linf-eps", "0.1", "--out", str(out)]) == 0  # fmt: skip
     record = json.loads((out / "results.json").read_text())
     assert record["model"]["name"] == str(model_file) and record["data"]["samples"] == 20
 

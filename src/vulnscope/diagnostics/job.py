@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 from vulnscope import __version__
 from vulnscope._io import write_json_atomic
 from vulnscope._random import make_generator
+from vulnscope._statistics import finite_median, json_numbers
 from vulnscope._validation import check_int, check_real, check_seed
 from vulnscope.attacks.iterative import value_and_grad
 from vulnscope.attacks.losses import cross_entropy
@@ -40,19 +40,6 @@ DIAGNOSTICS_SCHEMA_VERSION = 1
 """Version of the layout of ``diagnostics.json``."""
 
 _RANDOM_DIRECTIONS = 8
-
-
-def _numbers(values: Tensor) -> list[Any]:
-    """A JSON-ready nested list with ``inf`` and ``nan`` as ``None``."""
-    return [
-        _numbers(row) if row.ndim else (float(row) if math.isfinite(float(row)) else None)
-        for row in values.double().cpu()
-    ]
-
-
-def _median(values: Tensor) -> float | None:
-    finite = values[torch.isfinite(values)].double()
-    return float(finite.median()) if finite.numel() else None
 
 
 def _bracketed_fraction(
@@ -186,29 +173,29 @@ def run_diagnostics(
         "clean_accuracy": float(correct.float().mean()),
         "fisher": {
             "method": fisher.method,
-            "eigenvalues": _numbers(fisher.eigenvalues),
-            "trace": _numbers(fisher.trace),
-            "eigenvalue_median": _numbers(fisher.eigenvalues.median(0).values),
-            "trace_median": _median(fisher.trace),
+            "eigenvalues": json_numbers(fisher.eigenvalues),
+            "trace": json_numbers(fisher.trace),
+            "eigenvalue_median": json_numbers(fisher.eigenvalues.median(0).values),
+            "trace_median": finite_median(fisher.trace),
         },
         "hessian": {
-            "eigenvalues": _numbers(hessian.eigenvalues),
-            "eigenvalue_median": _numbers(hessian.eigenvalues.median(0).values),
+            "eigenvalues": json_numbers(hessian.eigenvalues),
+            "eigenvalue_median": json_numbers(hessian.eigenvalues.median(0).values),
             "lanczos_steps": hessian.steps,
             "largest_residual": float(hessian.residuals.max()),
-            "trace": _numbers(norms.trace),
-            "trace_stderr": _numbers(norms.trace_stderr),
-            "frobenius": _numbers(norms.frobenius),
-            "frobenius_stderr": _numbers(norms.frobenius_stderr),
-            "frobenius_median": _median(norms.frobenius),
-            "profile_median": _numbers(spectrum.profile().median(0).values),
+            "trace": json_numbers(norms.trace),
+            "trace_stderr": json_numbers(norms.trace_stderr),
+            "frobenius": json_numbers(norms.frobenius),
+            "frobenius_stderr": json_numbers(norms.frobenius_stderr),
+            "frobenius_median": finite_median(norms.frobenius),
+            "profile_median": json_numbers(spectrum.profile().median(0).values),
         },
         "curvature_bounds": {
-            "lower": _numbers(bounds.lower),
-            "upper": _numbers(bounds.upper),
-            "measured": _numbers(measured),
-            "top_curvature": _numbers(bounds.top_curvature),
-            "gradient_norm": _numbers(bounds.gradient_norm),
+            "lower": json_numbers(bounds.lower),
+            "upper": json_numbers(bounds.upper),
+            "measured": json_numbers(measured),
+            "top_curvature": json_numbers(bounds.top_curvature),
+            "gradient_norm": json_numbers(bounds.gradient_norm),
             "measured_is": "smallest class-change distance along v_1, the gradient and u",
             "bracketed_fraction": _bracketed_fraction(
                 bounds.lower, bounds.upper, measured, correct
@@ -216,8 +203,8 @@ def run_diagnostics(
         },
         "class_change_distance": {
             name: {
-                "per_sample": _numbers(value),
-                "median": _median(value[correct]),
+                "per_sample": json_numbers(value),
+                "median": finite_median(value[correct]),
                 "failed_fraction": float(
                     (~torch.isfinite(distances[name][correct])).double().mean()
                 )
@@ -239,23 +226,23 @@ def run_diagnostics(
         amplification = layer_amplification(model, x, direction=v1, seed=seed)
         record["amplification"] = {
             "blocks": amplification.names,
-            "singular_value_median": _numbers(amplification.singular_values.median(0).values),
-            "cumulative_median": _numbers(amplification.cumulative.median(0).values),
-            "end_to_end_median": _median(amplification.end_to_end),
-            "growth_fisher_median": _numbers(amplification.growth["fisher"].median(0).values),
-            "growth_random_median": _numbers(amplification.growth["random"].median(0).values),
+            "singular_value_median": json_numbers(amplification.singular_values.median(0).values),
+            "cumulative_median": json_numbers(amplification.cumulative.median(0).values),
+            "end_to_end_median": finite_median(amplification.end_to_end),
+            "growth_fisher_median": json_numbers(amplification.growth["fisher"].median(0).values),
+            "growth_random_median": json_numbers(amplification.growth["random"].median(0).values),
         }
         figures["amplification"] = plot_amplification(amplification, out / "amplification.png").name
 
     if sections:
         stage("decision-boundary sections")
         count = min(sections, x.shape[0])
-        typical = _median(per_sample["fisher"][correct]) if bool(correct.any()) else None
+        typical = finite_median(per_sample["fisher"][correct]) if bool(correct.any()) else None
         radius = min(max_distance, 2 * typical) if typical else max_distance
         section = decision_boundary_section(model, x[:count], v1[:count], radius=radius,
                                             seed=seed)  # fmt: skip
         record["sections"] = {
-            "offsets": _numbers(section.offsets),
+            "offsets": json_numbers(section.offsets),
             "reference": section.reference.tolist(),
             "classes": section.classes.tolist(),
             "axes": ["input Fisher v_1", "random, orthogonal"],

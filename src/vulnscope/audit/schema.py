@@ -1,0 +1,30 @@
+"""The layout of ``results.json``: its version, and the JSON Schema shipped in the package."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+__all__ = ["SCHEMA_VERSION", "results_schema"]
+
+SCHEMA_VERSION = 3
+"""Version of the ``results.json`` layout; bumped whenever a field changes meaning.
+
+2: robust accuracy under the standard cascade (one curve, which attack broke each point,
+the gradient-masking warnings) instead of one curve per attack.
+3: the full audit: curves for L∞ and L2 under ``robustness``, the minimal perturbations,
+spectra, layer amplification, the dangerous perturbation, the RG analysis of a deep RBM,
+the verdict, the figures, and the settings of every stage.
+"""
+
+
+def results_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``results.json``, shipped in the package.
+
+    Validate a record with any JSON Schema validator, e.g.
+    ``jsonschema.validate(record, results_schema())``.
+    """
+    text = resources.files("vulnscope").joinpath("schemas/results.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
