@@ -19,6 +19,8 @@ PUBLIC_MODULES = [
     "vulnscope.evaluate",
     "vulnscope.models",
     "vulnscope.audit",
+    "vulnscope.report",
+    "vulnscope.models.onnx_program",
     "vulnscope.rbm",
     "vulnscope.rg",
 ]

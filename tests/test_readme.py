@@ -23,11 +23,13 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert install_and_test in ci_lines
 
 
-def test_python_tour_runs(digits_cnn, capsys):
+def test_python_tour_runs(digits_cnn, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the tour writes an audit directory
     namespace: dict[str, object] = {}
     for block in _blocks("python"):
         exec(compile(block, "README.md", "exec"), namespace)
     assert "PGD broke" in capsys.readouterr().out
+    assert (tmp_path / "audit-tour" / "report.html").is_file()
 
 
 def test_benchmarks_readme_install_command_uses_the_bench_extra():

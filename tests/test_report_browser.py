@@ -156,3 +156,26 @@ def test_the_content_security_policy_blocks_injected_script(browser, report, tmp
     assert "script" in [tag for tag, _ in dom.tags]
     assert dom.texts["title"] != "pwned"
     assert any("Content Security Policy" in m for m in console_messages(result))
+
+
+def test_a_real_audit_report_opens_with_every_figure(browser, digits_cnn, digits_test, tmp_path):
+    """End to end: the report a (quick) audit writes, screenshotted, no console message."""
+    from vulnscope.audit import audit
+
+    out = tmp_path / "audit"
+    record = audit(digits_cnn, digits_test.take(24), model_name=HOSTILE_NAME, quick=True,
+                   stages=["linf", "l2", "minimal", "spectra", "amplification", "dangerous"],
+                   geometry_samples=6, out=out)  # fmt: skip
+    screenshot = tmp_path / "audit.png"
+    run_browser(browser, tmp_path / "p1", out / "report.html", "--hide-scrollbars",
+                f"--window-size={WIDTH},{HEIGHT}", f"--screenshot={screenshot}")  # fmt: skip
+    with Image.open(screenshot) as image:
+        assert image.size == (WIDTH, HEIGHT)
+    result = run_browser(browser, tmp_path / "p2", out / "report.html", "--dump-dom")
+    assert console_messages(result) == []
+    dom = Elements()
+    dom.feed(result.stdout)
+    assert dom.texts["h1"] == f"Robustness audit: {HOSTILE_NAME}"
+    images = [attrs for tag, attrs in dom.tags if tag == "img"]
+    assert len(images) == len(record["figures"]) == 5  # both curves share one figure
+    assert record["verdict"]["headline"] in result.stdout

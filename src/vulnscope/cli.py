@@ -420,13 +420,18 @@ def _print_summary(record: dict[str, Any]) -> None:
 
 def _load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
     from vulnscope.data import load_data
-    from vulnscope.models.loading import load_model
+    from vulnscope.models.loading import DEEP_RBM, load_model
 
     if ":" in args.model and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # so that 'mymodels:build' finds ./mymodels.py
     if (args.mean is None) != (args.std is None):
         raise _UsageError("vulnscope: error: --mean and --std go together: give both or neither")
-    data = load_data(args.data, seed=args.seed)
+    if args.model == DEEP_RBM and args.data == "digits":
+        from vulnscope.rbm.pretrained import binarized_digits
+
+        data = binarized_digits("test")  # what the deep RBM was trained on
+    else:
+        data = load_data(args.data, seed=args.seed)
     model = load_model(args.model, weights=args.weights, seed=args.seed)
     if args.mean is not None:
         from vulnscope.models.normalized import Normalized

@@ -112,9 +112,16 @@ def _where(record: dict[str, Any]) -> list[str]:
             f"layer{'s' if len(relevant) > 1 else ''} {', '.join(map(str, relevant))}: "
             f"there small input changes grow with depth."
             if relevant
-            else "The RG analysis finds no relevant operator: every layer's stability "
-            "matrix contracts, so small input changes shrink with depth."
+            else "The RG analysis finds no relevant operator between hidden layers: their "
+            "stability matrices contract, so small input changes shrink with depth there."
         )
+        layers = rg.get("summary", {}).get("layers", [])
+        label = [row for row in layers if row["kind"] != "eigenvalue"]
+        if label and (label[0]["leading_mean"] or 0.0) > 1.0:
+            sentences.append(
+                f"The label layer amplifies them (leading singular value "
+                f"{label[0]['leading_mean']:.3g})."
+            )
     return sentences
 
 
@@ -136,10 +143,10 @@ def _what_to_try(record: dict[str, Any], level: str) -> list[str]:
         )
     if level in ("high", "moderate"):
         advice.append(
-            "To try: adversarial training (vulnscope defend --method pgd), or TRADES "
-            "(--method trades) when clean accuracy matters more; curvature regularisation "
-            "(--method cure) is cheaper but recovers less. Audit the defended model the same "
-            "way."
+            "To try: adversarial training (Madry et al.; vulnscope defend --method pgd trains "
+            "the digits CNN that way), or TRADES when clean accuracy matters more; curvature "
+            "regularisation (CURE) is cheaper but recovers less. Audit the defended model "
+            "the same way."
         )
     elif level == "low":
         advice.append(

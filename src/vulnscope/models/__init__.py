@@ -4,8 +4,9 @@ from vulnscope.models.cache import CACHE_ENV, PRETRAINED, cache_dir, pretrained
 from vulnscope.models.checks import warn_if_probabilities, warn_if_training_mode
 from vulnscope.models.digits import DigitsCNN, DigitsMLP
 from vulnscope.models.exported import load_exported_program
-from vulnscope.models.loading import load_model, load_state_dict_file
+from vulnscope.models.loading import DEEP_RBM, load_model, load_state_dict_file
 from vulnscope.models.normalized import Normalized
+from vulnscope.models.onnx_program import load_onnx_model
 from vulnscope.models.saving import save_torchscript, torchscript_metadata
 from vulnscope.models.seeded import build_seeded
 from vulnscope.models.state import preserved_model_state
@@ -13,6 +14,7 @@ from vulnscope.models.training import train_classifier
 
 __all__ = [
     "CACHE_ENV",
+    "DEEP_RBM",
     "PRETRAINED",
     "DigitsCNN",
     "DigitsMLP",
@@ -21,6 +23,7 @@ __all__ = [
     "cache_dir",
     "load_exported_program",
     "load_model",
+    "load_onnx_model",
     "load_state_dict_file",
     "preserved_model_state",
     "pretrained",
