@@ -11,7 +11,7 @@ Run:  VULNSCOPE_CACHE_DIR=/tmp/vcache python experiments/kill_and_resume.py [--k
    the per-attack ``attack_seconds``), and prints every difference; exits 1 if there is
    any.
 
-The audit options after ``--`` default to ``--batch-size 50 --attacks apgd-ce,apgd-t
+The audit options after ``--`` default to ``--batch-size 50 --attacks apgd-ce,apgd-dlr
 --linf-eps 0.05,0.1 --l2-eps 0.5,1``: every stage of the audit, the robustness and minimal
 stages in eight chunks of the 397 test digits, a minute or two per run.
 """
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_AUDIT = ["--batch-size", "50", "--attacks", "apgd-ce,apgd-t", "--linf-eps", "0.05,0.1",
+DEFAULT_AUDIT = ["--batch-size", "50", "--attacks", "apgd-ce,apgd-dlr", "--linf-eps", "0.05,0.1",
                  "--l2-eps", "0.5,1"]  # fmt: skip
 _CLOCK = ("created", "timing", "attack_seconds")
 

@@ -254,3 +254,14 @@ def test_audit_records_validate_against_the_shipped_schema(digits_cnn, digits_te
     ]  # fmt: skip
     for bad in broken:
         assert list(validator.iter_errors(bad)), bad
+
+
+def test_progress_bars_advance_chunk_by_chunk_on_stderr(digits_cnn, digits_test, capsys):
+    audit(digits_cnn, digits_test.take(12), model_name="cnn", stages=["minimal", "spectra"],
+          quick=True, batch_size=5, geometry_samples=4, progress=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "minimal: 100%" in err and "3/3" in err  # 12 samples in chunks of 5
+    assert "spectra: 100%" in err and "1/1" in err
+    audit(digits_cnn, digits_test.take(12), model_name="cnn", stages=["spectra"],
+          geometry_samples=4, progress=False)  # fmt: skip
+    assert capsys.readouterr().err == ""

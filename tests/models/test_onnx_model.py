@@ -163,6 +163,24 @@ def test_diagnose_runs_end_to_end_on_an_onnx_model(tmp_path) -> None:  # type: i
     assert record["amplification"]["blocks"] == ["conv1", "conv2", "fc", "logits"]
 
 
+def test_an_onnx_model_audits_like_the_original(tmp_path, digits_cnn) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "cnn.onnx"
+    _export(digits_cnn, path)
+    records = []
+    for model in (str(path), "digits-cnn"):
+        out = tmp_path / model.replace("/", "_")
+        command = ["audit", "--model", model, "--limit", "30", "--stages", "linf,dangerous",
+                   "--attacks", "apgd-ce", "--linf-eps", "0.1", "--out", str(out)]  # fmt: skip
+        assert main(command) == 0
+        records.append(json.loads((out / "results.json").read_text()))
+    onnx, original = records
+    assert onnx["clean_accuracy"] == original["clean_accuracy"]
+    assert onnx["robustness"]["linf"]["accuracy"] == original["robustness"]["linf"]["accuracy"]
+    assert [row["adversarial"] for row in onnx["dangerous"]["rows"]] == [
+        row["adversarial"] for row in original["dangerous"]["rows"]
+    ]
+
+
 def _graph(nodes, initializers=(), *, shape=(2, 3, 7, 7), opset=17, inputs=None):  # type: ignore[no-untyped-def]
     """A model around ``nodes`` from input x (batch 'n') to output y."""
     inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *shape[1:]])]

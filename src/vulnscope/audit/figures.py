@@ -20,20 +20,25 @@ __all__ = ["plot_dangerous", "plot_robust_accuracy"]
 _NORM_LABELS = {"linf": "L∞", "l2": "L2"}
 
 
-def plot_robust_accuracy(robustness: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
-    """Robust accuracy against the budget, one panel per norm, each attack's share stacked.
+def plot_robust_accuracy(
+    robustness: Mapping[str, Mapping[str, Any]], path: str | Path, *, clean: float | None = None
+) -> Path:
+    """Robust accuracy against the budget, one panel per norm.
 
     Args:
         robustness: the record's ``robustness`` section: per norm ``{"epsilons",
             "accuracy", "evaluations"}``.
         path: where to write the PNG.
+        clean: the clean accuracy, drawn at budget 0 when the curve does not hold it.
 
     """
     norms = list(robustness)
     figure, axes = new_figure(1, max(1, len(norms)), size=(5.5 * max(1, len(norms)), 4.0))
     for ax, norm in zip(axes[0], norms, strict=False):
         curve = robustness[norm]
-        epsilons, accuracy = curve["epsilons"], curve["accuracy"]
+        epsilons, accuracy = list(curve["epsilons"]), list(curve["accuracy"])
+        if clean is not None and 0.0 not in epsilons:
+            epsilons, accuracy = [0.0, *epsilons], [clean, *accuracy]
         ax.plot(epsilons, [100 * a for a in accuracy], "k-o", label="robust (cascade)")
         ax.set_xlabel(f"budget ε ({_NORM_LABELS.get(norm, norm)})")
         ax.set_ylabel("accuracy (%)")

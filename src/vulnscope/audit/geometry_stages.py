@@ -86,14 +86,7 @@ def amplification_stage(
     amplification = layer_amplification(model, x, direction=v1, seed=seed)
     if directory is not None:
         plot_amplification(amplification, directory / "amplification.png")
-    return {
-        "blocks": amplification.names,
-        "singular_value_median": json_numbers(amplification.singular_values.median(0).values),
-        "cumulative_median": json_numbers(amplification.cumulative.median(0).values),
-        "end_to_end_median": finite_median(amplification.end_to_end),
-        "growth_fisher_median": json_numbers(amplification.growth["fisher"].median(0).values),
-        "growth_random_median": json_numbers(amplification.growth["random"].median(0).values),
-    }
+    return amplification.medians()
 
 
 def dangerous_stage(

@@ -224,14 +224,7 @@ def run_diagnostics(
     if isinstance(model, nn.Module):
         stage("layer amplification")
         amplification = layer_amplification(model, x, direction=v1, seed=seed)
-        record["amplification"] = {
-            "blocks": amplification.names,
-            "singular_value_median": json_numbers(amplification.singular_values.median(0).values),
-            "cumulative_median": json_numbers(amplification.cumulative.median(0).values),
-            "end_to_end_median": finite_median(amplification.end_to_end),
-            "growth_fisher_median": json_numbers(amplification.growth["fisher"].median(0).values),
-            "growth_random_median": json_numbers(amplification.growth["random"].median(0).values),
-        }
+        record["amplification"] = amplification.medians()
         figures["amplification"] = plot_amplification(amplification, out / "amplification.png").name
 
     if sections:

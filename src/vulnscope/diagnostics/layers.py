@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -59,6 +60,19 @@ class LayerAmplification:
     end_to_end: Tensor
     growth: dict[str, Tensor]
     residuals: Tensor
+
+    def medians(self) -> dict[str, Any]:
+        """JSON-ready medians over the samples: per block, and end to end (inf as None)."""
+        from vulnscope._statistics import finite_median, json_numbers
+
+        return {
+            "blocks": self.names,
+            "singular_value_median": json_numbers(self.singular_values.median(0).values),
+            "cumulative_median": json_numbers(self.cumulative.median(0).values),
+            "end_to_end_median": finite_median(self.end_to_end),
+            "growth_fisher_median": json_numbers(self.growth["fisher"].median(0).values),
+            "growth_random_median": json_numbers(self.growth["random"].median(0).values),
+        }
 
 
 def default_blocks(model: nn.Module) -> list[str]:
