@@ -51,7 +51,8 @@ def test_audit_is_reproducible_with_a_seed(tmp_path, digits_cnn):
     records = []
     for run in ("a", "b"):
         command = ["audit", "--out", str(tmp_path / run), "--limit", "40", "--stages",
-                   "linf,minimal,dangerous", "--linf-eps", "0.1", "--seed", "3"]  # fmt: skip
+                   "linf,minimal,dangerous", "--linf-eps", "0.1", "--seed", "3",
+                   "--quick"]  # fmt: skip
         assert main(command) == 0
         records.append(without_clock(json.loads((tmp_path / run / "results.json").read_text())))
     assert records[0] == records[1]
@@ -69,7 +70,7 @@ def test_audit_runs_the_attacks_it_is_given_in_order(tmp_path, capsys, digits_cn
 
 
 def test_audit_l2_uses_l2_defaults(tmp_path, digits_cnn):
-    assert _audit(tmp_path, "--limit", "20", "--stages", "l2", "--attacks", "apgd-ce,fab-t") == 0
+    assert _audit(tmp_path, "--limit", "20", "--stages", "l2", "--attacks", "apgd-ce") == 0
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(record["robustness"]) == ["l2"]
     assert record["robustness"]["l2"]["epsilons"] == [0.25, 0.5, 1.0]
@@ -78,10 +79,8 @@ def test_audit_l2_uses_l2_defaults(tmp_path, digits_cnn):
 
 def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
     np.savez(tmp_path / "d.npz", x=digits_test.x[:30].numpy(), y=digits_test.y[:30].numpy())
-    assert (
-        _audit(tmp_path, "--data", str(tmp_path / "d.npz"), "--stages", "linf", "--linf-eps", "0.1")
-        == 0
-    )
+    assert _audit(tmp_path, "--data", str(tmp_path / "d.npz"), "--stages", "linf",
+                  "--linf-eps", "0.1", "--attacks", "fgsm") == 0  # fmt: skip
     assert json.loads((tmp_path / "out" / "results.json").read_text())["data"]["samples"] == 30
 
 

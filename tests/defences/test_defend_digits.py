@@ -91,6 +91,9 @@ def test_cli_defend_writes_a_model_that_audit_reads(tmp_path, capsys) -> None:  
                  "--stages", "linf", "--linf-eps", "0.1", "--out", str(out)]) == 0  # fmt: skip
     record = json.loads((out / "results.json").read_text())
     assert record["model"]["name"] == str(model_file) and record["data"]["samples"] == 20
+    assert record["model"]["metadata"] == json.loads(json.dumps(metadata))  # shown in the report
+    page = (out / "report.html").read_text()
+    assert "<h2>Model metadata</h2>" in page and "dropout" in page
 
 
 @pytest.mark.parametrize(
