@@ -265,3 +265,36 @@ def test_progress_bars_advance_chunk_by_chunk_on_stderr(digits_cnn, digits_test,
     audit(digits_cnn, digits_test.take(12), model_name="cnn", stages=["spectra"],
           geometry_samples=4, progress=False)  # fmt: skip
     assert capsys.readouterr().err == ""
+
+
+class _ReverseModeReLU(torch.autograd.Function):
+    """A ReLU with a backward but no forward-mode rule (no Jacobian-vector products)."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(x)
+        return x.relu()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0)
+
+
+class _Custom(torch.nn.Module):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return _ReverseModeReLU.apply(x)
+
+
+def test_a_stage_the_model_cannot_take_is_skipped_with_a_warning(digits_test, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), _Custom(),
+                                torch.nn.Linear(32, 10)).eval()  # fmt: skip
+    record = audit(model, digits_test.take(20), model_name="custom", quick=True,
+                   stages=["linf", "amplification", "dangerous"], out=tmp_path,
+                   **SMALL)  # fmt: skip
+    assert "amplification" not in record and "amplification" not in record["figures"]
+    assert "linf" in record["robustness"] and "dangerous" in record
+    assert any(w.startswith("the amplification stage failed on this model and was skipped: ")
+               for w in record["warnings"])  # fmt: skip
+    assert (tmp_path / "report.html").is_file()

@@ -325,8 +325,8 @@ def audit(
             sections.setdefault("robustness", {})[stage] = run.robustness(stage)
         elif stage == "minimal":
             sections["minimal_perturbations"] = run.minimal()
-        else:
-            sections[stage] = run.geometry(stage)
+        elif (section := run.geometry(stage)) is not None:
+            sections[stage] = section
     clean_accuracy = run.clean_accuracy()
     parameters = (
         sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else None
@@ -501,18 +501,31 @@ class _AuditRun:
         self.timing["minimal"] = round(sum(piece["seconds"] for piece in pieces), 3)
         return section
 
-    def geometry(self, stage: str) -> dict[str, Any]:
-        """A stage on the geometry sample (spectra, amplification, dangerous, rg)."""
+    def geometry(self, stage: str) -> dict[str, Any] | None:
+        """A stage on the geometry sample (spectra, amplification, dangerous, rg).
+
+        A model that cannot take the stage's derivatives (a custom autograd function
+        without double backward or forward mode, say) loses that stage only: ``None``,
+        and a warning in the record, rather than the whole audit.
+        """
         x = self.data.x[self.sample].to(self.device)
         y = self.data.y[self.sample].to(self.device)
         with self.progress.stage(stage, 1) as bar:
             piece = self.store.load(stage) if self.store is not None else None
             if piece is None:
                 started = time.perf_counter()
-                section = _geometry(
-                    stage, self.model, x, y, seed=self.seed, directory=self.directory,
-                    budgets=self.budgets, class_names=self.data.class_names, quick=self.quick,
-                )  # fmt: skip
+                try:
+                    section = _geometry(
+                        stage, self.model, x, y, seed=self.seed, directory=self.directory,
+                        budgets=self.budgets, class_names=self.data.class_names,
+                        quick=self.quick,
+                    )  # fmt: skip
+                except (RuntimeError, NotImplementedError) as error:
+                    cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    message = f"the {stage} stage failed on this model and was skipped: {cause}"
+                    logger.warning("%s", message)
+                    self.warnings.append(message)
+                    return None
                 if stage == "dangerous":
                     for row in section["rows"]:
                         row["index"] = int(self.sample[row["index"]])
