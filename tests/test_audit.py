@@ -257,10 +257,13 @@ def test_audit_records_validate_against_the_shipped_schema(digits_cnn, digits_te
 
 
 def test_progress_bars_advance_chunk_by_chunk_on_stderr(digits_cnn, digits_test, capsys):
-    audit(digits_cnn, digits_test.take(12), model_name="cnn", stages=["minimal", "spectra"],
-          quick=True, batch_size=5, geometry_samples=4, progress=True)  # fmt: skip
+    audit(digits_cnn, digits_test.take(12), model_name="cnn", quick=True, batch_size=5,
+          stages=["linf", "minimal", "spectra"], epsilons={"linf": [0.05, 0.1]},
+          geometry_samples=4, progress=True)  # fmt: skip
     err = capsys.readouterr().err
-    assert "minimal: 100%" in err and "3/3" in err  # 12 samples in chunks of 5
+    assert "linf: 100%" in err and "6/6" in err  # 3 chunks of up to 5 samples, 2 budgets
+    assert "linf:  17%" in err  # the bar moves within a chunk, budget by budget
+    assert "minimal: 100%" in err and "3/3" in err
     assert "spectra: 100%" in err and "1/1" in err
     audit(digits_cnn, digits_test.take(12), model_name="cnn", stages=["spectra"],
           geometry_samples=4, progress=False)  # fmt: skip

@@ -28,8 +28,11 @@ def evaluate_cascade_chunk(
     seed: int,
     attacks: Sequence[str],
     batch_size: int | None,
+    on_budget: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """The cascade on one chunk (x: (B, ...), y: (B,)), as JSON-ready counts.
+
+    ``on_budget`` is called as each budget's evaluation ends (for progress).
 
     Returns:
         ``{"samples", "correct", "evaluations", "seconds"}``; one evaluation per budget in
@@ -44,7 +47,7 @@ def evaluate_cascade_chunk(
     else:
         curve = standard_evaluation_curve(
             model, x, y, norm=norm, epsilons=list(epsilons), seed=seed, attacks=attacks,
-            batch_size=batch_size,
+            batch_size=batch_size, on_budget=on_budget,
         )  # fmt: skip
         for evaluation in curve.evaluations:
             summary = evaluation.to_dict()

@@ -466,13 +466,13 @@ class _AuditRun:
         budgets = self.budgets[norm]
         positive = sorted({eps for eps in budgets if eps > 0})
 
-        def compute(x: Tensor, y: Tensor, index: int) -> dict[str, Any]:
+        def compute(x: Tensor, y: Tensor, index: int, tick: Callable[[], None]) -> dict[str, Any]:
             return evaluate_cascade_chunk(
                 self.model, x, y, norm=norm, epsilons=positive, seed=self.seed + index,
-                attacks=self.attacks, batch_size=self.batch_size,
+                attacks=self.attacks, batch_size=self.batch_size, on_budget=lambda _: tick(),
             )  # fmt: skip
 
-        pieces = self._chunks(norm, compute)
+        pieces = self._chunks(norm, compute, steps=max(1, len(positive)))
         merged = merge_cascade_chunks(pieces, norm=norm, epsilons=positive,
                                       samples=len(self.data))  # fmt: skip
         clean = self._clean_accuracy = merged["clean_accuracy"]
@@ -491,7 +491,7 @@ class _AuditRun:
         """The minimal L2 perturbations: the record's ``minimal_perturbations``."""
         attacks = QUICK.minimal_attacks if self.quick else MINIMAL_ATTACKS
 
-        def compute(x: Tensor, y: Tensor, index: int) -> dict[str, Any]:
+        def compute(x: Tensor, y: Tensor, index: int, tick: Callable[[], None]) -> dict[str, Any]:
             return minimal_chunk(self.model, x, y, attacks=attacks, seed=self.seed + index,
                                  batch_size=self.batch_size)  # fmt: skip
 
@@ -549,22 +549,39 @@ class _AuditRun:
         return self._clean_accuracy
 
     def _chunks(
-        self, stage: str, compute: Callable[[Tensor, Tensor, int], dict[str, Any]]
+        self,
+        stage: str,
+        compute: Callable[[Tensor, Tensor, int, Callable[[], None]], dict[str, Any]],
+        *,
+        steps: int = 1,
     ) -> list[dict[str, Any]]:
-        """``compute(x, y, k)`` on each chunk ``k``, or its checkpointed result."""
+        """``compute(x, y, k, tick)`` on each chunk ``k``, or its checkpointed result.
+
+        The stage's bar has ``steps`` steps per chunk; ``compute`` may call ``tick()`` as
+        it finishes each (the rest are counted when the chunk ends).
+        """
         pieces = []
         bounds = self.bounds
-        with self.progress.stage(stage, len(bounds)) as bar:
+        with self.progress.stage(stage, steps * len(bounds)) as bar:
             for index, (start, stop) in enumerate(bounds):
                 name = f"{stage}-{index:05d}"
                 piece = self.store.load(name) if self.store is not None else None
+                ticked = 0
                 if piece is None:
+
+                    def tick() -> None:
+                        nonlocal ticked
+                        if ticked < steps:
+                            ticked += 1
+                            bar.update(1)
+
                     started = time.perf_counter()
                     piece = compute(self.data.x[start:stop].to(self.device),
-                                    self.data.y[start:stop].to(self.device), index)  # fmt: skip
+                                    self.data.y[start:stop].to(self.device), index,
+                                    tick)  # fmt: skip
                     piece.setdefault("seconds", round(time.perf_counter() - started, 3))
                     if self.store is not None:
                         self.store.save(name, piece)
                 pieces.append(piece)
-                bar.update(1)
+                bar.update(steps - ticked)
         return pieces

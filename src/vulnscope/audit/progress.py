@@ -29,5 +29,6 @@ class StageProgress:
 
         disable = None if self.enabled is None else not self.enabled
         with tqdm(total=total, desc=description, unit="step", file=sys.stderr,
-                  disable=disable, leave=True, dynamic_ncols=True) as bar:  # fmt: skip
+                  disable=disable, leave=True, dynamic_ncols=True,
+                  mininterval=0) as bar:  # fmt: skip
             yield bar

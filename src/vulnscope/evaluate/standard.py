@@ -416,6 +416,7 @@ def standard_evaluation_curve(
     n_target_classes: int = 9,
     bounds: tuple[float, float] = (0.0, 1.0),
     batch_size: int | None = None,
+    on_budget: Callable[[float], None] | None = None,
 ) -> StandardEvaluationCurve:
     """:func:`standard_evaluation` at several budgets, each starting where the last ended.
 
@@ -435,6 +436,7 @@ def standard_evaluation_curve(
         n_target_classes: target classes of the targeted attacks.
         bounds: input bounds.
         batch_size: points per attack call; ``None`` for all at once.
+        on_budget: called with each budget once its evaluation is done (for progress).
 
     Returns:
         :class:`StandardEvaluationCurve`.
@@ -474,6 +476,8 @@ def standard_evaluation_curve(
             )  # fmt: skip
             evaluations.append(evaluation)
             broken_by, x_adv = list(evaluation.broken_by), evaluation.x_adv
+            if on_budget is not None:
+                on_budget(eps)
     return StandardEvaluationCurve(
         epsilons=torch.tensor(budgets, dtype=torch.float64),
         accuracy=torch.tensor([e.robust_accuracy for e in evaluations], dtype=torch.float64),
