@@ -99,7 +99,6 @@ STAGE_RECORDS: dict[str, Any] = {
             {
                 "index": 7,
                 "label": 0,
-                "clean": 0,
                 "fisher": 1,
                 "fisher_l2": 1.25,
                 "adversarial": 2,
@@ -108,7 +107,6 @@ STAGE_RECORDS: dict[str, Any] = {
             {
                 "index": 9,
                 "label": 2,
-                "clean": 2,
                 "fisher": 2,
                 "fisher_l2": None,
                 "adversarial": 0,
@@ -349,7 +347,7 @@ def test_numbers_are_formatted_as_specified(tmp_path):
     assert "Mean size of those found: —." in page
     assert row("3", "0.00123", "—") in page
     assert row("conv2", "3", "6", "2.9", "1.2") in page
-    assert row("7", "zero", "zero", "one", "two", "1.25", "0.1") in page
+    assert row("7", "zero", "one", "two", "1.25", "0.1") in page
     assert row("1", "hidden", "1.23 ± 0.0456", "1.2", "2.5", "1", "yes") in page
     assert row("2", "hidden", "0.8 ± 0.01", "0.79", "1.1", "—", "no") in page
     assert row("random", "—", "10.0%") in page
@@ -364,8 +362,8 @@ def test_class_indices_are_shown_without_class_names(tmp_path):
     record = synthetic_record(tmp_path, stages=["dangerous"])
     record["data"]["class_names"] = None
     page = render_report(record, tmp_path)
-    assert row("7", "0", "0", "1", "2", "1.25", "0.1") in page
-    assert row("9", "2", "2", "2", "0", "—", "0.05") in page
+    assert row("7", "0", "1", "2", "1.25", "0.1") in page
+    assert row("9", "2", "2", "0", "—", "0.05") in page
 
 
 def test_verdict_badge_and_empty_warnings(tmp_path):

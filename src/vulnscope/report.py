@@ -306,13 +306,13 @@ def _dangerous(record: dict[str, Any], directory: Path) -> str:
         "pixel range), and attacked by APGD-CE at L∞ ε = "
         f"{_text(_number(dangerous['linf_eps']))}. The classes predicted on each:</p>"
     )
-    classes = ("label", "clean", "fisher", "adversarial")
+    classes = ("label", "fisher", "adversarial")
     rows = [
         (row["index"], *(label(row[key]) for key in classes),
          _number(row.get("fisher_l2")), _number(row["adversarial_linf"]))
         for row in dangerous["rows"]
     ]  # fmt: skip
-    header = ["index", "label", "clean", "Fisher", "adversarial", "Fisher step (L2)",
+    header = ["index", "label", "Fisher", "adversarial", "Fisher step (L2)",
               "adversarial L∞"]  # fmt: skip
     figure = _figure(record, directory, "dangerous")
     return _section("Dangerous perturbations", figure, summary, _table(header, rows))

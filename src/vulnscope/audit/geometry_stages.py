@@ -107,8 +107,9 @@ def dangerous_stage(
 
     Returns:
         ``{"fisher_l2", "linf_eps", "rows"}``: the median L2 distance along v_1, the
-        budget, and per input its index in ``x``, label, and the classes predicted on
-        it, after the Fisher step and after the attack.
+        budget, and per input (each one the model classifies correctly) its index in
+        ``x``, label, the classes predicted after the Fisher step and after the attack,
+        the step's L2 length and the attack's L∞ size.
 
     """
     with torch.no_grad():
@@ -128,8 +129,7 @@ def dangerous_stage(
     distance = distances.min(1).values
     # just past the boundary (the line search brackets it from below)
     step = torch.where(torch.isfinite(distance), distance * 1.001, torch.zeros_like(distance))
-    unit = v1 / v1.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (x.ndim - 1))
-    moved = x + (sign * step.to(x.dtype)).reshape(-1, *[1] * (x.ndim - 1)) * unit
+    moved = x + (sign * step.to(x.dtype)).reshape(-1, *[1] * (x.ndim - 1)) * v1  # v1: unit L2
     attack = APGD(norm="linf", eps=eps, seed=seed)
     adversarial = attack(model, x, y).x_adv
     with torch.no_grad():
@@ -137,7 +137,7 @@ def dangerous_stage(
         adversarial_class = model(adversarial).argmax(1)
     if directory is not None:
         plot_dangerous(
-            x, unit, moved, adversarial, labels=y, fisher=fisher_class,
+            x, v1, moved, adversarial, labels=y, fisher=fisher_class,
             adversarial=adversarial_class, distances=distance, eps=eps,
             path=directory / "dangerous.png", class_names=class_names,
         )  # fmt: skip
@@ -149,7 +149,6 @@ def dangerous_stage(
             {
                 "index": int(index),
                 "label": int(label),
-                "clean": int(label),
                 "fisher": int(f),
                 "fisher_l2": float(d) if math.isfinite(float(d)) else None,
                 "adversarial": int(a),

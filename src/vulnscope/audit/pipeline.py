@@ -300,6 +300,7 @@ def audit(
         raise ModelError(
             f"the model has {num_outputs} outputs but the data has {data.num_classes} classes"
         )
+    size = batch or len(data)
     directory = Path(out) if out is not None else None
     store = None
     if directory is not None:
@@ -309,10 +310,9 @@ def audit(
             "data": data.source, "data_digest": _digest([data.x, data.y]),
             "samples": len(data), "stages": chosen_stages, "quick": quick,
             "epsilons": budgets, "seed": seed, "attacks": cascade,
-            "chunk_size": batch or len(data), "geometry_samples": geometry,
+            "chunk_size": size, "geometry_samples": geometry,
             "vulnscope_version": __version__,
         }, resume=resume)  # fmt: skip
-    size = batch or len(data)
     run = _AuditRun(
         model=model, data=data, device=target, seed=seed, budgets=budgets, attacks=cascade,
         batch_size=batch, quick=quick, sample=geometry_sample(len(data), geometry, seed),
