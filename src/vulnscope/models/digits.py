@@ -7,6 +7,7 @@ from collections import OrderedDict
 from torch import nn
 
 from vulnscope._validation import check_int
+from vulnscope.models.pooling import WindowMaxPool2d
 
 __all__ = ["DigitsCNN", "DigitsMLP"]
 
@@ -41,9 +42,10 @@ class DigitsMLP(nn.Sequential):
 class DigitsCNN(nn.Sequential):
     """A small convolutional network for (N, 1, 8, 8) digits.
 
-    Two 3x3 convolutions (16 and 32 channels, ReLU), 2x2 max pooling, a 128-unit ReLU
-    layer and the logits. Its children are named, so layer-wise diagnostics can refer to
-    them.
+    Two 3x3 convolutions (16 and 32 channels, ReLU), 2x2 max pooling
+    (:class:`~vulnscope.models.pooling.WindowMaxPool2d`, fast without gradients), a
+    128-unit ReLU layer and the logits. Its children are named, so layer-wise diagnostics
+    can refer to them.
 
     Args:
         channels: channels of the first convolution (the second has twice as many).
@@ -65,7 +67,7 @@ class DigitsCNN(nn.Sequential):
                 relu1=nn.ReLU(),
                 conv2=nn.Conv2d(channels, 2 * channels, 3, padding=1),
                 relu2=nn.ReLU(),
-                pool=nn.MaxPool2d(2),
+                pool=WindowMaxPool2d(2),
                 flatten=nn.Flatten(),
                 fc=nn.Linear(2 * channels * 16, hidden),
                 relu3=nn.ReLU(),
