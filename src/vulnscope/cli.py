@@ -162,6 +162,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     audit.add_argument("--device", help="where to run: cpu (default), cuda, cuda:1, mps")
     audit.add_argument(
+        "--workers", type=_workers, default=1,
+        help="processes sharing the samples, on this machine ('auto': one per usable "
+        "core; default %(default)s); under torchrun, its ranks are the workers",
+    )  # fmt: skip
+    audit.add_argument(
         "--resume", action="store_true",
         help="continue an interrupted audit from OUT/.checkpoint (same options)",
     )  # fmt: skip
@@ -549,23 +554,49 @@ def _run_defend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        from vulnscope.launch import usable_cores
+
+        return usable_cores()
+    return _positive_int(text)
+
+
 def _run_audit(args: argparse.Namespace) -> int:
     from vulnscope.audit import audit
+    from vulnscope.distributed import init_from_environment, rank_and_world
 
-    model, data = _load_model_and_data(args)
+    model, data = _load_model_and_data(args)  # in the launcher too: fail once, warm the cache
     if args.limit is not None:
         data = data.take(args.limit)
     args.interrupted_hint = "rerun with --resume to continue from the finished chunks"
+    if args.workers > 1 and "WORLD_SIZE" not in os.environ:
+        from vulnscope.launch import run_local_workers
+
+        # rank 0 has the terminal: its bars, its summary, its errors
+        return run_local_workers(args.argv, args.workers, resume_hint=args.interrupted_hint)
+    import torch
+
+    try:
+        device = torch.device(args.device or "cpu")
+    except (RuntimeError, TypeError):
+        device = torch.device("cpu")  # audit() names the bad --device on every rank
+    init_from_environment(device)
+    rank = rank_and_world()[0]
+    if rank != 0:
+        logging.getLogger("vulnscope").setLevel(logging.WARNING)
     epsilons = {norm: values for norm, values in (("linf", args.linf_eps),
                                                   ("l2", args.l2_eps)) if values}  # fmt: skip
     record = audit(
         model, data, model_name=args.model, stages=args.stages, quick=args.quick,
         epsilons=epsilons, attacks=args.attacks,
         seed=args.seed, batch_size=args.batch_size, device=args.device, out=args.out,
-        resume=args.resume, progress=None, model_metadata=_model_metadata(args.model),
+        resume=args.resume, progress=None if rank == 0 else False,
+        model_metadata=_model_metadata(args.model),
     )  # fmt: skip
-    _print_summary(record)
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
+    if rank == 0:
+        _print_summary(record)
+        print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
     return 0
 
 
@@ -615,6 +646,7 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
     args: argparse.Namespace | None = None
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE

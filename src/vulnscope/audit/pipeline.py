@@ -11,6 +11,7 @@ uninterrupted one gives.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,14 @@ from vulnscope.audit.rg_stage import rg_stage
 from vulnscope.audit.schema import SCHEMA_VERSION
 from vulnscope.audit.verdict import verdict
 from vulnscope.data.dataset import ImageData
+from vulnscope.distributed import (
+    PieceClaims,
+    barrier,
+    init_from_environment,
+    local_device,
+    rank_and_world,
+    shared_token,
+)
 from vulnscope.errors import InvalidArgumentError, ModelError
 from vulnscope.evaluate import DEFAULT_CASCADE, check_cascade
 from vulnscope.rbm.network import DeepRBM
@@ -274,7 +283,16 @@ def audit(
 
     Returns:
         The JSON-ready record described by :func:`results_schema` (``schema_version``
-        :data:`SCHEMA_VERSION`).
+        :data:`SCHEMA_VERSION`), on every rank of a sharded run.
+
+    Sharded runs: under ``torchrun`` (or in a process group the caller initialised) the
+    ranks share the pieces of the audit: each chunk of the robustness and minimal stages
+    and each geometry stage is claimed by one rank, which computes and checkpoints it in
+    ``out/.checkpoint`` (a directory every rank sees); rank 0 then reads them all back
+    and writes the record. Chunks are fixed by sample index and seeded by their index
+    (``seed + k``), never by rank, so the record is the same for any number of ranks,
+    and a run resumed after a rank died computes only the missing pieces
+    (:mod:`vulnscope.distributed`).
 
     """
     chosen_stages = _check_stages(stages, model)
@@ -291,6 +309,8 @@ def audit(
         "geometry_samples",
     )  # fmt: skip
     target = _check_device(device)
+    init_from_environment(target)  # under torchrun: join its process group
+    target = local_device(target)
     if isinstance(model, nn.Module):
         model = model.to(target)
     if quick and len(data) > QUICK.samples:
@@ -302,22 +322,38 @@ def audit(
         )
     size = batch or len(data)
     directory = Path(out) if out is not None else None
+    rank, workers = rank_and_world()
+    if workers > 1 and directory is None:
+        raise InvalidArgumentError(
+            f"out: a sharded audit ({workers} ranks) needs an output directory that every "
+            "rank sees, for the pieces each computes; got None"
+        )
     store = None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-        store = Checkpoints(directory / ".checkpoint", {
+        settings = {
             "model": model_name, "model_digest": _digest(_model_tensors(model)),
             "data": data.source, "data_digest": _digest([data.x, data.y]),
             "samples": len(data), "stages": chosen_stages, "quick": quick,
             "epsilons": budgets, "seed": seed, "attacks": cascade,
             "chunk_size": size, "geometry_samples": geometry,
             "vulnscope_version": __version__,
-        }, resume=resume)  # fmt: skip
+        }  # fmt: skip
+        # Rank 0 starts (or checks) the checkpoint; the others join it.
+        if rank == 0:
+            store = Checkpoints(directory / ".checkpoint", settings, resume=resume)
+        barrier()
+        if rank != 0:
+            store = Checkpoints(directory / ".checkpoint", settings, resume=True)
     run = _AuditRun(
         model=model, data=data, device=target, seed=seed, budgets=budgets, attacks=cascade,
         batch_size=batch, quick=quick, sample=geometry_sample(len(data), geometry, seed),
         store=store, progress=StageProgress(progress), directory=directory,
     )  # fmt: skip
+    if workers > 1:
+        assert directory is not None
+        if not _share_pieces(run, chosen_stages, directory / ".checkpoint" / "claims", rank):
+            return json.loads((directory / "results.json").read_text("utf-8"))  # type: ignore[no-any-return]
     sections: dict[str, Any] = {}
     for stage in chosen_stages:
         logger.info("running %s", STAGES[stage])
@@ -364,14 +400,43 @@ def audit(
     }
     record["verdict"] = verdict(record)
     record["figures"] = _figures(record, directory)
-    record["timing"] = {"total": round(sum(run.timing.values()), 3), "stages": run.timing}
+    record["timing"] = {
+        "total": round(sum(run.timing.values()), 3),
+        "stages": run.timing,
+        "workers": workers,
+    }
     if directory is not None:
         from vulnscope.report import write_report
 
         write_json_atomic(directory / "results.json", record)
         write_report(record, directory)
         Checkpoints.discard_directory(directory / ".checkpoint")
+    if workers > 1:
+        barrier()  # the other ranks read results.json once it is written
     return record
+
+
+def _share_pieces(run: _AuditRun, stages: Sequence[str], claims_root: Path, rank: int) -> bool:
+    """A sharded audit's first phase: every rank computes the pieces it claims.
+
+    Returns True on rank 0, which then reads every piece and writes the record; the
+    other ranks wait until it has (False: read ``results.json``).
+    """
+    if rank == 0:
+        PieceClaims.discard_all(claims_root)  # claims of an earlier, interrupted launch
+    barrier()
+    claims = PieceClaims(claims_root / shared_token())
+    run.claim = claims.claim
+    for stage in stages:
+        run.compute(stage)
+    run.claim = None
+    # The second phase reads every piece back, in stage order, and warns afresh.
+    run.progress, run.timing, run.warnings = StageProgress(False), {}, []
+    barrier()
+    if rank != 0:
+        barrier()
+        return False
+    return True
 
 
 def _geometry(
@@ -453,6 +518,8 @@ class _AuditRun:
     directory: Path | None
     warnings: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    claim: Callable[[str], bool] | None = None
+    """In a sharded run, whether this rank computes a piece not yet on disk; None: all."""
     _clean_accuracy: float | None = None
 
     @property
@@ -461,10 +528,20 @@ class _AuditRun:
         size, total = self.batch_size or len(self.data), len(self.data)
         return [(start, min(start + size, total)) for start in range(0, total, size)]
 
-    def robustness(self, norm: str) -> dict[str, Any]:
-        """The cascade's curve under ``norm``: the record's ``robustness[norm]``."""
-        budgets = self.budgets[norm]
-        positive = sorted({eps for eps in budgets if eps > 0})
+    def compute(self, stage: str) -> None:
+        """Compute the pieces of ``stage`` that :attr:`claim` gives this rank."""
+        if stage in ("linf", "l2"):
+            self._cascade_pieces(stage)
+        elif stage == "minimal":
+            self._minimal_pieces()
+        else:
+            self.geometry(stage)
+
+    def _positive_budgets(self, norm: str) -> list[float]:
+        return sorted({eps for eps in self.budgets[norm] if eps > 0})
+
+    def _cascade_pieces(self, norm: str) -> list[dict[str, Any] | None]:
+        positive = self._positive_budgets(norm)
 
         def compute(x: Tensor, y: Tensor, index: int, tick: Callable[[], None]) -> dict[str, Any]:
             return evaluate_cascade_chunk(
@@ -472,7 +549,13 @@ class _AuditRun:
                 attacks=self.attacks, batch_size=self.batch_size, on_budget=lambda _: tick(),
             )  # fmt: skip
 
-        pieces = self._chunks(norm, compute, steps=max(1, len(positive)))
+        return self._chunks(norm, compute, steps=max(1, len(positive)))
+
+    def robustness(self, norm: str) -> dict[str, Any]:
+        """The cascade's curve under ``norm``: the record's ``robustness[norm]``."""
+        budgets = self.budgets[norm]
+        positive = self._positive_budgets(norm)
+        pieces = _complete(self._cascade_pieces(norm))
         merged = merge_cascade_chunks(pieces, norm=norm, epsilons=positive,
                                       samples=len(self.data))  # fmt: skip
         clean = self._clean_accuracy = merged["clean_accuracy"]
@@ -487,15 +570,18 @@ class _AuditRun:
             "attack_seconds": merged["stage_seconds"],
         }  # fmt: skip
 
-    def minimal(self) -> dict[str, Any]:
-        """The minimal L2 perturbations: the record's ``minimal_perturbations``."""
+    def _minimal_pieces(self) -> list[dict[str, Any] | None]:
         attacks = QUICK.minimal_attacks if self.quick else MINIMAL_ATTACKS
 
         def compute(x: Tensor, y: Tensor, index: int, tick: Callable[[], None]) -> dict[str, Any]:
             return minimal_chunk(self.model, x, y, attacks=attacks, seed=self.seed + index,
                                  batch_size=self.batch_size)  # fmt: skip
 
-        pieces = self._chunks("minimal", compute)
+        return self._chunks("minimal", compute)
+
+    def minimal(self) -> dict[str, Any]:
+        """The minimal L2 perturbations: the record's ``minimal_perturbations``."""
+        pieces = _complete(self._minimal_pieces())
         section = minimal_section(pieces, self.directory)
         section["input_l2_median"] = float(self.data.x.flatten(1).norm(dim=1).median())
         self.timing["minimal"] = round(sum(piece["seconds"] for piece in pieces), 3)
@@ -512,6 +598,9 @@ class _AuditRun:
         y = self.data.y[self.sample].to(self.device)
         with self.progress.stage(stage, 1) as bar:
             piece = self.store.load(stage) if self.store is not None else None
+            if piece is None and self.claim is not None and not self.claim(stage):
+                bar.update(1)
+                return None  # another rank computes it
             if piece is None:
                 started = time.perf_counter()
                 try:
@@ -554,19 +643,24 @@ class _AuditRun:
         compute: Callable[[Tensor, Tensor, int, Callable[[], None]], dict[str, Any]],
         *,
         steps: int = 1,
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, Any] | None]:
         """``compute(x, y, k, tick)`` on each chunk ``k``, or its checkpointed result.
 
         The stage's bar has ``steps`` steps per chunk; ``compute`` may call ``tick()`` as
-        it finishes each (the rest are counted when the chunk ends).
+        it finishes each (the rest are counted when the chunk ends). In a sharded run, a
+        chunk another rank claimed is None.
         """
-        pieces = []
+        pieces: list[dict[str, Any] | None] = []
         bounds = self.bounds
         with self.progress.stage(stage, steps * len(bounds)) as bar:
             for index, (start, stop) in enumerate(bounds):
                 name = f"{stage}-{index:05d}"
                 piece = self.store.load(name) if self.store is not None else None
                 ticked = 0
+                if piece is None and self.claim is not None and not self.claim(name):
+                    pieces.append(None)
+                    bar.update(steps)
+                    continue
                 if piece is None:
 
                     def tick() -> None:
@@ -585,3 +679,11 @@ class _AuditRun:
                 pieces.append(piece)
                 bar.update(steps - ticked)
         return pieces
+
+
+def _complete(pieces: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The pieces of a stage, all computed (the second phase of a sharded run reads them)."""
+    done = [piece for piece in pieces if piece is not None]
+    if len(done) != len(pieces):
+        raise RuntimeError("a piece of the audit is missing after every rank finished")
+    return done

@@ -1,0 +1,77 @@
+"""Sharded audits: K worker processes against one, and the same record whatever K.
+
+Issue 9's figures: on the 2-core machine, the standard evaluation of the default model
+(the digits CNN, the 397-digit test split, the default L∞ and L2 budgets and cascade,
+``vulnscope audit --stages linf,l2``) with 2 worker processes of one thread each,
+against 1 process of one thread: a speedup of at least 1.8x; and the records of 1, 2 and
+3 workers identical field by field (all but the creation time and the durations).
+
+Each configuration is a fresh ``vulnscope audit`` process, so the workers' start-up
+(each imports torch and loads the model) is included. Run it on an otherwise idle
+machine: the 1-worker run takes about 8 minutes.
+
+    python benchmarks/workers_speed.py [--workers 1,2,3] [--batch-size N] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _without_clock(record: Any) -> Any:
+    if isinstance(record, dict):
+        return {key: _without_clock(value) for key, value in record.items()
+                if key not in ("created", "timing", "attack_seconds")}  # fmt: skip
+    if isinstance(record, list):
+        return [_without_clock(value) for value in record]
+    return record
+
+
+def main() -> None:
+    """Time ``vulnscope audit --stages linf,l2`` with each number of workers."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1,2,3")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="workers-speed-"))
+    subprocess.run([sys.executable, "-c", "from vulnscope.models import pretrained; "
+                    "pretrained('digits-cnn')"], check=True)  # fmt: skip
+    options = ["--stages", "linf,l2"]
+    if args.batch_size is not None:
+        options += ["--batch-size", str(args.batch_size)]
+    if args.limit is not None:
+        options += ["--limit", str(args.limit)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process
+    walls: dict[int, float] = {}
+    records: dict[int, Any] = {}
+    for workers in (int(part) for part in args.workers.split(",")):
+        target = out / f"workers-{workers}"
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vulnscope", "audit", *options, "--workers",
+                        str(workers), "--out", str(target)],
+                       env=env, check=True, capture_output=True)  # fmt: skip
+        walls[workers] = time.perf_counter() - started
+        records[workers] = json.loads((target / "results.json").read_text())
+        print(f"{workers} worker(s), one thread each: {walls[workers]:.1f} s wall", flush=True)
+    if 1 in walls:
+        for workers, wall in walls.items():
+            if workers > 1:
+                print(f"speedup of {workers} workers over 1: {walls[1] / wall:.2f}x")
+        first = _without_clock(records[1])
+        for workers, record in records.items():
+            same = _without_clock(record) == first
+            print(f"record of {workers} worker(s) equals 1 worker's, field by field: {same}")
+
+
+if __name__ == "__main__":
+    main()

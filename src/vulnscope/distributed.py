@@ -1,0 +1,148 @@
+"""Sharding a job over the ranks of a ``torch.distributed`` process group.
+
+A job (the audit) is a list of named *pieces* (a chunk of samples of one stage, or one
+whole stage), each a deterministic function of the samples it covers and the seed: chunk
+``k`` holds samples ``[k B, (k + 1) B)`` and draws from ``seed + k``, whichever rank runs
+it. The ranks share the job's checkpoint directory; each piece is *claimed* by the first
+rank to create its claim file there (``O_CREAT | O_EXCL``, atomic on local and network
+file systems), computed by that rank alone and saved atomically. Rank 0 then reads every
+piece and writes the one record, so the result is the same with 1, 2 or K ranks, and a
+rerun with ``resume`` recomputes only the pieces no rank finished.
+
+The process group comes from the environment that ``torchrun`` (or ``vulnscope audit
+--workers K``) sets up: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``; gloo
+on CPU, NCCL on CUDA. A program that initialises its own process group is used as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from vulnscope.errors import InvalidArgumentError, VulnscopeError
+
+__all__ = [
+    "PeerLostError",
+    "PieceClaims",
+    "barrier",
+    "init_from_environment",
+    "local_device",
+    "rank_and_world",
+    "shared_token",
+]
+
+
+class PeerLostError(VulnscopeError):
+    """Another rank stopped (killed, out of memory, lost machine) before the job ended."""
+
+
+def rank_and_world() -> tuple[int, int]:
+    """The rank of this process and the number of ranks; (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _environment_int(name: str) -> int | None:
+    text = os.environ.get(name)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"the environment variable {name} must be an integer, got {text!r}"
+        ) from None
+
+
+def init_from_environment(device: torch.device) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Does nothing (False) when ``WORLD_SIZE`` is unset or 1, or when a process group is
+    already initialised; otherwise initialises one with the gloo backend on CPU and NCCL
+    on CUDA (True).
+    """
+    world = _environment_int("WORLD_SIZE")
+    if world is None or world <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise InvalidArgumentError(
+                f"WORLD_SIZE is {world} but {name} is not set: launch with torchrun "
+                "(torchrun --nproc-per-node=K -m vulnscope audit ...) or vulnscope audit "
+                "--workers K"
+            )
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def local_device(device: torch.device) -> torch.device:
+    """``device`` for this rank: a CUDA device without an index becomes ``cuda:LOCAL_RANK``."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    local = _environment_int("LOCAL_RANK") or 0
+    return torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside a process group).
+
+    Raises:
+        PeerLostError: a rank stopped before reaching the barrier; the pieces finished so
+            far are on disk, and a rerun with ``resume`` computes only the others.
+
+    """
+    if rank_and_world()[1] <= 1:
+        return
+    try:
+        dist.barrier()
+    except RuntimeError as error:  # gloo and NCCL report a lost peer as a RuntimeError
+        cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise PeerLostError(
+            f"another worker stopped before this one finished ({cause}); rerun with "
+            "--resume to compute only the missing pieces"
+        ) from None
+
+
+def shared_token() -> str:
+    """A random token drawn by rank 0 and sent to every rank: names one launch."""
+    value = torch.tensor([secrets.randbits(62)], dtype=torch.int64)
+    if rank_and_world()[1] > 1:
+        if dist.get_backend() == "nccl":
+            value = value.cuda()
+        dist.broadcast(value, src=0)
+    return f"{int(value.item()):016x}"
+
+
+class PieceClaims:
+    """Which rank computes which piece: the first to create the piece's claim file.
+
+    Args:
+        directory: the claims of one launch (``shared_token`` names it), on a file system
+            every rank sees.
+
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def claim(self, name: str) -> bool:
+        """True for exactly one of the ranks that ask for ``name`` in this launch."""
+        try:
+            handle = os.open(self.directory / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        os.close(handle)
+        return True
+
+    @staticmethod
+    def discard_all(root: str | Path) -> None:
+        """Remove the claims of every launch under ``root`` (a new launch starts afresh)."""
+        shutil.rmtree(root, ignore_errors=True)

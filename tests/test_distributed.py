@@ -1,0 +1,216 @@
+"""Sharded audits: claims, the process group from the environment, and K workers agreeing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import without_clock
+from vulnscope.audit import audit, pipeline
+from vulnscope.data import ImageData
+from vulnscope.distributed import (
+    PieceClaims,
+    barrier,
+    init_from_environment,
+    rank_and_world,
+    shared_token,
+)
+from vulnscope.errors import InvalidArgumentError
+from vulnscope.launch import default_threads, run_local_workers
+
+_AUDIT = ["audit", "--limit", "36", "--batch-size", "9", "--attacks", "apgd-ce,fgsm",
+          "--stages", "linf,l2,minimal,spectra", "--linf-eps", "0.05,0.1",
+          "--l2-eps", "0.5"]  # fmt: skip
+"""A small audit with four chunks per stage: enough pieces for three workers."""
+
+
+def _environment(cache: str) -> dict[str, str]:
+    torchrun = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {key: value for key, value in os.environ.items() if key not in torchrun}
+    return {**env, "VULNSCOPE_CACHE_DIR": cache, "OMP_NUM_THREADS": "1"}
+
+
+def _vulnscope(arguments: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vulnscope", *arguments], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def _record(out: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((out / "results.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def reference(isolated_cache, tmp_path_factory) -> dict:  # type: ignore[type-arg]
+    """The small audit's record from one process."""
+    out = tmp_path_factory.mktemp("single") / "out"
+    done = _vulnscope([*_AUDIT, "--out", str(out)], _environment(isolated_cache))
+    assert done.returncode == 0, done.stderr
+    return _record(out)
+
+
+def test_each_piece_is_claimed_by_exactly_one_claimant(tmp_path):
+    names = [f"linf-{index:05d}" for index in range(200)]
+    claimants = [PieceClaims(tmp_path / "claims") for _ in range(4)]
+
+    def claim_all(claims: PieceClaims) -> list[str]:
+        return [name for name in names if claims.claim(name)]
+
+    with ThreadPoolExecutor(4) as pool:
+        won = list(pool.map(claim_all, claimants))
+    assert sorted(name for names_won in won for name in names_won) == sorted(names)
+    assert not PieceClaims(tmp_path / "claims").claim(names[0])  # taken for this launch
+    PieceClaims.discard_all(tmp_path / "claims")
+    assert PieceClaims(tmp_path / "claims").claim(names[0])  # a new launch starts afresh
+
+
+def test_outside_a_process_group_one_rank_and_no_waiting():
+    assert rank_and_world() == (0, 1)
+    barrier()
+    token = shared_token()
+    assert len(token) == 16 and int(token, 16) >= 0 and shared_token() != token
+
+
+def test_environment_without_a_world_is_left_alone(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_from_environment(torch.device("cpu")) is False
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_from_environment(torch.device("cpu")) is False
+
+
+def test_an_incomplete_torchrun_environment_is_named(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(InvalidArgumentError, match="WORLD_SIZE is 2 but RANK is not set"):
+        init_from_environment(torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(InvalidArgumentError, match="WORLD_SIZE must be an integer, got 'two'"):
+        init_from_environment(torch.device("cpu"))
+
+
+def test_a_sharded_audit_needs_a_shared_directory(monkeypatch, digits_cnn):
+    monkeypatch.setattr(pipeline, "rank_and_world", lambda: (0, 2))
+    data = ImageData(torch.rand(4, 1, 8, 8), torch.arange(4), source="random", num_classes=10)
+    with pytest.raises(InvalidArgumentError, match=r"out: a sharded audit \(2 ranks\) needs"):
+        audit(digits_cnn, data, model_name="cnn", stages=["linf"], out=None)
+
+
+def test_threads_share_out_the_cores():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_threads(1) == cores
+    assert default_threads(10_000) == 1
+    with pytest.raises(InvalidArgumentError, match="workers"):
+        run_local_workers(["audit"], 0)
+
+
+def test_two_and_three_workers_give_the_single_process_record(isolated_cache, tmp_path, reference):
+    env = _environment(isolated_cache)
+    for workers in (2, 3):
+        out = tmp_path / f"workers-{workers}"
+        done = _vulnscope([*_AUDIT, "--workers", str(workers), "--out", str(out)], env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("wrote ") == 1  # one summary, from rank 0
+        got = _record(out)
+        assert not (out / ".checkpoint").exists()
+        assert got["timing"]["workers"] == workers and reference["timing"]["workers"] == 1
+        assert without_clock(got) == without_clock(reference)
+
+
+def test_torchrun_ranks_give_the_single_process_record(isolated_cache, tmp_path, reference):
+    sharded = tmp_path / "torchrun"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "vulnscope", *_AUDIT, "--out", str(sharded)],
+        env=_environment(isolated_cache), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = _record(sharded)
+    assert got["timing"]["workers"] == 2
+    assert without_clock(got) == without_clock(reference)
+
+
+def _worker_pids(parent: int) -> dict[int, int]:
+    """{rank: pid} of the workers a launcher started (Linux /proc)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    ranks = {}
+    for child in children:
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        for entry in environ:
+            if entry.startswith(b"RANK="):
+                ranks[int(entry[5:])] = int(child)
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_a_killed_worker_stops_the_run_and_resume_completes_it(isolated_cache, tmp_path, reference):
+    env, out = _environment(isolated_cache), tmp_path / "killed"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "vulnscope", *_AUDIT, "--workers", "2", "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((out / ".checkpoint").glob("linf-*.json")):
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.01)
+    os.kill(_worker_pids(launcher.pid)[1], signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1
+    # rank 0 may say first that a peer is gone; the launcher's line names which one
+    assert stderr.strip().splitlines()[-1] == (
+        "vulnscope: error: worker 1 of 2 was killed by SIGKILL; rerun with --resume to "
+        "continue from the finished chunks"
+    ), stderr
+    assert "Traceback" not in stderr
+    assert not (out / "results.json").exists()
+    finished = sorted(path.name for path in (out / ".checkpoint").glob("*-0000*.json"))
+    assert finished  # the pieces done before the kill are kept
+    resumed = _vulnscope([*_AUDIT, "--workers", "2", "--out", str(out), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_clock(_record(out)) == without_clock(reference)
+
+
+_FACTORY = """
+import os
+import signal
+
+import torch
+
+
+def build():
+    if os.environ.get("RANK") == "{rank}":
+        {action}
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+"""
+
+
+@pytest.mark.parametrize(
+    ("rank", "action", "expected"),
+    [
+        ("0", "os.kill(os.getpid(), signal.SIGKILL)", "worker 0 of 2 was killed by SIGKILL"),
+        ("1", "raise SystemExit('vulnscope: error: rank one cannot start')",
+         "worker 1 of 2 exited with status 1: rank one cannot start"),
+    ],
+)  # fmt: skip
+def test_the_launcher_names_the_worker_that_failed(tmp_path, isolated_cache, rank, action,
+                                                   expected):  # fmt: skip
+    (tmp_path / "factory.py").write_text(_FACTORY.format(rank=rank, action=action))
+    done = subprocess.run(
+        [sys.executable, "-m", "vulnscope", "audit", "--model", "factory:build", "--limit",
+         "4", "--stages", "linf", "--workers", "2", "--out", str(tmp_path / "out")],
+        env=_environment(isolated_cache), cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1
+    errors = done.stderr.strip().splitlines()
+    assert errors[-1] == (
+        f"vulnscope: error: {expected}; rerun with --resume to continue from the finished chunks"
+    ), done.stderr
+    assert "Traceback" not in done.stderr
