@@ -8,6 +8,10 @@ on a fresh machine adds the training, about 10 s). Each configuration runs ``--r
 times, alternating; the median is printed.
 
     python benchmarks/audit_time.py [--rounds 1] [--threads 2] [--out DIR]
+        [--options "--workers 2 --batch-size 200"]
+
+``--options`` are added to both configurations (e.g. sharding over worker processes;
+``--threads`` is then each worker's).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -41,11 +46,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--options", default="", help="more audit options, for both runs")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="audit-time-"))
     subprocess.run([sys.executable, "-c", "from vulnscope.models import pretrained; "
                     "pretrained('digits-cnn')"], check=True)  # fmt: skip
-    configurations = {"default": [], "quick": ["--quick"]}
+    extra = shlex.split(args.options)
+    configurations = {"default": extra, "quick": ["--quick", *extra]}
     walls: dict[str, list[float]] = {name: [] for name in configurations}
     for round_ in range(args.rounds):
         for name, options in configurations.items():

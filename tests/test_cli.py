@@ -147,6 +147,18 @@ def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
             2,
             "vulnscope audit: error: argument --attacks: an attack is listed twice",
         ),
+        (
+            ["--workers", "0"],
+            2,
+            "vulnscope audit: error: argument --workers: expected a number >= 1, got 0 "
+            "(or 'auto')",
+        ),
+        (
+            ["--workers", "many"],
+            2,
+            "vulnscope audit: error: argument --workers: expected a whole number, got 'many' "
+            "(or 'auto')",
+        ),
         (["--bogus"], 2, "vulnscope: error: unrecognized arguments: --bogus"),
         (["--model", "nomodule_abc:build"], 1, "vulnscope: error: cannot import 'nomodule_abc'"),
     ],

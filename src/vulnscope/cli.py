@@ -559,7 +559,10 @@ def _workers(text: str) -> int:
         from vulnscope.launch import usable_cores
 
         return usable_cores()
-    return _positive_int(text)
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (or 'auto')") from None
 
 
 def _run_audit(args: argparse.Namespace) -> int:

@@ -77,8 +77,11 @@ def init_from_environment(device: torch.device) -> bool:
                 "(torchrun --nproc-per-node=K -m vulnscope audit ...) or vulnscope audit "
                 "--workers K"
             )
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(local_device(device))  # one GPU per rank, as NCCL wants
+        dist.init_process_group(backend="nccl")
+    else:
+        dist.init_process_group(backend="gloo")
     return True
 
 
