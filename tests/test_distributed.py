@@ -172,7 +172,8 @@ def test_a_killed_worker_stops_the_run_and_resume_completes_it(isolated_cache, t
     assert not (out / "results.json").exists()
     finished = sorted(path.name for path in (out / ".checkpoint").glob("*-0000*.json"))
     assert finished  # the pieces done before the kill are kept
-    resumed = _vulnscope([*_AUDIT, "--workers", "2", "--out", str(out), "--resume"], env)
+    # any number of workers may resume: the pieces do not depend on who computed them
+    resumed = _vulnscope([*_AUDIT, "--workers", "3", "--out", str(out), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr
     assert without_clock(_record(out)) == without_clock(reference)
 
