@@ -150,8 +150,7 @@ def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
         (
             ["--workers", "0"],
             2,
-            "vulnscope audit: error: argument --workers: expected a number >= 1, got 0 "
-            "(or 'auto')",
+            "vulnscope audit: error: argument --workers: expected a number >= 1, got 0 (or 'auto')",
         ),
         (
             ["--workers", "many"],

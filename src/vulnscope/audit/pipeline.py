@@ -5,7 +5,8 @@ L∞ and under L2, the distribution of minimal L2 perturbations, the input Fishe
 Hessian spectra, layer amplification, the dangerous (Fisher) perturbation beside an
 adversarial example, and the RG analysis of a deep RBM network. Every chunk of every
 stage is checkpointed atomically, so an interrupted audit resumes to the result an
-uninterrupted one gives.
+uninterrupted one gives; under ``torchrun`` (or ``vulnscope audit --workers K``) the ranks
+share those pieces and rank 0 writes the same record (:mod:`vulnscope.distributed`).
 """
 
 from __future__ import annotations
