@@ -99,6 +99,7 @@ def test_jacobians_under_vmap_are_max_pooling_s():
         assert torch.equal(torch.func.vmap(torch.func.jacrev(WindowMaxPool2d(2)))(x), expected)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.(save|load)` is deprecated:DeprecationWarning")
 def test_torchscript_pools_like_max_pool2d(tmp_path):
     scripted = torch.jit.script(nn.Sequential(WindowMaxPool2d(2)))
     scripted.save(tmp_path / "pool.pt")
