@@ -25,14 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _without_clock(record: Any) -> Any:
-    if isinstance(record, dict):
-        return {key: _without_clock(value) for key, value in record.items()
-                if key not in ("created", "timing", "attack_seconds")}  # fmt: skip
-    if isinstance(record, list):
-        return [_without_clock(value) for value in record]
-    return record
+from vulnscope.audit import without_clock
 
 
 def main() -> None:
@@ -67,9 +60,9 @@ def main() -> None:
         for workers, wall in walls.items():
             if workers > 1:
                 print(f"speedup of {workers} workers over 1: {walls[1] / wall:.2f}x")
-        first = _without_clock(records[1])
+        first = without_clock(records[1])
         for workers, record in records.items():
-            same = _without_clock(record) == first
+            same = without_clock(record) == first
             print(f"record of {workers} worker(s) equals 1 worker's, field by field: {same}")
 
 

@@ -29,16 +29,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vulnscope.audit import CLOCK_FIELDS
+
 DEFAULT_AUDIT = ["--batch-size", "50", "--attacks", "apgd-ce,apgd-dlr", "--linf-eps", "0.05,0.1",
                  "--l2-eps", "0.5,1"]  # fmt: skip
-_CLOCK = ("created", "timing", "attack_seconds")
 
 
 def _differences(expected: Any, got: Any, where: str = "") -> list[str]:
     if isinstance(expected, dict) and isinstance(got, dict):
         found = []
         for key in sorted(set(expected) | set(got)):
-            if key in _CLOCK:
+            if key in CLOCK_FIELDS:
                 continue
             if key not in expected or key not in got:
                 found.append(f"{where}/{key}: present on one side only")

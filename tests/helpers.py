@@ -201,18 +201,3 @@ def check_attack_contract(model, build, x, y, target, *, norm, eps, bounds):
     # Same seed, same result.
     again = build(norm=norm, eps=eps, targeted=targeted, bounds=bounds)(model, x, y, target=target)
     assert torch.equal(again.x_adv, result.x_adv)
-
-
-def without_clock(record):  # type: ignore[no-untyped-def]
-    """An audit record without what differs between two runs with the same seed: the
-    creation time and every measured duration.
-    """
-    if isinstance(record, dict):
-        return {
-            key: without_clock(value)
-            for key, value in record.items()
-            if key not in ("created", "timing", "attack_seconds")
-        }
-    if isinstance(record, list):
-        return [without_clock(value) for value in record]
-    return record

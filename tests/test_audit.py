@@ -6,8 +6,15 @@ import math
 import pytest
 import torch
 
-from helpers import without_clock
-from vulnscope.audit import SCHEMA_VERSION, STAGES, audit, default_stages, results_schema, verdict
+from vulnscope.audit import (
+    SCHEMA_VERSION,
+    STAGES,
+    audit,
+    default_stages,
+    results_schema,
+    verdict,
+    without_clock,
+)
 from vulnscope.data import ImageData
 from vulnscope.diagnostics.fisher import input_fisher
 from vulnscope.errors import InvalidArgumentError, ModelError
@@ -301,3 +308,17 @@ def test_a_stage_the_model_cannot_take_is_skipped_with_a_warning(digits_test, tm
     assert any(w.startswith("the amplification stage failed on this model and was skipped: ")
                for w in record["warnings"])  # fmt: skip
     assert (tmp_path / "report.html").is_file()
+
+
+def test_without_clock_drops_the_clock_fields_only():
+    record = {
+        "created": "2026-11-22T00:00:00+00:00",
+        "timing": {"total": 3.0},
+        "robustness": {"linf": {"accuracy": [0.5], "attack_seconds": {"0.1": {"FGSM": 1.0}}}},
+        "evaluations": [{"eps": 0.1, "timing": 1}],
+    }
+    assert without_clock(record) == {
+        "robustness": {"linf": {"accuracy": [0.5]}},
+        "evaluations": [{"eps": 0.1}],
+    }
+    assert record["timing"] == {"total": 3.0}  # the record itself is left as it was

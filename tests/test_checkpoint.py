@@ -13,9 +13,8 @@ import time
 import pytest
 import torch
 
-from helpers import without_clock
 from vulnscope._checkpoint import CheckpointError, Checkpoints
-from vulnscope.audit import audit
+from vulnscope.audit import audit, without_clock
 from vulnscope.data import ImageData
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import without_clock
+from vulnscope.audit import without_clock
 from vulnscope.cli import main
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import without_clock
-from vulnscope.audit import audit, pipeline
+from vulnscope.audit import audit, pipeline, without_clock
 from vulnscope.data import ImageData
 from vulnscope.distributed import (
     PieceClaims,

@@ -567,7 +567,7 @@ def _workers(text: str) -> int:
 
 def _run_audit(args: argparse.Namespace) -> int:
     from vulnscope.audit import audit
-    from vulnscope.distributed import init_from_environment, rank_and_world
+    from vulnscope.distributed import rank_and_world
 
     model, data = _load_model_and_data(args)  # in the launcher too: fail once, warm the cache
     if args.limit is not None:
@@ -578,26 +578,15 @@ def _run_audit(args: argparse.Namespace) -> int:
 
         # rank 0 has the terminal: its bars, its summary, its errors
         return run_local_workers(args.argv, args.workers, resume_hint=args.interrupted_hint)
-    import torch
-
-    try:
-        device = torch.device(args.device or "cpu")
-    except (RuntimeError, TypeError):
-        device = torch.device("cpu")  # audit() names the bad --device on every rank
-    init_from_environment(device)
-    rank = rank_and_world()[0]
-    if rank != 0:
-        logging.getLogger("vulnscope").setLevel(logging.WARNING)
     epsilons = {norm: values for norm, values in (("linf", args.linf_eps),
                                                   ("l2", args.l2_eps)) if values}  # fmt: skip
     record = audit(
         model, data, model_name=args.model, stages=args.stages, quick=args.quick,
         epsilons=epsilons, attacks=args.attacks,
         seed=args.seed, batch_size=args.batch_size, device=args.device, out=args.out,
-        resume=args.resume, progress=None if rank == 0 else False,
-        model_metadata=_model_metadata(args.model),
+        resume=args.resume, progress=None, model_metadata=_model_metadata(args.model),
     )  # fmt: skip
-    if rank == 0:
+    if rank_and_world()[0] == 0:  # under torchrun, audit() joined the process group
         _print_summary(record)
         print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
     return 0

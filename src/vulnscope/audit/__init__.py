@@ -13,10 +13,11 @@ from vulnscope.audit.pipeline import (
     audit,
     default_stages,
 )
-from vulnscope.audit.schema import SCHEMA_VERSION, results_schema
+from vulnscope.audit.schema import CLOCK_FIELDS, SCHEMA_VERSION, results_schema, without_clock
 from vulnscope.audit.verdict import verdict
 
 __all__ = [
+    "CLOCK_FIELDS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_EPSILONS",
     "QUICK",
@@ -26,4 +27,5 @@ __all__ = [
     "default_stages",
     "results_schema",
     "verdict",
+    "without_clock",
 ]

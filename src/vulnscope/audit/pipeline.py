@@ -279,7 +279,7 @@ def audit(
         resume: keep the chunks and stages a previous run with the same settings, weights
             and data left in ``out/.checkpoint``; the record then equals an uninterrupted
             run's (apart from ``created`` and ``timing``). Other settings are refused.
-        progress: progress bars on stderr (``None``: only on a terminal).
+        progress: progress bars on stderr (``None``: only on a terminal; rank 0 only).
         model_metadata: what the model file says about itself (``vulnscope defend``).
 
     Returns:
@@ -349,7 +349,8 @@ def audit(
     run = _AuditRun(
         model=model, data=data, device=target, seed=seed, budgets=budgets, attacks=cascade,
         batch_size=batch, quick=quick, sample=geometry_sample(len(data), geometry, seed),
-        store=store, progress=StageProgress(progress), directory=directory,
+        store=store, progress=StageProgress(progress if rank == 0 else False),
+        directory=directory,
     )  # fmt: skip
     if workers > 1:
         assert directory is not None
@@ -357,7 +358,8 @@ def audit(
             return json.loads((directory / "results.json").read_text("utf-8"))  # type: ignore[no-any-return]
     sections: dict[str, Any] = {}
     for stage in chosen_stages:
-        logger.info("running %s", STAGES[stage])
+        if workers == 1:  # a sharded run logged its stages as it computed them
+            logger.info("running %s", STAGES[stage])
         if stage in ("linf", "l2"):
             sections.setdefault("robustness", {})[stage] = run.robustness(stage)
         elif stage == "minimal":
@@ -429,6 +431,8 @@ def _share_pieces(run: _AuditRun, stages: Sequence[str], claims_root: Path, rank
     claims = PieceClaims(claims_root / shared_token())
     run.claim = claims.claim
     for stage in stages:
+        if rank == 0:
+            logger.info("running %s", STAGES[stage])
         run.compute(stage)
     run.claim = None
     # The second phase reads every piece back, in stage order, and warns afresh.

@@ -6,7 +6,7 @@ import json
 from importlib import resources
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "results_schema"]
+__all__ = ["CLOCK_FIELDS", "SCHEMA_VERSION", "results_schema", "without_clock"]
 
 SCHEMA_VERSION = 3
 """Version of the ``results.json`` layout; bumped whenever a field changes meaning.
@@ -28,3 +28,21 @@ def results_schema() -> dict[str, Any]:
     text = resources.files("vulnscope").joinpath("schemas/results.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
+
+
+CLOCK_FIELDS = ("created", "timing", "attack_seconds")
+"""The fields of a record that measure the clock: two runs with the same seed (resumed,
+sharded over any number of workers, or not) differ only in these."""
+
+
+def without_clock(record: Any) -> Any:
+    """``record`` with every :data:`CLOCK_FIELDS` entry removed, at any depth.
+
+    Two audits with the same settings and seed give equal ``without_clock`` records.
+    """
+    if isinstance(record, dict):
+        return {key: without_clock(value) for key, value in record.items()
+                if key not in CLOCK_FIELDS}  # fmt: skip
+    if isinstance(record, list):
+        return [without_clock(value) for value in record]
+    return record

@@ -62,16 +62,15 @@ class WindowMaxPool2d(nn.MaxPool2d):
 
     def __init__(self, size: int) -> None:
         super().__init__(check_int(size, "size"))
-        self.size = size
 
     def forward(self, input: Tensor) -> Tensor:
         """Max pooling of ``input``; by :func:`window_maximum` when only values count."""
         if torch.jit.is_scripting():  # type: ignore[attr-defined]
-            return functional.max_pool2d(input, self.size)
+            return functional.max_pool2d(input, self.kernel_size)
         return self._eager(input)
 
     @torch.jit.unused
     def _eager(self, input: Tensor) -> Tensor:
         if _values_only():
-            return window_maximum(input, self.size)
-        return functional.max_pool2d(input, self.size)
+            return window_maximum(input, int(self.kernel_size))  # type: ignore[arg-type]
+        return functional.max_pool2d(input, self.kernel_size)
