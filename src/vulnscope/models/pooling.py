@@ -50,7 +50,7 @@ class WindowMaxPool2d(nn.MaxPool2d):
     gradients and tangents route to the first maximum of each window as ever. Attacks
     spend most of their model evaluations in ``torch.no_grad()`` (the random search of
     Square, the success checks of every other attack): on the digits CNN this makes the
-    standard L2 evaluation 1.16x faster on 100 digits (``benchmarks/pooling_speed.py``).
+    standard L2 evaluation 1.16x faster on 100 digits (``benchmarks/digits_cnn_speed.py``).
 
     Args:
         size: side of the square windows, and their stride.
