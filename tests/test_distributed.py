@@ -1,4 +1,5 @@
-"""Sharded audits: claims, the process group from the environment, and K workers agreeing."""
+"""Sharded audits and evaluations: claims, the process group from the environment, and K
+workers agreeing with one process."""
 
 from __future__ import annotations
 
@@ -13,17 +14,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from vulnscope.audit import audit, pipeline, without_clock
 from vulnscope.data import ImageData
 from vulnscope.distributed import (
     PieceClaims,
+    Sharding,
     barrier,
     init_from_environment,
     rank_and_world,
     shared_token,
 )
 from vulnscope.errors import InvalidArgumentError
+from vulnscope.evaluate import standard_evaluation
 from vulnscope.launch import default_threads, run_local_workers
 
 _AUDIT = ["audit", "--limit", "36", "--batch-size", "9", "--attacks", "apgd-ce,fgsm",
@@ -134,6 +138,75 @@ def test_torchrun_ranks_give_the_single_process_record(isolated_cache, tmp_path,
     got = _record(sharded)
     assert got["timing"]["workers"] == 2
     assert without_clock(got) == without_clock(reference)
+
+
+_JOB = Path(__file__).with_name("sharded_evaluation_job.py")
+
+
+def _job_results(out: Path, rank: int) -> tuple[dict, dict[str, torch.Tensor]]:  # type: ignore[type-arg]
+    record = json.loads((out / f"rank-{rank}.json").read_text())
+    return record, load_file(out / f"rank-{rank}.safetensors")
+
+
+@pytest.fixture(scope="module")
+def job_alone(isolated_cache, tmp_path_factory) -> Path:
+    """The evaluation script's results from one plain process."""
+    out = tmp_path_factory.mktemp("job") / "alone"
+    done = subprocess.run([sys.executable, str(_JOB), str(out)], env=_environment(isolated_cache),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_evaluation_functions_under_torchrun_equal_one_process(
+    isolated_cache, tmp_path, job_alone, ranks
+):
+    """standard_evaluation_curve, robust_accuracy and minimal_perturbations, unchanged in
+    a user's script: every rank returns what one process does, field by field."""
+    out = tmp_path / "ranks"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         str(ranks), str(_JOB), str(out)],
+        env=_environment(isolated_cache), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    alone, alone_tensors = _job_results(job_alone, 0)
+    assert alone.pop("world") == 1
+    everything = alone.pop("forwarded")
+    for rank in range(ranks):
+        record, tensors = _job_results(out, rank)
+        assert record.pop("world") == ranks
+        assert record.pop("forwarded") < everything * 0.75  # the rank did its share only
+        assert record == alone
+        assert tensors.keys() == alone_tensors.keys()
+        for name, tensor in tensors.items():
+            assert torch.equal(tensor, alone_tensors[name]), (rank, name)
+        assert all(record["exact"].values()), record["exact"]  # rows arrive bit for bit
+
+
+def test_without_a_group_or_without_shard_every_piece_is_here():
+    x = torch.arange(12.0).view(6, 2)
+    owned = torch.tensor([True, False] * 3)
+    for shard in (True, False):
+        sharding = Sharding(5, shard=shard, device=x.device)
+        assert (sharding.rank, sharding.world, sharding.pieces) == (0, 1, [0, 1, 2, 3, 4])
+        assert sharding.gather_rows(x, owned) is x
+        assert torch.equal(sharding.sum(torch.tensor([3, 4])), torch.tensor([3, 4]))
+
+
+def test_chunks_are_fixed_by_index_so_the_batch_size_alone_sets_the_result():
+    """A chunk's result depends on its points and the seed only: evaluating a chunk on
+    its own gives exactly its rows of the whole evaluation."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    x = torch.rand(10, 1, 4, 4)
+    y = model(x).argmax(1)
+    whole = standard_evaluation(model, x, y, eps=0.05, attacks=["apgd-ce", "square"],
+                                batch_size=4)  # fmt: skip
+    middle = standard_evaluation(model, x[4:8], y[4:8], eps=0.05, attacks=["apgd-ce", "square"])
+    assert torch.equal(whole.x_adv[4:8], middle.x_adv)
+    assert whole.broken_by[4:8] == middle.broken_by
 
 
 def _worker_pids(parent: int) -> dict[int, int]:

@@ -1,6 +1,11 @@
 """Sharding a job over the ranks of a ``torch.distributed`` process group.
 
-A job (the audit) is a list of named *pieces* (a chunk of samples of one stage, or one
+Two kinds of job are sharded. The evaluation functions (``standard_evaluation``,
+``robust_accuracy``, ``minimal_perturbations``) split their fixed chunks of samples over
+the ranks (:class:`Sharding`), each rank runs its own, and every rank receives the whole
+result through two collective sums; nothing is written to disk.
+
+A long job (the audit) is a list of named *pieces* (a chunk of samples of one stage, or one
 whole stage), each a deterministic function of the samples it covers and the seed: chunk
 ``k`` holds samples ``[k B, (k + 1) B)`` and draws from ``seed + k``, whichever rank runs
 it. The ranks share the job's checkpoint directory; each piece is *claimed* by the first
@@ -23,12 +28,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from vulnscope.errors import InvalidArgumentError, VulnscopeError
 
 __all__ = [
     "PeerLostError",
     "PieceClaims",
+    "Sharding",
     "barrier",
     "init_from_environment",
     "local_device",
@@ -93,6 +100,80 @@ def local_device(device: torch.device) -> torch.device:
     return torch.device("cuda", local % max(torch.cuda.device_count(), 1))
 
 
+def _lost_peer(error: RuntimeError, after: str) -> PeerLostError:
+    cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return PeerLostError(f"another worker stopped before this one finished ({cause}){after}")
+
+
+class Sharding:
+    """A job of ``count`` pieces shared among the ranks, and the exchanges that rejoin it.
+
+    With ``shard`` it first joins the process group ``torchrun`` describes (as
+    :func:`init_from_environment`); this rank then runs every ``world``-th piece from its
+    rank on (:attr:`pieces`). Without a group, or without ``shard`` (a caller that shares
+    its own work out), there is one rank: every piece, and no exchange.
+
+    Args:
+        count: the job's pieces, numbered ``0 .. count - 1``.
+        shard: whether to share them among the ranks.
+        device: where the job's tensors live (NCCL needs them on this rank's GPU).
+
+    """
+
+    def __init__(self, count: int, *, shard: bool, device: torch.device) -> None:
+        if shard:
+            init_from_environment(device)
+        self.rank, self.world = rank_and_world() if shard else (0, 1)
+        self.pieces = list(range(self.rank, count, self.world))
+
+    def gather_rows(self, tensor: Tensor, owned: Tensor) -> Tensor:
+        """Every rank's own rows of ``tensor``, gathered into one tensor on every rank.
+
+        Each rank holds the rows of its own pieces where ``owned`` is True (anything
+        elsewhere); the result has every rank's rows, bit for bit (they travel as bytes,
+        summed with zeros from the other ranks).
+
+        Shape:
+            tensor: (N, ...) of any dtype; owned: (N,) bool, disjoint across the ranks
+            and covering all N rows together.
+
+        Raises:
+            PeerLostError: a rank stopped before the exchange.
+
+        """
+        if self.world <= 1:
+            return tensor
+        mask = owned.view(-1, *([1] * (tensor.dim() - 1)))
+        zero = torch.zeros((), dtype=tensor.dtype, device=tensor.device)
+        mine = torch.where(mask, tensor, zero)
+        if tensor.dtype == torch.bool:
+            mine = mine.to(torch.uint8)
+        data = mine.contiguous().view(torch.uint8)
+        self._all_reduce(data)
+        whole = data.view(mine.dtype)
+        return whole.bool() if tensor.dtype == torch.bool else whole
+
+    def sum(self, values: Tensor) -> Tensor:
+        """``values`` (counts of this rank's pieces) summed over the ranks.
+
+        Raises:
+            PeerLostError: a rank stopped before the exchange.
+
+        """
+        if self.world <= 1:
+            return values
+        total = values.clone()
+        self._all_reduce(total)
+        return total
+
+    @staticmethod
+    def _all_reduce(tensor: Tensor) -> None:
+        try:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        except RuntimeError as error:  # gloo and NCCL report a lost peer as a RuntimeError
+            raise _lost_peer(error, "") from None
+
+
 def barrier() -> None:
     """Wait for every rank (a no-op outside a process group).
 
@@ -106,10 +187,8 @@ def barrier() -> None:
     try:
         dist.barrier()
     except RuntimeError as error:  # gloo and NCCL report a lost peer as a RuntimeError
-        cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise PeerLostError(
-            f"another worker stopped before this one finished ({cause}); rerun with "
-            "--resume to compute only the missing pieces"
+        raise _lost_peer(
+            error, "; rerun with --resume to compute only the missing pieces"
         ) from None
 
 

@@ -47,7 +47,7 @@ def evaluate_cascade_chunk(
     else:
         curve = standard_evaluation_curve(
             model, x, y, norm=norm, epsilons=list(epsilons), seed=seed, attacks=attacks,
-            batch_size=batch_size, on_budget=on_budget,
+            batch_size=batch_size, on_budget=on_budget, shard=False,
         )  # fmt: skip
         for evaluation in curve.evaluations:
             summary = evaluation.to_dict()

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from vulnscope._validation import (
     _describe,
+    check_bool,
     check_inputs,
     check_int,
     check_labels,
@@ -29,6 +30,7 @@ from vulnscope._validation import (
 )
 from vulnscope.attacks.base import Attack
 from vulnscope.attacks.deepfool import DeepFool
+from vulnscope.distributed import Sharding
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.evaluate.transfer import predicted_class
 
@@ -198,6 +200,7 @@ def minimal_perturbations(
     attacks: Attack | Sequence[Attack] | None = None,
     norm: str = "l2",
     batch_size: int | None = None,
+    shard: bool = True,
 ) -> MinimalPerturbations:
     """The smallest adversarial perturbation of each point, over one or more minimal attacks.
 
@@ -213,6 +216,9 @@ def minimal_perturbations(
             default: DeepFool in ``norm``.
         norm: the norm the perturbations are measured in.
         batch_size: samples per attack call; ``None`` for all at once.
+        shard: under ``torchrun`` (or any initialised ``torch.distributed`` group of
+            several ranks), share the attack calls among the ranks; every rank returns
+            the whole result, equal to one process's. False runs every call here.
 
     Returns:
         :class:`MinimalPerturbations`.
@@ -240,8 +246,10 @@ def minimal_perturbations(
     best = torch.full_like(norms, -1, dtype=torch.int64)
     x_adv = x.detach().clone()
     chunks = torch.split(correct.nonzero()[:, 0], size) if bool(correct.any()) else ()
+    sharding = Sharding(len(chunks), shard=check_bool(shard, "shard"), device=x.device)
+    mine = [chunks[k] for k in sharding.pieces]
     for index, attack in enumerate(chosen):
-        for chunk in chunks:
+        for chunk in mine:
             result = attack(model, x[chunk], y[chunk])
             found = torch.where(result.success, result.norms.double(), math.inf)
             better = found < norms[chunk]
@@ -249,6 +257,11 @@ def minimal_perturbations(
             norms[rows] = found[better]
             best[rows] = index
             x_adv[rows] = result.x_adv[better]
+    # Rank 0 sends the clean mistakes (every rank has them); each rank its own chunks.
+    owned = ~correct if sharding.rank == 0 else torch.zeros_like(correct)
+    for chunk in mine:
+        owned[chunk] = True
+    norms, best, x_adv = (sharding.gather_rows(t, owned) for t in (norms, best, x_adv))
     names = _names(chosen)
     found_by = tuple(
         CLEAN if not ok else (names[i] if i >= 0 else None)

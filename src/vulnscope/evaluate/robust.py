@@ -18,6 +18,7 @@ from vulnscope._validation import (
     check_model,
 )
 from vulnscope.attacks.base import Attack
+from vulnscope.distributed import Sharding
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.evaluate.accuracy import predict
 from vulnscope.models.state import preserved_model_state
@@ -74,6 +75,7 @@ def robust_accuracy(
     epsilons: Sequence[float] | Tensor,
     batch_size: int | None = None,
     early_stop: bool = True,
+    shard: bool = True,
 ) -> RobustAccuracyCurve:
     """Robust accuracy of ``model`` under ``attack`` at each budget in ``epsilons``.
 
@@ -85,6 +87,11 @@ def robust_accuracy(
     adversarial iterate (for attacks that have an ``early_stop`` hyperparameter), which
     finds at least as many adversarial examples as classic semantics.
 
+    The samples go to the attack in fixed chunks of ``batch_size`` by index. Under
+    ``torchrun`` (or any initialised ``torch.distributed`` group of several ranks) with
+    ``shard``, the chunks are spread over the ranks and every rank returns the whole
+    curve, equal to one process's.
+
     Args:
         model: maps inputs (N, ...) to logits (N, C).
         x: inputs (N, ...), inside the attack's bounds.
@@ -94,6 +101,8 @@ def robust_accuracy(
         epsilons: budgets in the attack's norm, any order; 0 gives clean accuracy.
         batch_size: samples per attack call; ``None`` for all at once.
         early_stop: switch the attack's early stopping on.
+        shard: share the chunks among the ranks of a ``torch.distributed`` process group
+            (joining the one ``torchrun`` describes); False runs every chunk here.
 
     Returns:
         :class:`RobustAccuracyCurve`.
@@ -123,8 +132,13 @@ def robust_accuracy(
     ladder = sorted({eps for eps in budgets if eps > 0})
     success_on_ladder = torch.zeros(len(ladder), x.shape[0], dtype=torch.bool, device=x.device)
     broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    forward_evals = gradient_evals = 0
-    for chunk in torch.arange(x.shape[0], device=x.device).split(size):
+    owned = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    evals = torch.zeros(2, dtype=torch.int64, device=x.device)  # forward, gradient
+    chunks = torch.arange(x.shape[0], device=x.device).split(size)
+    sharding = Sharding(len(chunks), shard=check_bool(shard, "shard"), device=x.device)
+    for k in sharding.pieces:
+        chunk = chunks[k]
+        owned[chunk] = True
         if not ladder:  # only eps = 0: clean accuracy
             with preserved_model_state(model):
                 broken[chunk] = predict(model, x[chunk], batch_size=size) != y[chunk]
@@ -132,8 +146,10 @@ def robust_accuracy(
         sweep = attack.sweep(model, x[chunk], y[chunk], epsilons=ladder)
         success_on_ladder[:, chunk] = sweep.success
         broken[chunk] = ~sweep.clean_correct
-        forward_evals += sweep.forward_evals
-        gradient_evals += sweep.gradient_evals
+        evals += torch.tensor([sweep.forward_evals, sweep.gradient_evals], device=x.device)
+    success_on_ladder = sharding.gather_rows(success_on_ladder.T, owned).T
+    broken = sharding.gather_rows(broken, owned)
+    forward_evals, gradient_evals = sharding.sum(evals).tolist()
     clean_accuracy = float((~broken).double().mean())
     rows = [success_on_ladder[ladder.index(eps)] if eps > 0 else broken for eps in budgets]
     success = torch.stack(rows)

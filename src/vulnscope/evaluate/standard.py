@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from vulnscope._validation import (
+    check_bool,
     check_bounds,
     check_epsilons,
     check_inputs,
@@ -35,6 +36,7 @@ from vulnscope._validation import (
     check_seed,
 )
 from vulnscope.attacks import APGD, FAB, FGSM, PGD, Attack, CarliniWagner, DeepFool, Square
+from vulnscope.distributed import Sharding
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.evaluate.masking import (
     MaskingCheck,
@@ -143,7 +145,7 @@ class StageReport:
         broken: points it broke.
         forward_evals: model evaluations, counted per sample.
         gradient_evals: backward passes, counted per sample.
-        seconds: wall time.
+        seconds: time it took, summed over the chunks (and the ranks of a sharded run).
 
     """
 
@@ -300,11 +302,10 @@ def _run_stage(
     targets: list[Tensor] | None,
     robust: Tensor,
     x_adv: Tensor,
-    batch_size: int,
 ) -> tuple[Tensor, int, int, int]:
-    """Attack the robust points; record their adversarial examples in ``x_adv``.
+    """Attack a chunk's robust points in one call (per target); record their examples.
 
-    Returns the (N,) mask of newly broken points, points attacked, and the evaluations.
+    Returns the (B,) mask of newly broken points, points attacked, and the evaluations.
     """
     broken = torch.zeros_like(robust)
     attacked = forward = gradient = 0
@@ -312,22 +313,40 @@ def _run_stage(
         rows = (robust & ~broken).nonzero()[:, 0]
         if target is not None:
             rows = rows[target[rows] != y[rows]]
-        for chunk in rows.split(batch_size) if rows.numel() else ():
-            result = attack(
-                model, x[chunk], y[chunk], target=None if target is None else target[chunk]
-            )
-            if target is None:
-                hit = result.success
-            else:  # as AutoAttack: a targeted run breaks a point it sends to any other class
-                with preserved_model_state(model), torch.no_grad():
-                    hit = check_logits(model(result.x_adv), chunk.numel()).argmax(1) != y[chunk]
-                forward += chunk.numel()
-            x_adv[chunk[hit]] = result.x_adv[hit]
-            broken[chunk[hit]] = True
-            attacked += chunk.numel()
-            forward += result.forward_evals
-            gradient += result.gradient_evals
+        if rows.numel() == 0:
+            continue
+        result = attack(model, x[rows], y[rows], target=None if target is None else target[rows])
+        if target is None:
+            hit = result.success
+        else:  # as AutoAttack: a targeted run breaks a point it sends to any other class
+            with preserved_model_state(model), torch.no_grad():
+                hit = check_logits(model(result.x_adv), rows.numel()).argmax(1) != y[rows]
+            forward += rows.numel()
+        x_adv[rows[hit]] = result.x_adv[hit]
+        broken[rows[hit]] = True
+        attacked += rows.numel()
+        forward += result.forward_evals
+        gradient += result.gradient_evals
     return broken, attacked, forward, gradient
+
+
+SINGLE_STEP_CHECK = "FGSM (check)"
+"""``broken_by`` of a point only the single-step masking check broke."""
+
+
+@dataclass(frozen=True)
+class _ChunkOutcome:
+    """One chunk's cascade at one budget: the per-point results and each stage's counts.
+
+    ``single_step`` holds the points the FGSM check broke and those it attacked, (B,)
+    each, when it ran.
+    """
+
+    broken_by: list[str | None]
+    x_adv: Tensor
+    robust: Tensor
+    reports: list[StageReport]
+    single_step: tuple[Tensor, Tensor] | None
 
 
 def _cascade(
@@ -342,59 +361,116 @@ def _cascade(
     seed: int,
     n_target_classes: int,
     bounds: tuple[float, float],
-    batch_size: int,
     start_broken_by: list[str | None],
     start_x_adv: Tensor,
-    output_checks: list[MaskingCheck],
-    gradient_check: MaskingCheck | None,
-) -> StandardEvaluation:
-    """One budget of the cascade, starting from the points already broken at a smaller one."""
+) -> _ChunkOutcome:
+    """One budget of the cascade on one chunk, from the points broken at a smaller one.
+
+    Every attack call sees this chunk's points only.
+    """
     num_classes = clean_logits.shape[1]
     broken_by = list(start_broken_by)
     x_adv = start_x_adv.clone()
     robust = torch.tensor([name is None for name in broken_by], device=x.device)
     targets_all = _target_ranks(clean_logits, min(n_target_classes, num_classes - 1))
     reports = []
-    white_box_done = False
-    checks: list[MaskingCheck] = list(output_checks)
-    if gradient_check is not None:
-        checks.append(gradient_check)
     for spec in stages:
         attack = spec.build(norm, eps, seed, num_classes).replace(bounds=bounds)
         started = time.perf_counter()
         broken, attacked, forward, gradient = _run_stage(
-            attack, model, x, y, targets_all if spec.targeted else None, robust, x_adv,
-            batch_size,
-        )  # fmt: skip
+            attack, model, x, y, targets_all if spec.targeted else None, robust, x_adv
+        )
         for index in broken.nonzero()[:, 0].tolist():
             broken_by[index] = spec.name
         robust &= ~broken
-        report = StageReport(
-            spec.name, attacked, int(broken.sum()), forward, gradient, time.perf_counter() - started
-        )
-        reports.append(report)
-        if spec.black_box and white_box_done:
-            checks.append(check_black_box_gap(report.broken, report.attacked, spec.name))
-        white_box_done |= not spec.black_box
+        reports.append(
+            StageReport(
+                spec.name, attacked, int(broken.sum()), forward, gradient,
+                time.perf_counter() - started,
+            )
+        )  # fmt: skip
+    single_step = None
     if any(not spec.black_box and spec.name != "FGSM" for spec in stages):
         # The single-step check: FGSM on the points every attack left robust.
         fgsm = FGSM(norm=norm, eps=eps, bounds=bounds)
         before = robust.clone()
-        broken, attacked, _, _ = _run_stage(fgsm, model, x, y, None, robust, x_adv, batch_size)
+        broken, _, _, _ = _run_stage(fgsm, model, x, y, None, robust, x_adv)
         for index in broken.nonzero()[:, 0].tolist():
-            broken_by[index] = "FGSM (check)"
+            broken_by[index] = SINGLE_STEP_CHECK
         robust &= ~broken
-        checks.append(check_single_step_gap(broken, ~before, "FGSM"))
+        single_step = (broken, before)
     with preserved_model_state(model), torch.no_grad():
         final_correct = check_logits(model(x_adv), x.shape[0]).argmax(1) == y
     # A last look at the points no attack claimed: robust means classified correctly at
     # the x_adv the report returns (a randomised model can disagree with itself here).
     robust &= final_correct
+    return _ChunkOutcome(broken_by, x_adv, robust, reports, single_step)
+
+
+def _merge_chunks(
+    outcomes: list[tuple[Tensor, _ChunkOutcome]],
+    x: Tensor,
+    y: Tensor,
+    clean_logits: Tensor,
+    *,
+    norm: str,
+    eps: float,
+    stages: list[CascadeAttack],
+    fixed_checks: list[MaskingCheck],
+    sharding: Sharding,
+) -> StandardEvaluation:
+    """One budget's evaluation of the whole set from its chunks' outcomes.
+
+    ``outcomes`` pairs each of this rank's chunks (its sample indices) with its outcome;
+    the other ranks' chunks arrive through ``sharding``, so every rank returns the same
+    evaluation.
+    """
+    n = x.shape[0]
+    names = [CLEAN, *(spec.name for spec in stages), SINGLE_STEP_CHECK]
+    owned = torch.zeros(n, dtype=torch.bool, device=x.device)
+    codes = torch.full((n,), -1, dtype=torch.int64, device=x.device)
+    x_adv = x.detach().clone()
+    robust = torch.zeros(n, dtype=torch.bool, device=x.device)
+    single_step = torch.zeros(2, n, dtype=torch.bool, device=x.device)
+    counts = torch.zeros(len(stages), 4, dtype=torch.int64, device=x.device)
+    seconds = torch.zeros(len(stages), dtype=torch.float64, device=x.device)
+    for rows, outcome in outcomes:
+        owned[rows] = True
+        codes[rows] = torch.tensor(
+            [-1 if name is None else names.index(name) for name in outcome.broken_by],
+            dtype=torch.int64, device=x.device,
+        )  # fmt: skip
+        x_adv[rows] = outcome.x_adv
+        robust[rows] = outcome.robust
+        if outcome.single_step is not None:
+            single_step[:, rows] = torch.stack(outcome.single_step)
+        for index, report in enumerate(outcome.reports):
+            counts[index] += torch.tensor(
+                [report.attacked, report.broken, report.forward_evals, report.gradient_evals],
+                device=x.device,
+            )
+            seconds[index] += report.seconds
+    codes, x_adv, robust = (sharding.gather_rows(t, owned) for t in (codes, x_adv, robust))
+    single_step = sharding.gather_rows(single_step.T, owned).T
+    counts, seconds = sharding.sum(counts), sharding.sum(seconds)
+    reports = []
+    for spec, row, time_spent in zip(stages, counts.tolist(), seconds.tolist(), strict=True):
+        attacked, hits, forward, gradient = row
+        reports.append(StageReport(spec.name, attacked, hits, forward, gradient, time_spent))
+    checks = list(fixed_checks)
+    white_box_done = False
+    for spec, report in zip(stages, reports, strict=True):
+        if spec.black_box and white_box_done:
+            checks.append(check_black_box_gap(report.broken, report.attacked, spec.name))
+        white_box_done |= not spec.black_box
+    if any(not spec.black_box and spec.name != "FGSM" for spec in stages):
+        broken, before = single_step
+        checks.append(check_single_step_gap(broken, ~before, "FGSM"))
     return StandardEvaluation(
         robust_accuracy=float(robust.double().mean()) if robust.numel() else 0.0,
         clean_accuracy=float((clean_logits.argmax(1) == y).double().mean()),
         x_adv=x_adv,
-        broken_by=tuple(broken_by),
+        broken_by=tuple(None if code < 0 else names[code] for code in codes.tolist()),
         robust=robust,
         norm=norm,
         eps=eps,
@@ -417,12 +493,21 @@ def standard_evaluation_curve(
     bounds: tuple[float, float] = (0.0, 1.0),
     batch_size: int | None = None,
     on_budget: Callable[[float], None] | None = None,
+    shard: bool = True,
 ) -> StandardEvaluationCurve:
     """:func:`standard_evaluation` at several budgets, each starting where the last ended.
 
     An adversarial example inside a ball lies inside every larger ball, so a point broken
     at one budget stays broken (by the same example) at the larger ones, and only the
     points still robust are attacked again.
+
+    The points are evaluated in fixed chunks of ``batch_size`` by index (chunk ``k``
+    holds points ``[k B, (k + 1) B)``), each attack call seeing one chunk's points only,
+    so a point's result depends on its chunk and the seed, never on which process ran
+    it. Under ``torchrun`` (or any initialised ``torch.distributed`` group of several
+    ranks) with ``shard``, the chunks are spread over the ranks, and every rank returns
+    the whole evaluation, equal field by field to one process's (the stages' ``seconds``
+    are then summed over the ranks). Give a ``batch_size`` for the ranks to share.
 
     Args:
         model: maps inputs (N, ...) to logits (N, C).
@@ -435,8 +520,11 @@ def standard_evaluation_curve(
             attacks (see :func:`check_cascade`).
         n_target_classes: target classes of the targeted attacks.
         bounds: input bounds.
-        batch_size: points per attack call; ``None`` for all at once.
+        batch_size: points per chunk; ``None`` for one chunk of all the points.
         on_budget: called with each budget once its evaluation is done (for progress).
+        shard: share the chunks among the ranks of a ``torch.distributed`` process group
+            (joining the one ``torchrun`` describes); False runs every chunk here, as a
+            caller that shares its own work out passes.
 
     Returns:
         :class:`StandardEvaluationCurve`.
@@ -449,6 +537,7 @@ def standard_evaluation_curve(
         raise InvalidArgumentError(f"epsilons must be > 0, got {budgets}")
     seed = check_seed(seed) or 0
     stages = check_cascade(attacks, norm)
+    shard = check_bool(shard, "shard")
     n_target_classes = check_int(n_target_classes, "n_target_classes")
     bounds = check_bounds(bounds)
     x = check_inputs(x, bounds=bounds)
@@ -459,23 +548,39 @@ def standard_evaluation_curve(
         clean_logits = check_logits(model(x), x.shape[0])
     check_labels_in_range(y, clean_logits.shape[1])
     correct = clean_logits.argmax(1) == y
-    output_checks = check_outputs(model, x)
+    fixed_checks = check_outputs(model, x)
     gradient_check = check_gradients(model, x, y, correct)
-    broken_by: list[str | None] = [None if ok else CLEAN for ok in correct.tolist()]
-    x_adv = x.detach().clone()
+    if gradient_check is not None:
+        fixed_checks.append(gradient_check)
+    chunks = torch.arange(x.shape[0], device=x.device).split(size)
+    sharding = Sharding(len(chunks), shard=shard, device=x.device)
+    mine = [chunks[k] for k in sharding.pieces]
+    # Each chunk's points and adversarial examples so far (broken at a smaller budget).
+    state = [
+        ([None if ok else CLEAN for ok in correct[rows].tolist()], x[rows].detach().clone())
+        for rows in mine
+    ]
     evaluations = []
     with warnings.catch_warnings():
         # Reported once, as a masking check, rather than by every attack call.
         warnings.filterwarnings("ignore", message="the model's outputs look like probabilities")
         for eps in budgets:
-            evaluation = _cascade(
-                model, x, y, clean_logits, norm=norm, eps=eps, stages=stages, seed=seed,
-                n_target_classes=n_target_classes, bounds=bounds, batch_size=size,
-                start_broken_by=broken_by, start_x_adv=x_adv, output_checks=output_checks,
-                gradient_check=gradient_check,
+            outcomes = []
+            for position, rows in enumerate(mine):
+                outcome = _cascade(
+                    model, x[rows], y[rows], clean_logits[rows], norm=norm, eps=eps,
+                    stages=stages, seed=seed, n_target_classes=n_target_classes,
+                    bounds=bounds, start_broken_by=state[position][0],
+                    start_x_adv=state[position][1],
+                )  # fmt: skip
+                state[position] = (outcome.broken_by, outcome.x_adv)
+                outcomes.append((rows, outcome))
+            evaluations.append(
+                _merge_chunks(
+                    outcomes, x, y, clean_logits, norm=norm, eps=eps, stages=stages,
+                    fixed_checks=fixed_checks, sharding=sharding,
+                )
             )  # fmt: skip
-            evaluations.append(evaluation)
-            broken_by, x_adv = list(evaluation.broken_by), evaluation.x_adv
             if on_budget is not None:
                 on_budget(eps)
     return StandardEvaluationCurve(
@@ -497,6 +602,7 @@ def standard_evaluation(
     n_target_classes: int = 9,
     bounds: tuple[float, float] = (0.0, 1.0),
     batch_size: int | None = None,
+    shard: bool = True,
 ) -> StandardEvaluation:
     """Robust accuracy of ``model`` at ``eps`` under the standard cascade of attacks.
 
@@ -523,7 +629,11 @@ def standard_evaluation(
             replaced by the budget (a targeted one runs once per target class).
         n_target_classes: target classes of the targeted attacks (at most C - 1).
         bounds: input bounds.
-        batch_size: points per attack call; ``None`` for all at once.
+        batch_size: points per chunk (each attack call sees one chunk's points);
+            ``None`` for one chunk of all the points.
+        shard: under ``torchrun``, share the chunks among the ranks; every rank gets the
+            whole result, the same as one process's (see
+            :func:`standard_evaluation_curve`).
 
     Returns:
         :class:`StandardEvaluation`: ``robust_accuracy``, ``x_adv``, ``broken_by``,
@@ -542,6 +652,6 @@ def standard_evaluation(
     check_real(eps, "eps", minimum=0.0, exclusive=True)
     curve = standard_evaluation_curve(
         model, x, y, norm=norm, epsilons=[eps], seed=seed, attacks=attacks,
-        n_target_classes=n_target_classes, bounds=bounds, batch_size=batch_size,
+        n_target_classes=n_target_classes, bounds=bounds, batch_size=batch_size, shard=shard,
     )  # fmt: skip
     return curve.evaluations[0]
