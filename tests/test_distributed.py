@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -158,20 +159,22 @@ def job_alone(isolated_cache, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_evaluation_functions_under_torchrun_equal_one_process(
-    isolated_cache, tmp_path, job_alone, ranks
-):
+def test_evaluation_functions_under_torchrun_equal_one_process(isolated_cache, tmp_path, job_alone):
     """standard_evaluation_curve, robust_accuracy and minimal_perturbations, unchanged in
-    a user's script: every rank returns what one process does, field by field."""
-    out = tmp_path / "ranks"
+    a user's script: every rank returns what one process does, field by field (three ranks
+    share six chunks; the two-node test below has two ranks)."""
+    ranks, out = 3, tmp_path / "ranks"
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
          str(ranks), str(_JOB), str(out)],
         env=_environment(isolated_cache), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    alone, alone_tensors = _job_results(job_alone, 0)
+    _assert_every_rank_equals_one_process(out, ranks, job_alone)
+
+
+def _assert_every_rank_equals_one_process(out: Path, ranks: int, alone_out: Path) -> None:
+    alone, alone_tensors = _job_results(alone_out, 0)
     assert alone.pop("world") == 1
     everything = alone.pop("forwarded")
     for rank in range(ranks):
@@ -183,6 +186,26 @@ def test_evaluation_functions_under_torchrun_equal_one_process(
         for name, tensor in tensors.items():
             assert torch.equal(tensor, alone_tensors[name]), (rank, name)
         assert all(record["exact"].values()), record["exact"]  # rows arrive bit for bit
+
+
+def test_two_nodes_meet_through_torchrun_s_rendezvous(isolated_cache, tmp_path, job_alone):
+    """The README's multi-node command (c10d rendezvous), both nodes on this machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "nodes"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+               f"127.0.0.1:{port}", "--rdzv-id", "vulnscope-test", str(_JOB), str(out)]  # fmt: skip
+    logs = [tmp_path / f"node-{node}.log" for node in range(2)]
+    nodes = []
+    for log in logs:
+        with log.open("w") as stream:  # the child keeps its own handle
+            nodes.append(subprocess.Popen(command, env=_environment(isolated_cache),
+                                          stdout=stream, stderr=subprocess.STDOUT))  # fmt: skip
+    codes = [node.wait(timeout=600) for node in nodes]
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    _assert_every_rank_equals_one_process(out, 2, job_alone)
 
 
 def test_without_a_group_or_without_shard_every_piece_is_here():

@@ -71,8 +71,8 @@ def init_from_environment(device: torch.device) -> bool:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
     Does nothing (False) when ``WORLD_SIZE`` is unset or 1, or when a process group is
-    already initialised; otherwise initialises one with the gloo backend on CPU and NCCL
-    on CUDA (True).
+    already initialised; otherwise initialises one (True): gloo on CPU; on CUDA, NCCL for
+    CUDA tensors and gloo for CPU ones, each rank on ``cuda:LOCAL_RANK``.
     """
     world = _environment_int("WORLD_SIZE")
     if world is None or world <= 1 or not dist.is_available() or dist.is_initialized():
@@ -86,7 +86,8 @@ def init_from_environment(device: torch.device) -> bool:
             )
     if device.type == "cuda":
         torch.cuda.set_device(local_device(device))  # one GPU per rank, as NCCL wants
-        dist.init_process_group(backend="nccl")
+        # NCCL for CUDA tensors, gloo for the CPU ones (a token; data kept on the host).
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl")
     else:
         dist.init_process_group(backend="gloo")
     return True
@@ -168,10 +169,23 @@ class Sharding:
 
     @staticmethod
     def _all_reduce(tensor: Tensor) -> None:
+        sent = _for_the_group(tensor)
         try:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            dist.all_reduce(sent, op=dist.ReduceOp.SUM)
         except RuntimeError as error:  # gloo and NCCL report a lost peer as a RuntimeError
             raise _lost_peer(error, "") from None
+        if sent is not tensor:
+            tensor.copy_(sent)
+
+
+def _for_the_group(tensor: Tensor) -> Tensor:
+    """``tensor``, or a copy on this rank's GPU where the group is NCCL alone.
+
+    A group the user initialised with ``backend="nccl"`` carries no CPU tensors.
+    """
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+    return tensor
 
 
 def barrier() -> None:
@@ -196,9 +210,9 @@ def shared_token() -> str:
     """A random token drawn by rank 0 and sent to every rank: names one launch."""
     value = torch.tensor([secrets.randbits(62)], dtype=torch.int64)
     if rank_and_world()[1] > 1:
-        if dist.get_backend() == "nccl":
-            value = value.cuda()
-        dist.broadcast(value, src=0)
+        sent = _for_the_group(value)
+        dist.broadcast(sent, src=0)
+        value.copy_(sent)
     return f"{int(value.item()):016x}"
 
 
