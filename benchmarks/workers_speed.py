@@ -1,4 +1,4 @@
-"""Sharded audits: K worker processes against one, and the same record whatever K.
+"""Sharded evaluations: K worker processes against one, and the same result whatever K.
 
 Issue 9's figures: on the 2-core machine, the standard evaluation of the default model
 (the digits CNN, the 397-digit test split, the default L∞ and L2 budgets and cascade,
@@ -10,7 +10,13 @@ Each configuration is a fresh ``vulnscope audit`` process, so the workers' start
 (each imports torch and loads the model) is included. Run it on an otherwise idle
 machine: the 1-worker run takes about 8 minutes.
 
+With ``--functions`` the same evaluation is a user's script calling
+``standard_evaluation_curve`` (``benchmarks/sharded_evaluation.py``), run by ``python``
+for one worker and by ``torchrun --standalone --nproc-per-node K`` for K; its results
+(every point's ``broken_by`` and adversarial example) are compared instead.
+
     python benchmarks/workers_speed.py [--workers 1,2,3] [--batch-size N] [--limit N]
+                                       [--functions]
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--functions",
+        action="store_true",
+        help="time the evaluation functions under torchrun, not the audit",
+    )
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="workers-speed-"))
     subprocess.run([sys.executable, "-c", "from vulnscope.models import pretrained; "
@@ -49,10 +60,18 @@ def main() -> None:
     records: dict[int, Any] = {}
     for workers in (int(part) for part in args.workers.split(",")):
         target = out / f"workers-{workers}"
+        if args.functions:
+            script = [str(Path(__file__).with_name("sharded_evaluation.py")),
+                      str(target / "results.json"), *options[2:]]  # fmt: skip
+            launcher = [sys.executable] if workers == 1 else [
+                sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", str(workers)]  # fmt: skip
+            command = [*launcher, *script]
+        else:
+            command = [sys.executable, "-m", "vulnscope", "audit", *options, "--workers",
+                       str(workers), "--out", str(target)]  # fmt: skip
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "vulnscope", "audit", *options, "--workers",
-                        str(workers), "--out", str(target)],
-                       env=env, check=True, capture_output=True)  # fmt: skip
+        subprocess.run(command, env=env, check=True, capture_output=True)
         walls[workers] = time.perf_counter() - started
         records[workers] = json.loads((target / "results.json").read_text())
         print(f"{workers} worker(s), one thread each: {walls[workers]:.1f} s wall", flush=True)
@@ -63,7 +82,8 @@ def main() -> None:
         first = without_clock(records[1])
         for workers, record in records.items():
             same = without_clock(record) == first
-            print(f"record of {workers} worker(s) equals 1 worker's, field by field: {same}")
+            what = "results" if args.functions else "record"
+            print(f"{what} of {workers} worker(s) equal 1 worker's, field by field: {same}")
 
 
 if __name__ == "__main__":
