@@ -334,6 +334,11 @@ SINGLE_STEP_CHECK = "FGSM (check)"
 """``broken_by`` of a point only the single-step masking check broke."""
 
 
+def _single_step_check_runs(stages: list[CascadeAttack]) -> bool:
+    """FGSM checks the survivors of a cascade with an iterative white-box attack."""
+    return any(not spec.black_box and spec.name != "FGSM" for spec in stages)
+
+
 @dataclass(frozen=True)
 class _ChunkOutcome:
     """One chunk's cascade at one budget: the per-point results and each stage's counts.
@@ -390,7 +395,7 @@ def _cascade(
             )
         )  # fmt: skip
     single_step = None
-    if any(not spec.black_box and spec.name != "FGSM" for spec in stages):
+    if _single_step_check_runs(stages):
         # The single-step check: FGSM on the points every attack left robust.
         fgsm = FGSM(norm=norm, eps=eps, bounds=bounds)
         before = robust.clone()
@@ -463,7 +468,7 @@ def _merge_chunks(
         if spec.black_box and white_box_done:
             checks.append(check_black_box_gap(report.broken, report.attacked, spec.name))
         white_box_done |= not spec.black_box
-    if any(not spec.black_box and spec.name != "FGSM" for spec in stages):
+    if _single_step_check_runs(stages):
         broken, before = single_step
         checks.append(check_single_step_gap(broken, ~before, "FGSM"))
     return StandardEvaluation(
