@@ -16,19 +16,22 @@ def window_maximum(x: Tensor, size: int) -> Tensor:
     """The maximum of each ``size x size`` window of a tiling of ``x``'s last two dims.
 
     Equal to ``functional.max_pool2d(x, size)`` (windows that do not fit are dropped, NaN
-    propagates) as a running :func:`torch.maximum` over the ``size**2`` strided views. On
-    CPU it is several times faster than PyTorch's pooling kernel for small feature maps;
-    its gradient differs at ties (``torch.maximum`` splits it), so it is for values only.
+    propagates), computed in two passes of :func:`torch.maximum` over strided views: the
+    maximum of each run of ``size`` columns, then of each run of ``size`` rows of that
+    (``2 (size - 1)`` operations rather than ``size**2 - 1``). On CPU it is several times
+    faster than PyTorch's pooling kernel for small feature maps; its gradient differs at
+    ties (``torch.maximum`` splits it), so it is for values only.
 
     Shape:
         x: (..., H, W); returns (..., H // size, W // size).
     """
     height, width = (x.shape[-2] // size) * size, (x.shape[-1] // size) * size
-    result = x[..., 0:height:size, 0:width:size]
-    for row in range(size):
-        for col in range(size):
-            if row or col:
-                result = torch.maximum(result, x[..., row:height:size, col:width:size])
+    across = x[..., :height, 0:width:size]
+    for col in range(1, size):
+        across = torch.maximum(across, x[..., :height, col:width:size])
+    result = across[..., 0::size, :]
+    for row in range(1, size):
+        result = torch.maximum(result, across[..., row::size, :])
     return result
 
 
