@@ -35,7 +35,7 @@ from vulnscope.audit import without_clock
 
 
 def main() -> None:
-    """Time ``vulnscope audit --stages linf,l2`` with each number of workers."""
+    """Time the audit's ``--stages linf,l2`` (or the functions) with each number of workers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2,3")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -50,11 +50,11 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="workers-speed-"))
     subprocess.run([sys.executable, "-c", "from vulnscope.models import pretrained; "
                     "pretrained('digits-cnn')"], check=True)  # fmt: skip
-    options = ["--stages", "linf,l2"]
+    chunking = []  # options both the audit and the script take
     if args.batch_size is not None:
-        options += ["--batch-size", str(args.batch_size)]
+        chunking += ["--batch-size", str(args.batch_size)]
     if args.limit is not None:
-        options += ["--limit", str(args.limit)]
+        chunking += ["--limit", str(args.limit)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process
     walls: dict[int, float] = {}
     records: dict[int, Any] = {}
@@ -62,14 +62,14 @@ def main() -> None:
         target = out / f"workers-{workers}"
         if args.functions:
             script = [str(Path(__file__).with_name("sharded_evaluation.py")),
-                      str(target / "results.json"), *options[2:]]  # fmt: skip
+                      str(target / "results.json"), *chunking]  # fmt: skip
             launcher = [sys.executable] if workers == 1 else [
                 sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", str(workers)]  # fmt: skip
             command = [*launcher, *script]
         else:
-            command = [sys.executable, "-m", "vulnscope", "audit", *options, "--workers",
-                       str(workers), "--out", str(target)]  # fmt: skip
+            command = [sys.executable, "-m", "vulnscope", "audit", "--stages", "linf,l2",
+                       *chunking, "--workers", str(workers), "--out", str(target)]  # fmt: skip
         started = time.perf_counter()
         subprocess.run(command, env=env, check=True, capture_output=True)
         walls[workers] = time.perf_counter() - started
