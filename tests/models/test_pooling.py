@@ -107,3 +107,42 @@ def test_torchscript_pools_like_max_pool2d(tmp_path):
     x = _with_ties((2, 3, 8, 8))
     with torch.no_grad():
         assert torch.equal(loaded(x), functional.max_pool2d(x, 2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    channels=st.integers(2, 5),
+    height=st.integers(2, 9),
+    width=st.integers(2, 9),
+    size=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+    nan=st.booleans(),
+)
+def test_channels_last_gradients_are_max_pooling_s(channels, height, width, size, seed, nan):
+    if size > min(height, width):
+        return
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 3, (2, channels, height, width), generator=generator).double()  # ties
+    if nan:
+        x[1, 0, height - 1, 0] = math.nan
+    x = x.contiguous(memory_format=torch.channels_last)
+    weights = torch.randn(2, channels, height // size, width // size, dtype=torch.float64)
+    grads = []
+    for pool in (WindowMaxPool2d(size), nn.MaxPool2d(size)):
+        leaf = x.clone().requires_grad_()
+        out = pool(leaf)
+        grads.append(torch.autograd.grad((out * weights).sum(), leaf)[0])
+        if isinstance(pool, WindowMaxPool2d):
+            assert type(out.grad_fn).__name__ == "_ChannelsLastMaxPoolBackward"
+            expected = functional.max_pool2d(x, size)
+            torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0, equal_nan=True)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_second_derivatives_go_through_the_scatter():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=generator, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    pool = WindowMaxPool2d(2)
+    assert torch.autograd.gradgradcheck(lambda v: pool(v).pow(2), (x,))

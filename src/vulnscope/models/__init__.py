@@ -4,6 +4,7 @@ from vulnscope.models.cache import CACHE_ENV, PRETRAINED, cache_dir, pretrained
 from vulnscope.models.checks import warn_if_probabilities, warn_if_training_mode
 from vulnscope.models.digits import DigitsCNN, DigitsMLP
 from vulnscope.models.exported import load_exported_program
+from vulnscope.models.layout import ChannelsLastConv2d
 from vulnscope.models.loading import DEEP_RBM, load_model, load_state_dict_file
 from vulnscope.models.normalized import Normalized
 from vulnscope.models.onnx_program import load_onnx_model
@@ -16,6 +17,7 @@ __all__ = [
     "CACHE_ENV",
     "DEEP_RBM",
     "PRETRAINED",
+    "ChannelsLastConv2d",
     "DigitsCNN",
     "DigitsMLP",
     "Normalized",

@@ -49,6 +49,9 @@ class Recipe:
     batch_size: int
     lr: float
     weight_decay: float
+    revision: int = 1
+    """Raised when the code that builds or trains the model changes its numbers (2: the
+    CNN's feature maps run channels-last), so that stale cached weights are not reused."""
 
     def key(self, seed: int) -> str:
         """File stem of the cached weights: readable, plus a hash of every field."""
@@ -63,7 +66,8 @@ def recipe_digest(recipe: Any) -> str:
 PRETRAINED: dict[str, tuple[Callable[[], nn.Module], Recipe]] = {
     "digits-cnn": (
         DigitsCNN,
-        Recipe("cnn", "digits", epochs=30, batch_size=64, lr=2e-3, weight_decay=0.0),
+        Recipe("cnn", "digits", epochs=30, batch_size=64, lr=2e-3, weight_decay=0.0,
+               revision=2),
     ),
     "digits-mlp": (
         DigitsMLP,
