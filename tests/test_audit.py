@@ -10,6 +10,7 @@ from vulnscope.audit import (
     SCHEMA_VERSION,
     STAGES,
     audit,
+    audit_pieces,
     default_stages,
     results_schema,
     verdict,
@@ -159,6 +160,36 @@ def test_model_with_too_few_outputs_is_refused():
     data = ImageData(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 3]), 4, "test")
     with pytest.raises(ModelError, match="the model has 3 outputs but the data has 4 classes"):
         audit(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), data, model_name="m")
+
+
+@pytest.mark.parametrize(
+    ("options", "pieces"),
+    [
+        ({}, 6),  # linf, l2 and minimal in one chunk each, and three geometry stages
+        ({"batch_size": 100}, 3 * 4 + 3),
+        ({"batch_size": None}, 6),
+        ({"quick": True, "batch_size": 40}, 3 * 3 + 3),  # --quick keeps 100 samples
+        ({"stages": ["l2", "spectra"], "batch_size": 99}, 5 + 1),
+    ],
+)
+def test_audit_pieces_counts_what_a_sharded_audit_shares_out(
+    digits_cnn, digits_test, options, pieces
+):
+    assert len(digits_test) == 397
+    assert audit_pieces(digits_cnn, digits_test, **options) == pieces
+
+
+def test_audit_pieces_checks_what_the_audit_checks_first():
+    data = ImageData(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 3]), 4, "test")
+    narrow = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with pytest.raises(ModelError, match="the model has 3 outputs but the data has 4 classes"):
+        audit_pieces(narrow, data)
+    with pytest.raises(ModelError, match=r"cannot process inputs of shape \(1, 2, 2\)"):
+        audit_pieces(torch.nn.Linear(9, 4), data)
+    with pytest.raises(InvalidArgumentError, match="stages: unknown stage 'bogus'"):
+        audit_pieces(narrow, data, stages=["bogus"])
+    with pytest.raises(InvalidArgumentError, match="batch_size must be an integer >= 1"):
+        audit_pieces(narrow, data, batch_size=0)
 
 
 def test_model_returning_a_vector_is_refused():

@@ -17,7 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vulnscope import launch
 from vulnscope.audit import audit, pipeline, without_clock
+from vulnscope.cli import main
 from vulnscope.data import ImageData
 from vulnscope.distributed import (
     PieceClaims,
@@ -29,7 +31,7 @@ from vulnscope.distributed import (
 )
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.evaluate import standard_evaluation
-from vulnscope.launch import default_threads, run_local_workers
+from vulnscope.launch import auto_workers, default_threads, run_local_workers
 
 _AUDIT = ["audit", "--limit", "36", "--batch-size", "9", "--attacks", "apgd-ce,fgsm",
           "--stages", "linf,l2,minimal,spectra", "--linf-eps", "0.05,0.1",
@@ -56,7 +58,7 @@ def _record(out: Path) -> dict:  # type: ignore[type-arg]
 def reference(isolated_cache, tmp_path_factory) -> dict:  # type: ignore[type-arg]
     """The small audit's record from one process."""
     out = tmp_path_factory.mktemp("single") / "out"
-    done = _vulnscope([*_AUDIT, "--out", str(out)], _environment(isolated_cache))
+    done = _vulnscope([*_AUDIT, "--workers", "1", "--out", str(out)], _environment(isolated_cache))
     assert done.returncode == 0, done.stderr
     return _record(out)
 
@@ -113,6 +115,47 @@ def test_threads_share_out_the_cores():
     assert default_threads(10_000) == 1
     with pytest.raises(InvalidArgumentError, match="workers"):
         run_local_workers(["audit"], 0)
+
+
+@pytest.mark.parametrize(
+    ("cores", "threads", "device", "pieces", "workers"),
+    [
+        (2, None, None, 6, 2),  # the default audit on this machine: one per core
+        (16, None, "cpu", 6, 6),  # no more workers than pieces
+        (16, "4", None, 30, 4),  # OMP_NUM_THREADS threads each
+        (2, "2", None, 6, 1),  # the threads already fill the cores
+        (2, "8", None, 6, 1),
+        (2, "zero", None, 6, 2),  # not a number of threads: one each
+        (8, None, "cuda", 6, 1),  # one process per GPU is torchrun's job
+        (8, None, "cuda:1", 6, 1),
+        (1, None, None, 6, 1),
+    ],
+)
+def test_auto_workers_fill_the_cores_at_most_one_per_piece(
+    monkeypatch, cores, threads, device, pieces, workers
+):
+    monkeypatch.setattr(launch, "usable_cores", lambda: cores)
+    if threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    assert auto_workers(pieces, device=device) == workers
+
+
+def test_the_cli_shares_an_audit_among_auto_workers_by_default(monkeypatch, tmp_path, digits_cnn):
+    launched = []
+    monkeypatch.setattr(launch, "usable_cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launch, "run_local_workers",
+                        lambda arguments, workers, **_: launched.append(workers) or 0)  # fmt: skip
+    base = ["audit", "--limit", "20", "--out", str(tmp_path / "out")]
+    assert main([*base, "--stages", "linf,minimal"]) == 0  # two pieces
+    assert main([*base, "--workers", "3", "--stages", "linf"]) == 0  # as asked
+    assert launched == [2, 3]
+    # one piece: nothing to share, so this process runs it
+    assert main([*base, "--stages", "linf", "--attacks", "fgsm"]) == 0
+    assert launched == [2, 3]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["timing"]["workers"] == 1
 
 
 def test_two_and_three_workers_give_the_single_process_record(isolated_cache, tmp_path, reference):

@@ -162,9 +162,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     audit.add_argument("--device", help="where to run: cpu (default), cuda, cuda:1, mps")
     audit.add_argument(
-        "--workers", type=_workers, default=1,
-        help="processes sharing the samples, on this machine ('auto': one per usable "
-        "core; default %(default)s); under torchrun, its ranks are the workers",
+        "--workers", type=_workers, default="auto",
+        help="processes sharing the audit on this machine, with the same results for any "
+        "number (default 'auto': on the CPU, one per usable core, or per OMP_NUM_THREADS "
+        "cores when set, at most one per piece of work; 1 on a GPU; 1: this process "
+        "alone); under torchrun, its ranks are the workers",
     )  # fmt: skip
     audit.add_argument(
         "--resume", action="store_true",
@@ -554,11 +556,10 @@ def _run_defend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _workers(text: str) -> int:
+def _workers(text: str) -> int | None:
+    """A number of workers; None for 'auto', which the job decides (:func:`auto_workers`)."""
     if text.strip().lower() == "auto":
-        from vulnscope.launch import usable_cores
-
-        return usable_cores()
+        return None
     try:
         return _positive_int(text)
     except argparse.ArgumentTypeError as error:
@@ -573,11 +574,18 @@ def _run_audit(args: argparse.Namespace) -> int:
     if args.limit is not None:
         data = data.take(args.limit)
     args.interrupted_hint = "rerun with --resume to continue from the finished chunks"
-    if args.workers > 1 and "WORLD_SIZE" not in os.environ:
-        from vulnscope.launch import run_local_workers
+    workers = args.workers
+    if "WORLD_SIZE" not in os.environ and (workers is None or workers > 1):
+        from vulnscope.audit import audit_pieces
+        from vulnscope.launch import auto_workers, run_local_workers
 
-        # rank 0 has the terminal: its bars, its summary, its errors
-        return run_local_workers(args.argv, args.workers, resume_hint=args.interrupted_hint)
+        # checked here, so that a misfit fails once, before any worker starts
+        pieces = audit_pieces(model, data, stages=args.stages, quick=args.quick,
+                              batch_size=args.batch_size)  # fmt: skip
+        workers = auto_workers(pieces, device=args.device) if workers is None else workers
+        if workers > 1:
+            # rank 0 has the terminal: its bars, its summary, its errors
+            return run_local_workers(args.argv, workers, resume_hint=args.interrupted_hint)
     epsilons = {norm: values for norm, values in (("linf", args.linf_eps),
                                                   ("l2", args.l2_eps)) if values}  # fmt: skip
     record = audit(

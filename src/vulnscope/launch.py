@@ -25,7 +25,13 @@ from pathlib import Path
 from vulnscope._validation import check_int
 from vulnscope.errors import VulnscopeError
 
-__all__ = ["WorkerFailedError", "default_threads", "run_local_workers", "usable_cores"]
+__all__ = [
+    "WorkerFailedError",
+    "auto_workers",
+    "default_threads",
+    "run_local_workers",
+    "usable_cores",
+]
 
 _POLL_SECONDS = 0.1
 _GRACE_SECONDS = 5.0
@@ -45,6 +51,32 @@ def usable_cores() -> int:
 def default_threads(workers: int) -> int:
     """Intra-op threads per worker: the usable cores shared out, at least one."""
     return max(usable_cores() // check_int(workers, "workers"), 1)
+
+
+def _environment_threads() -> int | None:
+    """``OMP_NUM_THREADS`` when it is set to a positive whole number, else None."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(given) if given.isdigit() and int(given) > 0 else None
+
+
+def auto_workers(pieces: int, *, device: str | None = None) -> int:
+    """``--workers auto``: how many worker processes suit this machine and this job.
+
+    On the CPU, enough workers to fill the usable cores at ``OMP_NUM_THREADS`` threads
+    each (one thread each when it is not set: processes share the cores better than
+    threads do, since the attacks' many small operations are serial within a process),
+    and at most one per piece of work. On an accelerator, one: several processes would
+    share one device (run one per device under ``torchrun`` instead).
+
+    Args:
+        pieces: the pieces the workers share (:func:`vulnscope.audit.audit_pieces`), >= 1.
+        device: the ``--device`` given (None: the CPU).
+
+    """
+    pieces = check_int(pieces, "pieces")
+    if device is not None and not str(device).strip().lower().startswith("cpu"):
+        return 1
+    return max(min(usable_cores() // (_environment_threads() or 1), pieces), 1)
 
 
 def _free_port() -> int:
@@ -118,8 +150,7 @@ def run_local_workers(
     """
     workers = check_int(workers, "workers")
     if threads is None:
-        given = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(given) if given.isdigit() and int(given) > 0 else default_threads(workers)
+        threads = _environment_threads() or default_threads(workers)
     threads = check_int(threads, "threads")
     base = {
         **os.environ,

@@ -11,6 +11,7 @@ from vulnscope.audit.pipeline import (
     QUICK,
     STAGES,
     audit,
+    audit_pieces,
     default_stages,
 )
 from vulnscope.audit.schema import CLOCK_FIELDS, SCHEMA_VERSION, results_schema, without_clock
@@ -24,6 +25,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STAGES",
     "audit",
+    "audit_pieces",
     "default_stages",
     "results_schema",
     "verdict",

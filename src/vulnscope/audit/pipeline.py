@@ -65,6 +65,7 @@ __all__ = [
     "QUICK",
     "STAGES",
     "audit",
+    "audit_pieces",
     "default_stages",
 ]
 
@@ -125,6 +126,35 @@ def default_stages(model: Callable[[Tensor], Tensor]) -> list[str]:
     if isinstance(model, DeepRBM):
         chosen.append("rg")
     return chosen
+
+
+def audit_pieces(
+    model: Callable[[Tensor], Tensor],
+    data: ImageData,
+    *,
+    stages: Sequence[str] | None = None,
+    quick: bool = False,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+) -> int:
+    """How many pieces a sharded :func:`audit` of ``model`` on ``data`` shares out.
+
+    Each chunk of ``batch_size`` samples of the ``linf``, ``l2`` and ``minimal`` stages is
+    a piece, and so is each other stage: more workers than pieces would only wait. It
+    checks first what :func:`audit` checks before it starts (the stages, and that the
+    model takes the data's inputs, on the CPU, with an output per class), so that a
+    launcher fails once, with the audit's message, before it starts any worker.
+
+    Raises:
+        InvalidArgumentError: bad ``stages`` or ``batch_size``.
+        ModelError: the model does not fit the data.
+
+    """
+    chosen = _check_stages(stages, model)
+    size = None if batch_size is None else check_int(batch_size, "batch_size")
+    _check_fits(model, data, torch.device("cpu"))
+    samples = min(len(data), QUICK.samples) if quick else len(data)
+    chunks = max(-(-samples // (size or max(samples, 1))), 1)
+    return sum(chunks if stage in ("linf", "l2", "minimal") else 1 for stage in chosen)
 
 
 def _has_blocks(model: Callable[[Tensor], Tensor]) -> bool:
@@ -217,6 +247,16 @@ def _num_outputs(model: Callable[[Tensor], Tensor], x: Tensor) -> int:
             f"the model cannot process inputs of shape {tuple(x.shape[1:])}: {message}"
         ) from None
     return int(check_logits(logits, 1, name="the model").shape[1])
+
+
+def _check_fits(model: Callable[[Tensor], Tensor], data: ImageData, device: torch.device) -> int:
+    """The model's number of outputs, checked to take ``data``'s inputs and cover its classes."""
+    num_outputs = _num_outputs(model, data.x[:1].to(device))
+    if num_outputs < data.num_classes:
+        raise ModelError(
+            f"the model has {num_outputs} outputs but the data has {data.num_classes} classes"
+        )
+    return num_outputs
 
 
 def _model_tensors(model: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -316,11 +356,7 @@ def audit(
         model = model.to(target)
     if quick and len(data) > QUICK.samples:
         data = data.take(QUICK.samples)
-    num_outputs = _num_outputs(model, data.x.to(target))
-    if num_outputs < data.num_classes:
-        raise ModelError(
-            f"the model has {num_outputs} outputs but the data has {data.num_classes} classes"
-        )
+    num_outputs = _check_fits(model, data, target)
     size = batch or len(data)
     directory = Path(out) if out is not None else None
     rank, workers = rank_and_world()
