@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ def audit_pieces(
     size = None if batch_size is None else check_int(batch_size, "batch_size")
     _check_fits(model, data, torch.device("cpu"))
     samples = min(len(data), QUICK.samples) if quick else len(data)
-    chunks = max(-(-samples // (size or max(samples, 1))), 1)
+    chunks = 1 if size is None else max(math.ceil(samples / size), 1)
     return sum(chunks if stage in ("linf", "l2", "minimal") else 1 for stage in chosen)
 
 

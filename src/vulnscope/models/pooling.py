@@ -78,7 +78,8 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (index,) = ctx.saved_tensors
         n, channels, height, width = ctx.input_shape
-        # (N, H, W, C) is the channels-last tensor's memory order, so these are views.
+        # (N, H, W, C) is a channels-last tensor's memory order: the result's permute is a
+        # view, and so is the indices' (the kernel returns them channels-last).
         grad_input = grad.new_zeros((n, height, width, channels))
         positions = index.permute(0, 2, 3, 1).reshape(n, -1, channels)
         incoming = grad.permute(0, 2, 3, 1).reshape(n, -1, channels)
