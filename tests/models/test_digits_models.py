@@ -104,3 +104,20 @@ def test_cnn_feature_maps_run_channels_last_and_its_weights_stay_plain():
     maps = nn.Sequential(*list(model)[:4])(torch.rand(3, 1, 8, 8))  # conv1 .. pool
     assert maps.is_contiguous(memory_format=torch.channels_last) and not maps.is_contiguous()
     assert all(tensor.is_contiguous() for tensor in model.state_dict().values())
+
+
+@pytest.mark.parametrize("factory", [DigitsCNN, DigitsMLP])
+def test_slices_are_sequentials_of_the_same_named_layers(factory):
+    model = factory().eval()
+    x = torch.rand(6, 1, 8, 8)
+    head, tail = model[:3], model[3:]
+    assert type(head) is nn.Sequential and type(tail) is nn.Sequential
+    names = [name for name, _ in model.named_children()]
+    assert [name for name, _ in head.named_children()] == names[:3]
+    assert all(head[i] is model[i] for i in range(3))  # shared, not copied
+    with torch.no_grad():
+        assert torch.equal(tail(head(x)), model(x))
+    assert [name for name, _ in model[::-2].named_children()] == names[::-2]
+    assert model[-1] is model.logits
+    with pytest.raises(IndexError, match="out of range"):
+        model[len(model)]

@@ -13,7 +13,22 @@ from vulnscope.models.pooling import WindowMaxPool2d
 __all__ = ["DigitsCNN", "DigitsMLP"]
 
 
-class DigitsMLP(nn.Sequential):
+class _NamedLayers(nn.Sequential):
+    """A sequence of named layers built from options: its slices are plain ``nn.Sequential``.
+
+    ``nn.Sequential`` slices by calling the class with the selected layers, which a
+    constructor that takes options (widths, classes) cannot accept. Here ``model[:4]``
+    is an ``nn.Sequential`` of the same layer objects under the same names, as for any
+    ``nn.Sequential``.
+    """
+
+    def __getitem__(self, index: slice | int) -> nn.Sequential | nn.Module:
+        if isinstance(index, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[index]))
+        return super().__getitem__(index)
+
+
+class DigitsMLP(_NamedLayers):
     """A multilayer perceptron for (N, 1, 8, 8) digits: flatten, two ReLU layers, logits.
 
     Args:
@@ -40,7 +55,7 @@ class DigitsMLP(nn.Sequential):
         )
 
 
-class DigitsCNN(nn.Sequential):
+class DigitsCNN(_NamedLayers):
     """A small convolutional network for (N, 1, 8, 8) digits.
 
     Two 3x3 convolutions (16 and 32 channels, ReLU), 2x2 max pooling
