@@ -25,7 +25,9 @@ from vulnscope.distributed import (
     PieceClaims,
     Sharding,
     barrier,
+    check_local_gpus,
     init_from_environment,
+    local_device,
     rank_and_world,
     shared_token,
 )
@@ -100,6 +102,65 @@ def test_an_incomplete_torchrun_environment_is_named(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(InvalidArgumentError, match="WORLD_SIZE must be an integer, got 'two'"):
         init_from_environment(torch.device("cpu"))
+
+
+def _pretend_gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+@pytest.mark.parametrize(
+    ("device", "local_rank", "local_world", "expected"),
+    [
+        ("cuda", "0", "2", "cuda:0"),
+        ("cuda", "1", "2", "cuda:1"),
+        ("cuda", "1", None, "cuda:1"),  # no LOCAL_WORLD_SIZE: at least LOCAL_RANK + 1
+        ("cuda:1", "0", "1", "cuda:1"),  # one process per machine: the GPU named
+        ("cpu", "3", "4", "cpu"),
+    ],
+)
+def test_each_rank_runs_on_the_gpu_of_its_local_rank(
+    monkeypatch, device, local_rank, local_world, expected
+):
+    _pretend_gpus(monkeypatch, 2)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # two machines of two
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+    assert local_device(torch.device(device)) == torch.device(expected)
+
+
+def test_ranks_that_would_share_a_gpu_are_refused_before_nccl_starts(monkeypatch):
+    _pretend_gpus(monkeypatch, 2)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(InvalidArgumentError, match=r"a GPU for each of the 3 processes on this "
+                       r"machine, and it has 2: start at most 2"):  # fmt: skip
+        local_device(torch.device("cuda"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(InvalidArgumentError, match=r"'cuda:0' puts all 2 processes on this "
+                       r"machine on one GPU"):  # fmt: skip
+        local_device(torch.device("cuda:0"))
+    check_local_gpus(torch.device("cuda"), 2)  # one each: fine
+    check_local_gpus(torch.device("cuda:1"), 1)
+    check_local_gpus(torch.device("cpu"), 64)
+
+
+def test_the_cli_refuses_more_gpu_workers_than_gpus_before_starting_any(
+    monkeypatch, tmp_path, capsys, digits_cnn
+):
+    _pretend_gpus(monkeypatch, 1)
+    monkeypatch.setattr(launch, "run_local_workers", lambda *_, **__: pytest.fail("started"))
+    base = ["audit", "--limit", "20", "--stages", "linf", "--out", str(tmp_path / "out")]
+    assert main([*base, "--device", "cuda", "--workers", "2"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "needs a GPU for each of the 2 processes" in error
+    assert main([*base, "--device", "cuda:9", "--workers", "2"]) == 1
+    assert "'cuda:9' is not available: this machine has 1 CUDA device(s)" in capsys.readouterr().err
 
 
 def test_a_sharded_audit_needs_a_shared_directory(monkeypatch, digits_cnn):

@@ -567,8 +567,10 @@ def _workers(text: str) -> int | None:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
+    import torch
+
     from vulnscope.audit import audit
-    from vulnscope.distributed import rank_and_world
+    from vulnscope.distributed import check_local_gpus, rank_and_world
 
     model, data = _load_model_and_data(args)  # in the launcher too: fail once, warm the cache
     if args.limit is not None:
@@ -581,9 +583,10 @@ def _run_audit(args: argparse.Namespace) -> int:
 
         # checked here, so that a misfit fails once, before any worker starts
         pieces = audit_pieces(model, data, stages=args.stages, quick=args.quick,
-                              batch_size=args.batch_size)  # fmt: skip
+                              batch_size=args.batch_size, device=args.device)  # fmt: skip
         workers = auto_workers(pieces, device=args.device) if workers is None else workers
         if workers > 1:
+            check_local_gpus(torch.device(args.device or "cpu"), workers)
             # rank 0 has the terminal: its bars, its summary, its errors
             return run_local_workers(args.argv, workers, resume_hint=args.interrupted_hint)
     epsilons = {norm: values for norm, values in (("linf", args.linf_eps),

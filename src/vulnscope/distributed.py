@@ -37,6 +37,7 @@ __all__ = [
     "PieceClaims",
     "Sharding",
     "barrier",
+    "check_local_gpus",
     "init_from_environment",
     "local_device",
     "rank_and_world",
@@ -73,6 +74,11 @@ def init_from_environment(device: torch.device) -> bool:
     Does nothing (False) when ``WORLD_SIZE`` is unset or 1, or when a process group is
     already initialised; otherwise initialises one (True): gloo on CPU; on CUDA, NCCL for
     CUDA tensors and gloo for CPU ones, each rank on ``cuda:LOCAL_RANK``.
+
+    Raises:
+        InvalidArgumentError: an incomplete torchrun environment, or ranks on this machine
+            that would share a GPU (:func:`check_local_gpus`).
+
     """
     world = _environment_int("WORLD_SIZE")
     if world is None or world <= 1 or not dist.is_available() or dist.is_initialized():
@@ -94,11 +100,49 @@ def init_from_environment(device: torch.device) -> bool:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """``device`` for this rank: a CUDA device without an index becomes ``cuda:LOCAL_RANK``."""
-    if device.type != "cuda" or device.index is not None:
+    """``device`` for this rank: a CUDA device without an index becomes ``cuda:LOCAL_RANK``.
+
+    Raises:
+        InvalidArgumentError: the processes on this machine (``LOCAL_WORLD_SIZE``) cannot
+            each have a GPU of their own (:func:`check_local_gpus`).
+
+    """
+    if device.type != "cuda":
         return device
     local = _environment_int("LOCAL_RANK") or 0
-    return torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+    world = _environment_int("WORLD_SIZE") or 1
+    if world > 1:
+        check_local_gpus(device, max(_environment_int("LOCAL_WORLD_SIZE") or 1, local + 1))
+    return device if device.index is not None else torch.device("cuda", local)
+
+
+def check_local_gpus(device: torch.device, processes: int) -> None:
+    """Check that ``processes`` ranks on this machine can each run on a GPU of their own.
+
+    NCCL joins one GPU per rank: two ranks on one GPU fail when the group starts. So with
+    several processes on a machine, ``device`` must be ``cuda`` without an index (each
+    rank takes ``cuda:LOCAL_RANK``), and the machine needs a GPU per process.
+
+    Raises:
+        InvalidArgumentError: a CUDA ``device`` with an index, or too few GPUs, for
+            ``processes`` > 1; nothing to check on other devices.
+
+    """
+    if device.type != "cuda" or processes <= 1:
+        return
+    if device.index is not None:
+        raise InvalidArgumentError(
+            f"device: {str(device)!r} puts all {processes} processes on this machine on one "
+            "GPU, which NCCL does not allow: give 'cuda', and each process takes the GPU of "
+            "its LOCAL_RANK"
+        )
+    count = torch.cuda.device_count()
+    if processes > count:
+        raise InvalidArgumentError(
+            f"device: 'cuda' needs a GPU for each of the {processes} processes on this "
+            f"machine, and it has {count}: start at most {max(count, 1)} (--workers or "
+            "torchrun's --nproc-per-node)"
+        )
 
 
 def _lost_peer(error: RuntimeError, after: str) -> PeerLostError:

@@ -136,22 +136,24 @@ def audit_pieces(
     stages: Sequence[str] | None = None,
     quick: bool = False,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
+    device: str | torch.device | None = None,
 ) -> int:
     """How many pieces a sharded :func:`audit` of ``model`` on ``data`` shares out.
 
     Each chunk of ``batch_size`` samples of the ``linf``, ``l2`` and ``minimal`` stages is
     a piece, and so is each other stage: more workers than pieces would only wait. It
-    checks first what :func:`audit` checks before it starts (the stages, and that the
-    model takes the data's inputs, on the CPU, with an output per class), so that a
-    launcher fails once, with the audit's message, before it starts any worker.
+    checks first what :func:`audit` checks before it starts (the stages, the device, and
+    that the model takes the data's inputs, on the CPU, with an output per class), so that
+    a launcher fails once, with the audit's message, before it starts any worker.
 
     Raises:
-        InvalidArgumentError: bad ``stages`` or ``batch_size``.
+        InvalidArgumentError: bad ``stages``, ``batch_size`` or ``device``.
         ModelError: the model does not fit the data.
 
     """
     chosen = _check_stages(stages, model)
     size = None if batch_size is None else check_int(batch_size, "batch_size")
+    _check_device(device)
     _check_fits(model, data, torch.device("cpu"))
     samples = min(len(data), QUICK.samples) if quick else len(data)
     chunks = 1 if size is None else max(math.ceil(samples / size), 1)
