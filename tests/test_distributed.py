@@ -163,6 +163,35 @@ def test_the_cli_refuses_more_gpu_workers_than_gpus_before_starting_any(
     assert "'cuda:9' is not available: this machine has 1 CUDA device(s)" in capsys.readouterr().err
 
 
+_JOIN_AND_EXIT = """
+import atexit, sys, torch, torch.distributed as dist
+from vulnscope import distributed
+assert distributed.init_from_environment(torch.device("cpu"))
+distributed.barrier()
+distributed._peer_lost = sys.argv[1] == "lost"
+atexit._run_exitfuncs()
+print(dist.is_initialized())
+"""
+
+
+@pytest.mark.parametrize(("peer", "left"), [("fine", True), ("lost", False)])
+def test_a_group_vulnscope_joined_is_destroyed_at_exit_unless_a_peer_was_lost(tmp_path, peer, left):
+    """PyTorch asks every rank to destroy its group before exit (NCCL warns otherwise);
+    after a lost peer a collective shutdown could wait for the rank that is gone."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**_environment(str(tmp_path)), "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    ranks = [subprocess.Popen([sys.executable, "-c", _JOIN_AND_EXIT, peer],
+                              env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]  # fmt: skip
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    assert [out.strip() for out, _ in outputs] == [str(not left)] * 2
+
+
 def test_a_sharded_audit_needs_a_shared_directory(monkeypatch, digits_cnn):
     monkeypatch.setattr(pipeline, "rank_and_world", lambda: (0, 2))
     data = ImageData(torch.rand(4, 1, 8, 8), torch.arange(4), source="random", num_classes=10)

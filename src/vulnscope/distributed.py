@@ -21,6 +21,8 @@ on CPU, NCCL on CUDA. A program that initialises its own process group is used a
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import secrets
 import shutil
@@ -96,7 +98,24 @@ def init_from_environment(device: torch.device) -> bool:
         dist.init_process_group(backend="cpu:gloo,cuda:nccl")
     else:
         dist.init_process_group(backend="gloo")
+    atexit.register(_leave_process_group)
     return True
+
+
+_peer_lost = False
+"""Set once a collective found a rank gone: the group is then left to the exit."""
+
+
+def _leave_process_group() -> None:
+    """At exit: destroy the group this module created, as PyTorch asks of every rank.
+
+    Without it NCCL warns at exit that resources may leak. Skipped after a lost peer,
+    when a collective shutdown could wait for the rank that is gone.
+    """
+    if _peer_lost or not (dist.is_available() and dist.is_initialized()):
+        return
+    with contextlib.suppress(RuntimeError):  # the process is ending either way
+        dist.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -146,6 +165,8 @@ def check_local_gpus(device: torch.device, processes: int) -> None:
 
 
 def _lost_peer(error: RuntimeError, after: str) -> PeerLostError:
+    global _peer_lost
+    _peer_lost = True
     cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return PeerLostError(f"another worker stopped before this one finished ({cause}){after}")
 
