@@ -4,6 +4,7 @@ workers agreeing with one process."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -197,6 +198,37 @@ def test_a_sharded_audit_needs_a_shared_directory(monkeypatch, digits_cnn):
     data = ImageData(torch.rand(4, 1, 8, 8), torch.arange(4), source="random", num_classes=10)
     with pytest.raises(InvalidArgumentError, match=r"out: a sharded audit \(2 ranks\) needs"):
         audit(digits_cnn, data, model_name="cnn", stages=["linf"], out=None)
+
+
+class _OtherRankTakesTheL2Chunks:
+    """Claims as a second rank would that took every L2 chunk (and never finishes)."""
+
+    def __init__(self, directory: Path) -> None:
+        pass
+
+    def claim(self, name: str) -> bool:
+        return not name.startswith("l2-")
+
+    @staticmethod
+    def discard_all(root: Path) -> None:
+        pass
+
+
+def test_rank_zero_names_the_pieces_it_waits_for(monkeypatch, tmp_path, caplog, digits_cnn):
+    """Its bars count the other ranks' pieces done, so the wait that follows is explained.
+    (Alone past a barrier that does not wait, it then computes the missing pieces itself.)"""
+    monkeypatch.setattr(pipeline, "rank_and_world", lambda: (0, 2))
+    monkeypatch.setattr(pipeline, "barrier", lambda: None)  # alone: nobody to wait for
+    monkeypatch.setattr(pipeline, "PieceClaims", _OtherRankTakesTheL2Chunks)
+    data = ImageData(torch.rand(30, 1, 8, 8), torch.arange(30) % 10, source="random",
+                     num_classes=10)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="vulnscope"):
+        audit(digits_cnn, data, model_name="cnn", stages=["linf", "l2"], attacks=["fgsm"],
+              batch_size=6, out=tmp_path / "out")  # fmt: skip
+    waiting = [record.getMessage() for record in caplog.records if "waiting" in record.getMessage()]
+    assert waiting == [
+        "waiting for the other workers: 5 pieces left (l2-00000, l2-00001, l2-00002, l2-00003, ...)"
+    ]
 
 
 def test_threads_share_out_the_cores():

@@ -474,6 +474,12 @@ def _share_pieces(run: _AuditRun, stages: Sequence[str], claims_root: Path, rank
             logger.info("running %s", STAGES[stage])
         run.compute(stage)
     run.claim = None
+    if rank == 0 and run.store is not None:
+        unfinished = [name for name in run.elsewhere if run.store.load(name) is None]
+        if unfinished:  # explain the wait: every bar here is full
+            shown = ", ".join(unfinished[:4]) + (", ..." if len(unfinished) > 4 else "")
+            logger.info("waiting for the other workers: %d piece%s left (%s)",
+                        len(unfinished), "" if len(unfinished) == 1 else "s", shown)  # fmt: skip
     # The second phase reads every piece back, in stage order, and warns afresh.
     run.progress, run.timing, run.warnings = StageProgress(False), {}, []
     barrier()
@@ -564,6 +570,8 @@ class _AuditRun:
     timing: dict[str, float] = field(default_factory=dict)
     claim: Callable[[str], bool] | None = None
     """In a sharded run, whether this rank computes a piece not yet on disk; None: all."""
+    elsewhere: list[str] = field(default_factory=list)
+    """In a sharded run, the pieces another rank claimed (their bars count them done)."""
     _clean_accuracy: float | None = None
 
     @property
@@ -643,6 +651,7 @@ class _AuditRun:
         with self.progress.stage(stage, 1) as bar:
             piece = self.store.load(stage) if self.store is not None else None
             if piece is None and self.claim is not None and not self.claim(stage):
+                self.elsewhere.append(stage)
                 bar.update(1)
                 return None  # another rank computes it
             if piece is None:
@@ -702,6 +711,7 @@ class _AuditRun:
                 piece = self.store.load(name) if self.store is not None else None
                 ticked = 0
                 if piece is None and self.claim is not None and not self.claim(name):
+                    self.elsewhere.append(name)
                     pieces.append(None)
                     bar.update(steps)
                     continue
