@@ -151,6 +151,24 @@ def test_ranks_that_would_share_a_gpu_are_refused_before_nccl_starts(monkeypatch
     check_local_gpus(torch.device("cpu"), 64)
 
 
+def test_on_cuda_each_rank_binds_its_gpu_then_joins_nccl_with_gloo_for_the_host(monkeypatch):
+    """The wiring of the GPU path, which this CPU-only machine cannot run: the GPU is set
+    before the group starts, CUDA tensors go over NCCL and the host's over gloo."""
+    _pretend_gpus(monkeypatch, 4)
+    calls: list[object] = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(device))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda **options: calls.append(options))  # fmt: skip
+    monkeypatch.setattr("atexit.register", lambda function: calls.append(function.__name__))
+    for name, value in {"WORLD_SIZE": "8", "RANK": "6", "LOCAL_RANK": "2",
+                        "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "host",
+                        "MASTER_PORT": "29500"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    assert init_from_environment(torch.device("cuda")) is True
+    assert calls == [torch.device("cuda", 2), {"backend": "cpu:gloo,cuda:nccl"},
+                     "_leave_process_group"]  # fmt: skip
+
+
 def test_the_cli_refuses_more_gpu_workers_than_gpus_before_starting_any(
     monkeypatch, tmp_path, capsys, digits_cnn
 ):
