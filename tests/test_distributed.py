@@ -117,6 +117,7 @@ def _pretend_gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
         ("cuda", "1", "2", "cuda:1"),
         ("cuda", "1", None, "cuda:1"),  # no LOCAL_WORLD_SIZE: at least LOCAL_RANK + 1
         ("cuda:1", "0", "1", "cuda:1"),  # one process per machine: the GPU named
+        ("cuda:0", "1", "2", "cuda:0"),  # a rank's own choice (a script's cuda:{rank}) is kept
         ("cpu", "3", "4", "cpu"),
     ],
 )
@@ -141,14 +142,16 @@ def test_ranks_that_would_share_a_gpu_are_refused_before_nccl_starts(monkeypatch
     with pytest.raises(InvalidArgumentError, match=r"a GPU for each of the 3 processes on this "
                        r"machine, and it has 2: start at most 2"):  # fmt: skip
         local_device(torch.device("cuda"))
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    # the same cuda:N for every process (one --device for all): one GPU for two
     with pytest.raises(InvalidArgumentError, match=r"'cuda:0' puts all 2 processes on this "
                        r"machine on one GPU"):  # fmt: skip
-        local_device(torch.device("cuda:0"))
+        check_local_gpus(torch.device("cuda:0"), 2)
     check_local_gpus(torch.device("cuda"), 2)  # one each: fine
     check_local_gpus(torch.device("cuda:1"), 1)
     check_local_gpus(torch.device("cpu"), 64)
+    _pretend_gpus(monkeypatch, 0)
+    with pytest.raises(InvalidArgumentError, match="'cuda' is not available: no CUDA device"):
+        check_local_gpus(torch.device("cuda"), 2)
 
 
 def test_on_cuda_each_rank_binds_its_gpu_then_joins_nccl_with_gloo_for_the_host(monkeypatch):
@@ -180,6 +183,13 @@ def test_the_cli_refuses_more_gpu_workers_than_gpus_before_starting_any(
     assert error.count("\n") == 1 and "needs a GPU for each of the 2 processes" in error
     assert main([*base, "--device", "cuda:9", "--workers", "2"]) == 1
     assert "'cuda:9' is not available: this machine has 1 CUDA device(s)" in capsys.readouterr().err
+    # under torchrun: every local rank got the same --device, so cuda:N would be shared
+    _pretend_gpus(monkeypatch, 2)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **_: pytest.fail("joined"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert main([*base, "--device", "cuda:0"]) == 1
+    assert "'cuda:0' puts all 2 processes on this machine on one GPU" in capsys.readouterr().err
 
 
 _JOIN_AND_EXIT = """

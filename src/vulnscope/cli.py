@@ -577,7 +577,15 @@ def _run_audit(args: argparse.Namespace) -> int:
         data = data.take(args.limit)
     args.interrupted_hint = "rerun with --resume to continue from the finished chunks"
     workers = args.workers
-    if "WORLD_SIZE" not in os.environ and (workers is None or workers > 1):
+    if "WORLD_SIZE" in os.environ:  # under torchrun: every local rank got this --device
+        try:
+            device: torch.device | None = torch.device(args.device or "cpu")
+        except (RuntimeError, TypeError):
+            device = None  # audit() names a malformed device
+        local = os.environ.get("LOCAL_WORLD_SIZE", "")
+        if device is not None and local.isdigit():
+            check_local_gpus(device, int(local))
+    elif workers is None or workers > 1:
         from vulnscope.audit import audit_pieces
         from vulnscope.launch import auto_workers, run_local_workers
 

@@ -121,26 +121,28 @@ def _leave_process_group() -> None:
 def local_device(device: torch.device) -> torch.device:
     """``device`` for this rank: a CUDA device without an index becomes ``cuda:LOCAL_RANK``.
 
+    A device with an index is this rank's own choice (``cuda:{LOCAL_RANK}`` in a script,
+    say) and is kept.
+
     Raises:
-        InvalidArgumentError: the processes on this machine (``LOCAL_WORLD_SIZE``) cannot
-            each have a GPU of their own (:func:`check_local_gpus`).
+        InvalidArgumentError: ``cuda`` for more processes on this machine
+            (``LOCAL_WORLD_SIZE``) than it has GPUs (:func:`check_local_gpus`).
 
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or device.index is not None:
         return device
     local = _environment_int("LOCAL_RANK") or 0
-    world = _environment_int("WORLD_SIZE") or 1
-    if world > 1:
+    if (_environment_int("WORLD_SIZE") or 1) > 1:
         check_local_gpus(device, max(_environment_int("LOCAL_WORLD_SIZE") or 1, local + 1))
-    return device if device.index is not None else torch.device("cuda", local)
+    return torch.device("cuda", local)
 
 
 def check_local_gpus(device: torch.device, processes: int) -> None:
-    """Check that ``processes`` ranks on this machine can each run on a GPU of their own.
+    """Check that ``processes`` ranks on this machine, all given ``device``, get a GPU each.
 
-    NCCL joins one GPU per rank: two ranks on one GPU fail when the group starts. So with
-    several processes on a machine, ``device`` must be ``cuda`` without an index (each
-    rank takes ``cuda:LOCAL_RANK``), and the machine needs a GPU per process.
+    NCCL joins one GPU per rank: two ranks on one GPU fail when the group starts. So
+    ``cuda`` without an index (each rank takes ``cuda:LOCAL_RANK``) needs a GPU per
+    process, and ``cuda:N`` given to every process would put them all on one.
 
     Raises:
         InvalidArgumentError: a CUDA ``device`` with an index, or too few GPUs, for
@@ -156,11 +158,13 @@ def check_local_gpus(device: torch.device, processes: int) -> None:
             "its LOCAL_RANK"
         )
     count = torch.cuda.device_count()
+    if count == 0:
+        raise InvalidArgumentError("device: 'cuda' is not available: no CUDA device here")
     if processes > count:
         raise InvalidArgumentError(
             f"device: 'cuda' needs a GPU for each of the {processes} processes on this "
-            f"machine, and it has {count}: start at most {max(count, 1)} (--workers or "
-            "torchrun's --nproc-per-node)"
+            f"machine, and it has {count}: start at most {count} (--workers or torchrun's "
+            "--nproc-per-node)"
         )
 
 
