@@ -190,6 +190,8 @@ def test_audit_pieces_checks_what_the_audit_checks_first():
         audit_pieces(narrow, data, stages=["bogus"])
     with pytest.raises(InvalidArgumentError, match="batch_size must be an integer >= 1"):
         audit_pieces(narrow, data, batch_size=0)
+    with pytest.raises(InvalidArgumentError, match="device: expected a torch device"):
+        audit_pieces(narrow, data, device="not-a-device")
 
 
 def test_model_returning_a_vector_is_refused():

@@ -20,14 +20,14 @@ from vulnscope.data import ImageData
 
 def test_pieces_survive_a_resume_with_the_same_settings_only(tmp_path) -> None:
     store = Checkpoints(tmp_path / "c", {"seed": 1, "eps": [0.1]}, resume=False)
-    assert store.load("a") is None
+    assert store.load("a") is None and "a" not in store
     store.save("a", {"value": 3})
     again = Checkpoints(tmp_path / "c", {"seed": 1, "eps": [0.1]}, resume=True)
-    assert again.load("a") == {"value": 3}
+    assert again.load("a") == {"value": 3} and "a" in again and "b" not in again
     with pytest.raises(CheckpointError, match=r"other settings \(eps, seed\)"):
         Checkpoints(tmp_path / "c", {"seed": 2, "eps": [0.2]}, resume=True)
     fresh = Checkpoints(tmp_path / "c", {"seed": 2}, resume=False)  # without resume: discarded
-    assert fresh.load("a") is None
+    assert fresh.load("a") is None and "a" not in fresh
     (tmp_path / "c" / "b.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"b\.json: is damaged"):
         fresh.load("b")

@@ -65,6 +65,10 @@ class Checkpoints:
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
 
+    def __contains__(self, name: object) -> bool:
+        """Whether the finished piece ``name`` is on disk (without reading it)."""
+        return isinstance(name, str) and self._path(name).is_file()
+
     def load(self, name: str) -> dict[str, Any] | None:
         """The finished piece ``name``, or ``None`` when it is not on disk."""
         path = self._path(name)

@@ -475,7 +475,7 @@ def _share_pieces(run: _AuditRun, stages: Sequence[str], claims_root: Path, rank
         run.compute(stage)
     run.claim = None
     if rank == 0 and run.store is not None:
-        unfinished = [name for name in run.elsewhere if run.store.load(name) is None]
+        unfinished = [name for name in run.elsewhere if name not in run.store]
         if unfinished:  # explain the wait: every bar here is full
             shown = ", ".join(unfinished[:4]) + (", ..." if len(unfinished) > 4 else "")
             logger.info("waiting for the other workers: %d piece%s left (%s)",
