@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vulnscope._simplex import project_to_simplex
 from vulnscope._validation import _describe, check_int, check_real
-from vulnscope.cloning.simplex import project_to_simplex
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["ConvexAggregation", "parseval_deviation", "parseval_retraction"]

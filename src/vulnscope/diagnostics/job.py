@@ -15,8 +15,6 @@ from vulnscope._io import write_json_atomic
 from vulnscope._random import make_generator
 from vulnscope._statistics import finite_median, json_numbers
 from vulnscope._validation import check_int, check_real, check_seed
-from vulnscope.attacks.iterative import value_and_grad
-from vulnscope.attacks.losses import cross_entropy
 from vulnscope.data.dataset import ImageData
 from vulnscope.diagnostics.curvature_bounds import curvature_bounds
 from vulnscope.diagnostics.distance import class_change_distances, model_classifier
@@ -40,6 +38,15 @@ DIAGNOSTICS_SCHEMA_VERSION = 1
 """Version of the layout of ``diagnostics.json``."""
 
 _RANDOM_DIRECTIONS = 8
+
+
+def _loss_gradient(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
+    """(N, ...) input gradient of each sample's cross-entropy at ``x`` (samples independent)."""
+    inputs = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = torch.nn.functional.cross_entropy(model(inputs), y, reduction="none")
+        (gradient,) = torch.autograd.grad(loss.sum(), inputs)
+    return gradient
 
 
 def _bracketed_fraction(
@@ -129,8 +136,7 @@ def run_diagnostics(
     bounds = curvature_bounds(model, x, y, seed=seed)
 
     stage("class-change distances")
-    with torch.enable_grad():
-        gradient = value_and_grad(model, x, y, None, cross_entropy)[2]
+    gradient = _loss_gradient(model, x, y)
     noise = torch.randn((x.shape[0], _RANDOM_DIRECTIONS, *x.shape[1:]), generator=generator)
     directions = {
         "fisher": v1[:, None],

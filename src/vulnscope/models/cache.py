@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor, nn
 
+from vulnscope._cache import CACHE_ENV, cache_dir, recipe_digest
 from vulnscope._io import write_bytes_atomic
 from vulnscope._validation import check_choice, check_seed
 from vulnscope.errors import VulnscopeWarning
@@ -34,9 +31,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CACHE_ENV = "VULNSCOPE_CACHE_DIR"
-"""Environment variable that overrides the cache directory."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +52,6 @@ class Recipe:
         return f"{self.data}-{self.architecture}-seed{seed}-{recipe_digest(self)}"
 
 
-def recipe_digest(recipe: Any) -> str:
-    """12 hex digits of a hash of every field of a recipe dataclass (part of a cache key)."""
-    return hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:12]
-
-
 PRETRAINED: dict[str, tuple[Callable[[], nn.Module], Recipe]] = {
     "digits-cnn": (
         DigitsCNN,
@@ -75,14 +64,6 @@ PRETRAINED: dict[str, tuple[Callable[[], nn.Module], Recipe]] = {
     ),
 }  # fmt: skip
 """Names of the reference models, each with its architecture and training recipe."""
-
-
-def cache_dir() -> Path:
-    """``$VULNSCOPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/vulnscope``, else ``~/.cache/vulnscope``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vulnscope"
 
 
 def train_recipe(

@@ -8,10 +8,10 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from vulnscope._cache import cache_dir, recipe_digest
 from vulnscope._validation import check_choice, check_int, check_seed
 from vulnscope.data.dataset import ImageData
 from vulnscope.errors import DataError, VulnscopeWarning
-from vulnscope.models.cache import cache_dir, recipe_digest
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rbm.serialization import load_deep_rbm, save_deep_rbm
 from vulnscope.rbm.training import fine_tune, greedy_pretrain
