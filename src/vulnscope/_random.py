@@ -9,7 +9,7 @@ import secrets
 import torch
 from torch import Tensor
 
-from vulnscope._validation import _describe, check_seed
+from vulnscope._validation import check_seed, describe
 from vulnscope.errors import InvalidTypeError
 
 __all__ = ["make_generator", "resolve_generator", "row_generators", "row_seeds"]
@@ -51,7 +51,7 @@ def row_seeds(x: Tensor, seed: int | None) -> list[int]:
     if key is None:
         key = secrets.randbits(63)
     if not isinstance(x, Tensor):
-        raise InvalidTypeError(f"x must be a torch.Tensor, got {_describe(x)}")
+        raise InvalidTypeError(f"x must be a torch.Tensor, got {describe(x)}")
     rows = x.detach().cpu().contiguous().reshape(x.shape[0], math.prod(x.shape[1:]))
     data = rows.view(torch.uint8).numpy() if rows.numel() else rows.numpy()
     prefix = key.to_bytes(16, "little") + str(x.dtype).encode()

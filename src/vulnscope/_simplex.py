@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vulnscope._validation import _describe
+from vulnscope._validation import describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["project_to_simplex", "project_unchecked"]
@@ -37,7 +37,7 @@ def project_to_simplex(z: Tensor) -> Tensor:
 
     """
     if not isinstance(z, Tensor):
-        raise InvalidTypeError(f"z must be a torch.Tensor, got {_describe(z)}")
+        raise InvalidTypeError(f"z must be a torch.Tensor, got {describe(z)}")
     if z.ndim < 1 or z.shape[-1] < 1:
         raise InvalidArgumentError(f"z must have shape (..., C) with C >= 1, got {tuple(z.shape)}")
     if not (z.is_floating_point() or z.dtype in (torch.int32, torch.int64)):

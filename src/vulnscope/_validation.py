@@ -19,7 +19,7 @@ from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     """A short description of an argument for an error message: never a whole array."""
     kind = type(value)
     if isinstance(value, Tensor):
@@ -37,7 +37,7 @@ def check_real(
 ) -> float:
     """A finite real number, optionally bounded below (``> minimum`` if ``exclusive``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidTypeError(f"{name} must be a real number, got {_describe(value)}")
+        raise InvalidTypeError(f"{name} must be a real number, got {describe(value)}")
     result = float(value)
     if not math.isfinite(result):
         raise InvalidArgumentError(f"{name} must be finite, got {result}")
@@ -60,7 +60,7 @@ def check_fraction(value: Any, name: str) -> float:
 def check_int(value: Any, name: str, *, minimum: int = 1) -> int:
     """An integer (not a bool) that is at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidTypeError(f"{name} must be an integer, got {_describe(value)}")
+        raise InvalidTypeError(f"{name} must be an integer, got {describe(value)}")
     if value < minimum:
         raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value}")
     return int(value)
@@ -69,7 +69,7 @@ def check_int(value: Any, name: str, *, minimum: int = 1) -> int:
 def check_bool(value: Any, name: str) -> bool:
     """A genuine ``bool`` (not 0/1, not a string)."""
     if not isinstance(value, bool):
-        raise InvalidTypeError(f"{name} must be True or False, got {_describe(value)}")
+        raise InvalidTypeError(f"{name} must be True or False, got {describe(value)}")
     return value
 
 
@@ -99,7 +99,7 @@ def check_seed(value: Any, name: str = "seed") -> int | None:
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     """One of ``choices``, compared case-insensitively."""
     if not isinstance(value, str):
-        raise InvalidTypeError(f"{name} must be one of {list(choices)}, got {_describe(value)}")
+        raise InvalidTypeError(f"{name} must be one of {list(choices)}, got {describe(value)}")
     lowered = value.lower()
     if lowered not in choices:
         raise InvalidArgumentError(f"{name} must be one of {list(choices)}, got {value!r}")
@@ -114,7 +114,7 @@ def check_norm(value: Any, name: str = "norm", *, allowed: Sequence[str] = NORMS
 def check_bounds(value: Any, name: str = "bounds") -> tuple[float, float]:
     """Input bounds ``(low, high)``: two finite numbers with ``low < high``."""
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise InvalidTypeError(f"{name} must be a pair (low, high), got {_describe(value)}")
+        raise InvalidTypeError(f"{name} must be a pair (low, high), got {describe(value)}")
     low = check_real(value[0], f"{name}[0]")
     high = check_real(value[1], f"{name}[1]")
     if not low < high:
@@ -125,7 +125,7 @@ def check_bounds(value: Any, name: str = "bounds") -> tuple[float, float]:
 def check_inputs(x: Any, *, bounds: tuple[float, float], name: str = "x") -> Tensor:
     """A batch of inputs: a floating tensor of shape (N, ...), N >= 1, finite, inside bounds."""
     if not isinstance(x, Tensor):
-        raise InvalidTypeError(f"{name} must be a torch.Tensor, got {_describe(x)}")
+        raise InvalidTypeError(f"{name} must be a torch.Tensor, got {describe(x)}")
     if not x.is_floating_point():
         raise InvalidTypeError(
             f"{name} must have a floating dtype (float32 or float64), got {x.dtype}; "
@@ -157,7 +157,7 @@ def check_labels(y: Any, *, n: int, device: torch.device, name: str = "y") -> Te
     """Class labels: an integer tensor of shape (n,), non-negative; returned as int64."""
     if not isinstance(y, Tensor):
         raise InvalidTypeError(
-            f"{name} must be a torch.Tensor of class indices, got {_describe(y)}"
+            f"{name} must be a torch.Tensor of class indices, got {describe(y)}"
         )
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise InvalidTypeError(f"{name} must have an integer dtype (int64), got {y.dtype}")
@@ -216,7 +216,7 @@ def check_model(model: Any, name: str = "model") -> Callable[[Tensor], Tensor]:
     """A callable mapping a batch of inputs to a batch of logits (an ``nn.Module`` usually)."""
     if not callable(model):
         raise InvalidTypeError(
-            f"{name} must be a callable such as a torch.nn.Module, got {_describe(model)}"
+            f"{name} must be a callable such as a torch.nn.Module, got {describe(model)}"
         )
     return model  # type: ignore[no-any-return]
 
@@ -244,7 +244,7 @@ def check_model_matches_inputs(model: Any, x: Tensor, name: str = "model") -> No
 def check_logits(logits: Any, n: int, name: str = "model") -> Tensor:
     """A model output: a floating tensor of shape (n, C) with C >= 2."""
     if not isinstance(logits, Tensor):
-        raise ModelError(f"{name} must return a tensor of logits, returned {_describe(logits)}")
+        raise ModelError(f"{name} must return a tensor of logits, returned {describe(logits)}")
     if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] < 2:
         raise ModelError(
             f"{name} must return logits of shape (N, C) = ({n}, C) with C >= 2 classes, "

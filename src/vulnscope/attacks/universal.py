@@ -10,13 +10,13 @@ import torch
 from torch import Tensor
 
 from vulnscope._validation import (
-    _describe,
     check_fraction,
     check_inputs,
     check_int,
     check_labels,
     check_logits,
     check_model,
+    describe,
 )
 from vulnscope.attacks.base import Attack
 from vulnscope.attacks.counting import CountingModel
@@ -68,7 +68,7 @@ def fooling_rate(
     if not isinstance(perturbation, Tensor) or perturbation.shape != x.shape[1:]:
         raise InvalidArgumentError(
             f"perturbation must be a tensor of shape {tuple(x.shape[1:])} (one input), "
-            f"got {_describe(perturbation)}"
+            f"got {describe(perturbation)}"
         )
     if target is not None:
         target = check_labels(target, n=x.shape[0], device=x.device, name="target")
@@ -222,7 +222,7 @@ class UniversalPerturbation(Attack):
 
     def _check_inner(self, attack: Any) -> None:
         if not isinstance(attack, Attack):
-            raise InvalidTypeError(f"attack must be a vulnscope Attack, got {_describe(attack)}")
+            raise InvalidTypeError(f"attack must be a vulnscope Attack, got {describe(attack)}")
         if isinstance(attack, UniversalPerturbation):
             raise InvalidArgumentError("attack must attack points one by one, not be universal")
         if attack.bounds != self.bounds:

@@ -31,11 +31,11 @@ from torch.nn import functional
 
 from vulnscope._random import resolve_generator
 from vulnscope._validation import (
-    _describe,
     check_inputs,
     check_int,
     check_real,
     check_seed,
+    describe,
 )
 from vulnscope.cloning.generation_fisher import check_output_vectors
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
@@ -81,7 +81,7 @@ class ConditionalDecoder(nn.Module):
         if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
             raise InvalidTypeError(
                 f"input_shape must be a sequence of sizes such as (1, 8, 8), "
-                f"got {_describe(input_shape)}"
+                f"got {describe(input_shape)}"
             )
         self.input_shape = tuple(
             check_int(size, f"input_shape[{i}]") for i, size in enumerate(input_shape)

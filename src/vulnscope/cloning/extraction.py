@@ -22,7 +22,6 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope._validation import (
-    _describe,
     check_bounds,
     check_choice,
     check_eps,
@@ -34,6 +33,7 @@ from vulnscope._validation import (
     check_model_matches_inputs,
     check_norm,
     check_real,
+    describe,
 )
 from vulnscope.attacks.pgd import PGD
 from vulnscope.cloning.augmentation import jacobian_augmentation, periodic_step
@@ -198,7 +198,7 @@ def extract(
     train = _trainer(trainer, epochs, batch_size, lr)
     if test is not None:
         if not isinstance(test, tuple) or len(test) != 2:
-            raise InvalidTypeError(f"test must be a pair (x_test, y_test), got {_describe(test)}")
+            raise InvalidTypeError(f"test must be a pair (x_test, y_test), got {describe(test)}")
         x_test = check_inputs(test[0], bounds=bounds, name="x_test")
         y_test = check_labels(test[1], n=x_test.shape[0], device=x_test.device, name="y_test")
     if reference is not None:
@@ -323,7 +323,7 @@ def _trainer(trainer: Any, epochs: int, batch_size: int, lr: float) -> Trainer:
         if not callable(trainer):
             raise InvalidTypeError(
                 "trainer must be a callable trainer(model, x, targets, seed) -> model, "
-                f"got {_describe(trainer)}"
+                f"got {describe(trainer)}"
             )
         return trainer  # type: ignore[no-any-return]
     epochs = check_int(epochs, "epochs")
@@ -341,7 +341,7 @@ def _train(train: Trainer, clone: nn.Module, x: Tensor, targets: Tensor, seed: i
     trained = train(clone, x, targets, seed)
     if not isinstance(trained, nn.Module):
         raise InvalidTypeError(
-            f"trainer must return the trained torch.nn.Module, returned {_describe(trained)}"
+            f"trainer must return the trained torch.nn.Module, returned {describe(trained)}"
         )
     return trained.eval()
 
@@ -355,7 +355,7 @@ def _initial_clone(architecture: Any, seed: int, queries: Tensor) -> nn.Module:
     else:
         raise InvalidTypeError(
             "architecture must be a torch.nn.Module or a callable returning one, "
-            f"got {_describe(architecture)}"
+            f"got {describe(architecture)}"
         )
     check_model_matches_inputs(clone, queries, name="architecture")
     return clone

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from vulnscope._validation import _describe, check_choice, check_real
+from vulnscope._validation import check_choice, check_real, describe
 from vulnscope.cloning.defence import OutputDefence
 from vulnscope.cloning.reverse import ReverseModel
 from vulnscope.cloning.simplex import check_budget, search_along, sum_zero_basis
@@ -120,7 +120,7 @@ class FisherPoisoning(OutputDefence):
         elif not isinstance(reverse, ReverseModel):
             raise InvalidTypeError(
                 "reverse must be a vulnscope.cloning.reverse.ReverseModel (num_classes and "
-                f"output_fisher), got {_describe(reverse)}"
+                f"output_fisher), got {describe(reverse)}"
             )
         self.reverse = reverse
         classes = reverse.num_classes
@@ -145,7 +145,7 @@ class FisherPoisoning(OutputDefence):
         if not isinstance(fisher, Tensor) or tuple(fisher.shape) != expected:
             raise ModelError(
                 f"reverse.output_fisher must return a tensor of shape {expected}, "
-                f"returned {_describe(fisher)}"
+                f"returned {describe(fisher)}"
             )
         fisher = fisher.detach().to(device=probs.device, dtype=torch.float64)
         if not bool(torch.isfinite(fisher).all()):
@@ -212,7 +212,7 @@ def _default_reverse(model: Any, seed: int) -> ReverseModel:
         raise InvalidArgumentError(
             "reverse is required unless the model is a vulnscope.rbm.DeepRBM (whose "
             "generation pass gives F̃): pass reverse=ConditionalDecoder.fit(...) from "
-            f"vulnscope.cloning.decoder, got model {_describe(model)} and reverse=None"
+            f"vulnscope.cloning.decoder, got model {describe(model)} and reverse=None"
         )
     from vulnscope.cloning.generation_fisher import GenerationPassFisher
 

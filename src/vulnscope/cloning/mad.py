@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
-from vulnscope._validation import _describe, check_bool, check_int, check_real
+from vulnscope._validation import check_bool, check_int, check_real, describe
 from vulnscope.cloning.defence import OutputDefence, check_defence_budget
 from vulnscope.cloning.simplex import check_budget, search_along
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
@@ -179,12 +179,12 @@ class MAD(OutputDefence):
             if not isinstance(self.model, nn.Module):
                 raise InvalidArgumentError(
                     "surrogate is required when model is not a torch.nn.Module (no "
-                    f"untrained copy of it can be made), got model {_describe(self.model)}"
+                    f"untrained copy of it can be made), got model {describe(self.model)}"
                 )
             surrogate = untrained_copy(self.model, self._key)
         elif not isinstance(surrogate, nn.Module):
             raise InvalidTypeError(
-                f"surrogate must be a torch.nn.Module, got {_describe(surrogate)}"
+                f"surrogate must be a torch.nn.Module, got {describe(surrogate)}"
             )
         self.surrogate = surrogate
 

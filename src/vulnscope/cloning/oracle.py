@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from vulnscope._validation import _describe, check_int, check_model
+from vulnscope._validation import check_int, check_model, describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
 
 __all__ = ["BlackBox", "QueryBudgetExceededError"]
@@ -133,10 +133,10 @@ class BlackBox:
 def _check_queries(x: Any) -> Tensor:
     """A batch of inputs: a finite floating tensor (B, ...) with B >= 1."""
     if not isinstance(x, Tensor):
-        raise InvalidTypeError(f"x must be a torch.Tensor, got {_describe(x)}")
+        raise InvalidTypeError(f"x must be a torch.Tensor, got {describe(x)}")
     if not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
         raise InvalidArgumentError(
-            f"x must be a floating tensor of shape (B, ...) with B >= 1, got {_describe(x)}"
+            f"x must be a floating tensor of shape (B, ...) with B >= 1, got {describe(x)}"
         )
     if not bool(torch.isfinite(x).all()):
         raise InvalidArgumentError("x must be finite, got NaN or infinite entries")
@@ -150,7 +150,7 @@ def _check_answer(
     if not isinstance(answer, Tensor):
         raise ModelError(
             "victim must return a tensor of probability vectors (B, C) or labels (B,), "
-            f"returned {_describe(answer)}"
+            f"returned {describe(answer)}"
         )
     is_labels = answer.shape == (n,) and not answer.is_floating_point() and not answer.is_complex()
     is_probs = answer.ndim == 2 and answer.shape[0] == n and answer.shape[1] >= 2
@@ -158,7 +158,7 @@ def _check_answer(
         raise ModelError(
             f"victim must return probability vectors of shape ({n}, C) with C >= 2, floating, "
             f"or integer labels of shape ({n},) for a batch of {n} inputs; "
-            f"returned {_describe(answer)}"
+            f"returned {describe(answer)}"
         )
     if labels_only is not None and is_labels != labels_only:
         kinds = ("probability vectors", "labels")

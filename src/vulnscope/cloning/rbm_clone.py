@@ -14,7 +14,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from vulnscope._validation import _describe, check_choice, check_int
+from vulnscope._validation import check_choice, check_int, describe
 from vulnscope.errors import InvalidTypeError
 from vulnscope.rbm.layerwise import train_layerwise_kl
 from vulnscope.rbm.network import DeepRBM
@@ -85,7 +85,7 @@ class DeepRBMCloneTrainer:
         if not isinstance(clone, DeepRBM):
             raise InvalidTypeError(
                 f"clone must be a DeepRBM (DeepRBMCloneTrainer trains deep RBM networks), "
-                f"got {_describe(clone)}"
+                f"got {describe(clone)}"
             )
         greedy_pretrain(clone, x, targets, epochs=self.pretrain_epochs, seed=seed)
         if self.method == "fine_tune":

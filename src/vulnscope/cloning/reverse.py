@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from vulnscope._validation import _describe
+from vulnscope._validation import describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["MemoizedReverse", "ReverseModel"]
@@ -60,7 +60,7 @@ class MemoizedReverse:
     def __init__(self, reverse: ReverseModel) -> None:
         if not isinstance(reverse, ReverseModel):
             raise InvalidTypeError(
-                f"reverse must have num_classes and output_fisher(probs), got {_describe(reverse)}"
+                f"reverse must have num_classes and output_fisher(probs), got {describe(reverse)}"
             )
         self.reverse = reverse
         self._cache: dict[bytes, Tensor] = {}
@@ -79,7 +79,7 @@ class MemoizedReverse:
         """The wrapped model's ``output_fisher``, computed only for rows not seen before."""
         if not isinstance(probs, Tensor) or probs.ndim != 2:
             raise InvalidArgumentError(
-                f"probs must be a (B, C) tensor of output vectors, got {_describe(probs)}"
+                f"probs must be a (B, C) tensor of output vectors, got {describe(probs)}"
             )
         keys = [row.numpy().tobytes() for row in probs.detach().double().cpu()]
         missing = list(dict.fromkeys(k for k in keys if k not in self._cache))

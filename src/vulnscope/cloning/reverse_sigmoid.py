@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vulnscope._validation import _describe, check_real
+from vulnscope._validation import check_real, describe
 from vulnscope.cloning.defence import OutputDefence
 from vulnscope.cloning.simplex import check_budget
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
@@ -108,7 +108,7 @@ class ReverseSigmoid(OutputDefence):
                 raise InvalidArgumentError(
                     "beta and budget/calibration are alternatives: give beta, or budget "
                     f"and calibration inputs to find it from, got beta={beta!r}, "
-                    f"budget={budget!r} and calibration {_describe(calibration)}"
+                    f"budget={budget!r} and calibration {describe(calibration)}"
                 )
             self.beta: float | None = check_real(beta, "beta", minimum=0.0)
             self.beta_ = self.beta
@@ -116,11 +116,11 @@ class ReverseSigmoid(OutputDefence):
         if budget is None or calibration is None:
             raise InvalidArgumentError(
                 "ReverseSigmoid needs beta, or budget and calibration inputs to find beta "
-                f"from, got budget={budget!r} and calibration {_describe(calibration)}"
+                f"from, got budget={budget!r} and calibration {describe(calibration)}"
             )
         if not isinstance(calibration, Tensor):
             raise InvalidTypeError(
-                f"calibration must be a torch.Tensor of inputs, got {_describe(calibration)}"
+                f"calibration must be a torch.Tensor of inputs, got {describe(calibration)}"
             )
         self.beta = None
         probs = self.true_probabilities(calibration)

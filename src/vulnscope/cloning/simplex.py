@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from vulnscope._simplex import project_to_simplex, project_unchecked
-from vulnscope._validation import _describe, check_bool, check_int, check_real
+from vulnscope._validation import check_bool, check_int, check_real, describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = [
@@ -113,7 +113,7 @@ def check_probabilities(probs: Any, name: str = "probs") -> Tensor:
     Returns the rows as float64. A row may sum to one within 1e-6 (a float32 softmax).
     """
     if not isinstance(probs, Tensor):
-        raise InvalidTypeError(f"{name} must be a torch.Tensor, got {_describe(probs)}")
+        raise InvalidTypeError(f"{name} must be a torch.Tensor, got {describe(probs)}")
     if not probs.is_floating_point():
         raise InvalidTypeError(f"{name} must have a floating dtype, got {probs.dtype}")
     if probs.ndim != 2 or probs.shape[1] < 2:
@@ -188,7 +188,7 @@ def perturb_along(
     """
     p = check_probabilities(probs)
     if not isinstance(directions, Tensor):
-        raise InvalidTypeError(f"directions must be a torch.Tensor, got {_describe(directions)}")
+        raise InvalidTypeError(f"directions must be a torch.Tensor, got {describe(directions)}")
     if directions.shape != p.shape:
         raise InvalidArgumentError(
             f"directions must have the shape of probs {tuple(p.shape)}, "

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from vulnscope._validation import _describe, check_real
+from vulnscope._validation import check_real, describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, VulnscopeWarning
 
 __all__ = ["ACTIVATION_TYPES", "activation_dropout"]
@@ -86,12 +86,12 @@ def activation_dropout(
 
     """
     if not isinstance(model, nn.Module):
-        raise InvalidTypeError(f"model must be a torch.nn.Module, got {_describe(model)}")
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {describe(model)}")
     p = check_real(p, "p", minimum=0.0)
     if p >= 1.0:
         raise InvalidArgumentError(f"p must be in [0, 1), got {p}")
     if not isinstance(generator, torch.Generator):
-        raise InvalidTypeError(f"generator must be a torch.Generator, got {_describe(generator)}")
+        raise InvalidTypeError(f"generator must be a torch.Generator, got {describe(generator)}")
     targets = [module for module in model.modules() if isinstance(module, ACTIVATION_TYPES)]
     if not targets:
         names = ", ".join(kind.__name__ for kind in ACTIVATION_TYPES)

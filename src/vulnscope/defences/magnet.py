@@ -36,12 +36,12 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from vulnscope._validation import (
-    _describe,
     check_bool,
     check_inputs,
     check_int,
     check_real,
     check_seed,
+    describe,
 )
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
@@ -170,7 +170,7 @@ def train_autoencoder(
     """
     if not isinstance(autoencoder, nn.Module):
         raise InvalidTypeError(
-            f"autoencoder must be a torch.nn.Module, got {_describe(autoencoder)}"
+            f"autoencoder must be a torch.nn.Module, got {describe(autoencoder)}"
         )
     x = check_inputs(x, bounds=_BOUNDS)
     noise = check_real(noise, "noise", minimum=0.0)
@@ -264,7 +264,7 @@ def fit_threshold(scores: Tensor, fpr: float) -> Tensor:
     """
     if not isinstance(scores, Tensor) or scores.ndim != 1 or scores.shape[0] == 0:
         raise InvalidArgumentError(
-            f"scores must be a non-empty 1-D tensor, got {_describe(scores)}"
+            f"scores must be a non-empty 1-D tensor, got {describe(scores)}"
         )
     fpr = check_real(fpr, "fpr", minimum=0.0)
     if fpr >= 1.0:
@@ -319,7 +319,7 @@ class MagNet(nn.Module):
         super().__init__()
         for name, module in (("classifier", classifier), ("autoencoder", autoencoder)):
             if not isinstance(module, nn.Module):
-                raise InvalidTypeError(f"{name} must be a torch.nn.Module, got {_describe(module)}")
+                raise InvalidTypeError(f"{name} must be a torch.nn.Module, got {describe(module)}")
         self.classifier = classifier
         self.autoencoder = autoencoder
         # tuples, not lists: TorchScript infers their type even when one is empty
@@ -335,7 +335,7 @@ class MagNet(nn.Module):
         elif not isinstance(thresholds, Tensor) or thresholds.shape != (count,):
             raise InvalidArgumentError(
                 f"thresholds must be a tensor of shape ({count},), one per detector, "
-                f"got {_describe(thresholds)}"
+                f"got {describe(thresholds)}"
             )
         self.register_buffer("thresholds_", thresholds.detach().clone())
 
@@ -376,7 +376,7 @@ class MagNet(nn.Module):
 
 def _check_reals(values: Any, name: str, *, minimum: float, exclusive: bool) -> tuple[float, ...]:
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        raise InvalidTypeError(f"{name} must be a sequence of numbers, got {_describe(values)}")
+        raise InvalidTypeError(f"{name} must be a sequence of numbers, got {describe(values)}")
     return tuple(
         check_real(value, f"{name}[{i}]", minimum=minimum, exclusive=exclusive)
         for i, value in enumerate(values)

@@ -27,7 +27,6 @@ from torch import Tensor
 
 from vulnscope._random import make_generator
 from vulnscope._validation import (
-    _describe,
     check_bool,
     check_eps,
     check_inputs,
@@ -37,6 +36,7 @@ from vulnscope._validation import (
     check_norm,
     check_real,
     check_seed,
+    describe,
 )
 from vulnscope.attacks.base import Attack
 from vulnscope.attacks.losses import margin
@@ -183,7 +183,7 @@ class AdaptiveMagNetAttack:
         )
         if isinstance(penalties, str) or not isinstance(penalties, Sequence) or not penalties:
             raise InvalidArgumentError(
-                f"penalties must be a non-empty sequence of weights, got {_describe(penalties)}"
+                f"penalties must be a non-empty sequence of weights, got {describe(penalties)}"
             )
         self.penalties = tuple(
             check_real(value, f"penalties[{i}]", minimum=0.0, exclusive=True)
@@ -277,7 +277,7 @@ def _check_arguments(magnet: Any, x: Any, y: Any) -> tuple[Tensor, Tensor]:
     if not isinstance(magnet, MagNet):
         raise InvalidTypeError(
             f"magnet must be a vulnscope.defences.magnet.MagNet (see fit_magnet), "
-            f"got {_describe(magnet)}"
+            f"got {describe(magnet)}"
         )
     x = check_inputs(x, bounds=_BOUNDS)
     y = check_labels(y, n=x.shape[0], device=x.device)
@@ -349,7 +349,7 @@ def evaluate_oblivious(magnet: MagNet, x: Tensor, y: Tensor, attack: Attack) -> 
     if not isinstance(attack, Attack):
         raise InvalidTypeError(
             f"attack must be a vulnscope.attacks.Attack such as PGD(eps=0.1), "
-            f"got {_describe(attack)}"
+            f"got {describe(attack)}"
         )
     result = attack(magnet.classifier, x, y)
     return _summarise(
@@ -379,7 +379,7 @@ def evaluate_adaptive(
     x, y = _check_arguments(magnet, x, y)
     if not isinstance(attack, AdaptiveMagNetAttack):
         raise InvalidTypeError(
-            f"attack must be an AdaptiveMagNetAttack, got {_describe(attack)}; "
+            f"attack must be an AdaptiveMagNetAttack, got {describe(attack)}; "
             "use evaluate_oblivious for the attacks of vulnscope.attacks"
         )
     result = attack(magnet, x, y)

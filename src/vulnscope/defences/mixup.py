@@ -24,12 +24,12 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from vulnscope._validation import (
-    _describe,
     check_bool,
     check_int,
     check_labels,
     check_logits,
     check_real,
+    describe,
 )
 from vulnscope.defences.dropout import ACTIVATION_TYPES
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
@@ -103,12 +103,12 @@ class ManifoldMixup:
         if layers is not None:
             if isinstance(layers, str) or not isinstance(layers, Sequence):
                 raise InvalidTypeError(
-                    f"layers must be a sequence of module names or None, got {_describe(layers)}"
+                    f"layers must be a sequence of module names or None, got {describe(layers)}"
                 )
             for index, name in enumerate(layers):
                 if not isinstance(name, str):
                     raise InvalidTypeError(
-                        f"layers[{index}] must be a module name (str), got {_describe(name)}"
+                        f"layers[{index}] must be a module name (str), got {describe(name)}"
                     )
             layers = tuple(layers)
         self.layers = layers
@@ -165,7 +165,7 @@ class ManifoldMixup:
         batch_size = check_int(batch_size, "batch_size")
         if not isinstance(generator, torch.Generator):
             raise InvalidTypeError(
-                f"generator must be a torch.Generator, got {_describe(generator)}"
+                f"generator must be a torch.Generator, got {describe(generator)}"
             )
         device = generator.device
         uniform = torch.rand((), generator=generator, dtype=torch.float64, device=device)
@@ -192,7 +192,7 @@ class ManifoldMixup:
         n = x.shape[0]
         y = check_labels(y, n=n, device=x.device)
         if not isinstance(draw, MixupDraw):
-            raise InvalidTypeError(f"draw must be a MixupDraw, got {_describe(draw)}")
+            raise InvalidTypeError(f"draw must be a MixupDraw, got {describe(draw)}")
         permutation = draw.permutation.to(x.device)
         if permutation.shape != (n,):
             raise InvalidArgumentError(
@@ -237,13 +237,13 @@ def beta_quantile(u: float, alpha: float) -> float:
 
 def _check_model(model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise InvalidTypeError(f"model must be a torch.nn.Module, got {_describe(model)}")
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {describe(model)}")
     return model
 
 
 def _check_batch(x: Any) -> Tensor:
     if not isinstance(x, Tensor):
-        raise InvalidTypeError(f"x must be a torch.Tensor, got {_describe(x)}")
+        raise InvalidTypeError(f"x must be a torch.Tensor, got {describe(x)}")
     if not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
         raise InvalidArgumentError(
             f"x must be a floating tensor of shape (B, ...) with B >= 1, "
@@ -268,7 +268,7 @@ def _forward_mixed(model: nn.Module, x: Tensor, layer: str, lam: float, permutat
         if not isinstance(output, Tensor) or output.ndim < 1 or output.shape[0] != x.shape[0]:
             raise ModelError(
                 f"Manifold Mixup mixes tensors with the batch first: the output of layer "
-                f"{layer!r} is {_describe(output)}, for a batch of {x.shape[0]}"
+                f"{layer!r} is {describe(output)}, for a batch of {x.shape[0]}"
             )
         mixed = True
         return lam * output + (1.0 - lam) * output[permutation]

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope._simplex import project_to_simplex
-from vulnscope._validation import _describe, check_int, check_real
+from vulnscope._validation import check_int, check_real, describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["ConvexAggregation", "parseval_deviation", "parseval_retraction"]
@@ -86,7 +86,7 @@ class ConvexAggregation(nn.Module):
         for index, branch in enumerate(branches):
             if not isinstance(branch, nn.Module):
                 raise InvalidTypeError(
-                    f"branches[{index}] must be a torch.nn.Module, got {_describe(branch)}"
+                    f"branches[{index}] must be a torch.nn.Module, got {describe(branch)}"
                 )
         self.branches = nn.ModuleList(branches)
         self.alpha = nn.Parameter(torch.full((len(branches),), 1.0 / len(branches)))
@@ -207,7 +207,7 @@ def parseval_deviation(model: nn.Module) -> dict[str, float]:
 
 def _check_module(model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise InvalidTypeError(f"model must be a torch.nn.Module, got {_describe(model)}")
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {describe(model)}")
     return model
 
 

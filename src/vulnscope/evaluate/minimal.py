@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from vulnscope._validation import (
-    _describe,
     check_bool,
     check_inputs,
     check_int,
@@ -29,15 +28,22 @@ from vulnscope._validation import (
     check_norm,
 )
 from vulnscope.attacks.base import Attack
-from vulnscope.attacks.deepfool import DeepFool
-from vulnscope.distributed import Sharding
-from vulnscope.errors import InvalidArgumentError, InvalidTypeError
-from vulnscope.evaluate.transfer import predicted_class
+from vulnscope.errors import InvalidArgumentError
+from vulnscope.evaluate._chunks import map_chunks
+from vulnscope.evaluate.minimal_chunk import (
+    CLEAN,
+    MinimalChunk,
+    check_minimal_attacks,
+    run_minimal_chunk,
+)
 
-__all__ = ["CLEAN", "QUANTILES", "MinimalPerturbations", "minimal_perturbations"]
-
-CLEAN = "clean"
-"""``found_by`` of a point the model misclassifies without any perturbation."""
+__all__ = [
+    "CLEAN",
+    "QUANTILES",
+    "MinimalPerturbations",
+    "merge_minimal_chunks",
+    "minimal_perturbations",
+]
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 """The quantiles :meth:`MinimalPerturbations.to_dict` reports."""
@@ -69,6 +75,8 @@ class MinimalPerturbations:
             perturbation, ``"clean"`` for a clean mistake, ``None`` if none was found.
         clean_correct: (N,) bool, the model classifies the unperturbed sample correctly.
         x_adv: (N, ...) the smallest adversarial example found; ``x`` where none.
+            ``None`` when merged from chunks read back from JSON (checkpoints keep no
+            examples).
         norm: the norm of ``norms``.
         attacks: the names of the attacks, in the order they were run.
 
@@ -77,7 +85,7 @@ class MinimalPerturbations:
     norms: Tensor
     found_by: tuple[str | None, ...]
     clean_correct: Tensor
-    x_adv: Tensor
+    x_adv: Tensor | None
     norm: str
     attacks: tuple[str, ...]
 
@@ -158,40 +166,6 @@ class MinimalPerturbations:
         }
 
 
-def _names(attacks: Sequence[Attack]) -> tuple[str, ...]:
-    """Class names, made unique by their position where two attacks share one."""
-    names = [type(attack).__name__ for attack in attacks]
-    return tuple(f"{name}[{i}]" if names.count(name) > 1 else name for i, name in enumerate(names))
-
-
-def _check_attacks(attacks: Any, norm: str) -> list[Attack]:
-    if attacks is None:
-        return [DeepFool(norm=norm)]
-    chosen = [attacks] if isinstance(attacks, Attack) else attacks
-    if not isinstance(chosen, Sequence) or not chosen:
-        raise InvalidTypeError(
-            f"attacks must be an Attack or a non-empty sequence of them, got {_describe(attacks)}"
-        )
-    for i, attack in enumerate(chosen):
-        if not isinstance(attack, Attack):
-            raise InvalidTypeError(
-                f"attacks[{i}] must be a vulnscope Attack, got {_describe(attack)}"
-            )
-        if attack.requires_eps:
-            raise InvalidArgumentError(
-                f"attacks[{i}] must be a minimal attack (DeepFool, CarliniWagner, FAB, ...), "
-                f"got {type(attack).__name__}, which works inside a fixed budget"
-            )
-        if attack.targeted:
-            raise InvalidArgumentError(f"attacks[{i}] must be untargeted")
-        if attack.norm != norm:
-            raise InvalidArgumentError(
-                f"attacks[{i}] must minimise the {norm!r} norm, got {type(attack).__name__} "
-                f"with norm={attack.norm!r}"
-            )
-    return list(chosen)
-
-
 def minimal_perturbations(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -208,6 +182,10 @@ def minimal_perturbations(
     classifies correctly; each point keeps the smallest successful perturbation, and the
     first attack in ``attacks`` wins ties.
 
+    The points go in fixed chunks of ``batch_size`` by index (chunk ``k`` holds points
+    ``[k B, (k + 1) B)``), each by :func:`~vulnscope.evaluate.minimal_chunk`, and
+    :func:`merge_minimal_chunks` joins them in index order.
+
     Args:
         model: maps inputs (N, ...) to logits (N, C).
         x: inputs (N, ...), inside the attacks' bounds.
@@ -215,10 +193,12 @@ def minimal_perturbations(
         attacks: a minimal untargeted attack or a sequence of them, all in ``norm``;
             default: DeepFool in ``norm``.
         norm: the norm the perturbations are measured in.
-        batch_size: samples per attack call; ``None`` for all at once.
+        batch_size: points per chunk (each attack call sees a chunk's correctly
+            classified points); ``None`` for one chunk of all the points.
         shard: under ``torchrun`` (or any initialised ``torch.distributed`` group of
-            several ranks), share the attack calls among the ranks; every rank returns
-            the whole result, equal to one process's. False runs every call here.
+            several ranks), share the chunks among the ranks; every rank returns the
+            whole result, equal to one process's, bit for bit. False runs every chunk
+            here.
 
     Returns:
         :class:`MinimalPerturbations`.
@@ -237,41 +217,71 @@ def minimal_perturbations(
     """
     model = check_model(model)
     norm = check_norm(norm)
-    chosen = _check_attacks(attacks, norm)
+    chosen = check_minimal_attacks(attacks, norm)
     x = check_inputs(x, bounds=chosen[0].bounds)
     y = check_labels(y, n=x.shape[0], device=x.device)
     size = x.shape[0] if batch_size is None else check_int(batch_size, "batch_size")
-    correct = predicted_class(model, x) == y
-    norms = torch.where(correct, math.inf, 0.0).to(torch.float64)
-    best = torch.full_like(norms, -1, dtype=torch.int64)
-    x_adv = x.detach().clone()
-    chunks = torch.split(correct.nonzero()[:, 0], size) if bool(correct.any()) else ()
-    sharding = Sharding(len(chunks), shard=check_bool(shard, "shard"), device=x.device)
-    mine = [chunks[k] for k in sharding.pieces]
-    for index, attack in enumerate(chosen):
-        for chunk in mine:
-            result = attack(model, x[chunk], y[chunk])
-            found = torch.where(result.success, result.norms.double(), math.inf)
-            better = found < norms[chunk]
-            rows = chunk[better]
-            norms[rows] = found[better]
-            best[rows] = index
-            x_adv[rows] = result.x_adv[better]
-    # Rank 0 sends the clean mistakes (every rank has them); each rank its own chunks.
-    owned = ~correct if sharding.rank == 0 else torch.zeros_like(correct)
-    for chunk in mine:
-        owned[chunk] = True
-    norms, best, x_adv = (sharding.gather_rows(t, owned) for t in (norms, best, x_adv))
-    names = _names(chosen)
-    found_by = tuple(
-        CLEAN if not ok else (names[i] if i >= 0 else None)
-        for ok, i in zip(correct.tolist(), best.tolist(), strict=True)
+    chunks = torch.arange(x.shape[0], device=x.device).split(size)
+
+    def compute(k: int) -> MinimalChunk:
+        rows = chunks[k]
+        return run_minimal_chunk(model, x[rows], y[rows], attacks=chosen, norm=norm)
+
+    pieces = map_chunks(
+        len(chunks),
+        compute,
+        decode=MinimalChunk.from_json,
+        shard=check_bool(shard, "shard"),
+        device=x.device,
     )
+    return merge_minimal_chunks(pieces)
+
+
+def merge_minimal_chunks(chunks: Sequence[MinimalChunk]) -> MinimalPerturbations:
+    """The distribution over the points of ``chunks``, joined in the order given.
+
+    The per-point fields are concatenated, so the result (its statistics included) is
+    the same, bit for bit, however the chunks were spread over processes, as long as
+    they come in chunk order.
+
+    Args:
+        chunks: the chunks in index order, all of one run (norm and attacks); computed
+            here or read back with :meth:`MinimalChunk.from_json`.
+
+    Returns:
+        :class:`MinimalPerturbations` over the ``N = sum(len(chunk.norms))`` points, its
+        ``x_adv`` (N, ...) the chunks' examples joined, or ``None`` when any chunk holds
+        none (read back from JSON without them).
+
+    Raises:
+        InvalidArgumentError: no chunks, or chunks of different runs.
+
+    """
+    if not chunks:
+        raise InvalidArgumentError("chunks must hold at least one MinimalChunk, got none")
+    first = chunks[0]
+    for index, chunk in enumerate(chunks):
+        if (chunk.norm, chunk.attacks) != (first.norm, first.attacks):
+            raise InvalidArgumentError(
+                f"chunks must come from one run: chunks[{index}] has norm {chunk.norm!r} and "
+                f"attacks {chunk.attacks}, chunks[0] {first.norm!r} and {first.attacks}"
+            )
+    held = [chunk.x_adv for chunk in chunks]
+    x_adv = torch.cat([x for x in held if x is not None]) if None not in held else None
+    device = None if x_adv is None else x_adv.device
     return MinimalPerturbations(
-        norms=norms,
-        found_by=found_by,
-        clean_correct=correct,
+        norms=torch.tensor(
+            [value for chunk in chunks for value in chunk.norms],
+            dtype=torch.float64,
+            device=device,
+        ),
+        found_by=tuple(name for chunk in chunks for name in chunk.found_by),
+        clean_correct=torch.tensor(
+            [ok for chunk in chunks for ok in chunk.clean_correct],
+            dtype=torch.bool,
+            device=device,
+        ),
         x_adv=x_adv,
-        norm=norm,
-        attacks=names,
+        norm=first.norm,
+        attacks=first.attacks,
     )

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope._validation import (
-    _describe,
     check_inputs,
     check_int,
     check_labels,
@@ -28,6 +27,7 @@ from vulnscope._validation import (
     check_model,
     check_real,
     check_seed,
+    describe,
 )
 from vulnscope.attacks.base import Attack
 from vulnscope.data.dataset import ImageData
@@ -198,7 +198,7 @@ def transferability(
     attack = _check_attack(attack)
     if not isinstance(require_source_correct, bool):
         raise InvalidTypeError(
-            f"require_source_correct must be True or False, got {_describe(require_source_correct)}"
+            f"require_source_correct must be True or False, got {describe(require_source_correct)}"
         )
     x = check_inputs(x, bounds=attack.bounds)
     y = check_labels(y, n=x.shape[0], device=x.device)
@@ -301,7 +301,7 @@ def transfer_between_halves(
     attack = _check_attack(attack)
     for name, data in (("train_data", train_data), ("test_data", test_data)):
         if not isinstance(data, ImageData):
-            raise InvalidTypeError(f"{name} must be an ImageData, got {_describe(data)}")
+            raise InvalidTypeError(f"{name} must be an ImageData, got {describe(data)}")
     if len(train_data) < 2:
         raise InvalidArgumentError(
             f"train_data must hold at least 2 samples to be split in halves, got {len(train_data)}"
@@ -335,7 +335,7 @@ def transfer_between_halves(
 
 def _check_attack(attack: Any) -> Attack:
     if not isinstance(attack, Attack):
-        raise InvalidTypeError(f"attack must be a vulnscope Attack, got {_describe(attack)}")
+        raise InvalidTypeError(f"attack must be a vulnscope Attack, got {describe(attack)}")
     if attack.targeted:
         raise InvalidArgumentError(
             "attack must be untargeted: transferability counts any mistake of the target"
@@ -356,5 +356,5 @@ def _architecture(architecture: Any) -> tuple[Callable[[], nn.Module], Recipe]:
         return architecture, PRETRAINED["digits-cnn"][1]
     raise InvalidTypeError(
         "architecture must be a name or a callable returning an nn.Module, "
-        f"got {_describe(architecture)}"
+        f"got {describe(architecture)}"
     )

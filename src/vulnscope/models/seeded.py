@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vulnscope._validation import _describe
+from vulnscope._validation import describe
 from vulnscope.errors import InvalidTypeError
 
 __all__ = ["build_seeded"]
@@ -32,10 +32,10 @@ def build_seeded(
 
     """
     if not callable(factory):
-        raise InvalidTypeError(f"{name} must be callable, got {_describe(factory)}")
+        raise InvalidTypeError(f"{name} must be callable, got {describe(factory)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = factory()
     if not isinstance(model, nn.Module):
-        raise InvalidTypeError(f"{name} must return a torch.nn.Module, returned {_describe(model)}")
+        raise InvalidTypeError(f"{name} must return a torch.nn.Module, returned {describe(model)}")
     return model

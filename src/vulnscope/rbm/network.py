@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope._random import resolve_generator
-from vulnscope._validation import _describe, check_choice, check_inputs, check_int, check_seed
+from vulnscope._validation import check_choice, check_inputs, check_int, check_seed, describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.exact import binary_states, push_forward
 from vulnscope.rbm.rbm import RBM, log_conditional, sample_bernoulli
@@ -82,7 +82,7 @@ class DeepRBM(nn.Module):
         if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
             raise InvalidTypeError(
                 f"widths must be a sequence of layer sizes such as [64, 64, 64], "
-                f"got {_describe(widths)}"
+                f"got {describe(widths)}"
             )
         if len(widths) < 1:
             raise InvalidArgumentError("widths must name at least the input size, got []")
@@ -285,7 +285,7 @@ class DeepRBM(nn.Module):
 
     def _label_vectors(self, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
         if not isinstance(y, Tensor):
-            raise InvalidTypeError(f"y must be a torch.Tensor of labels, got {_describe(y)}")
+            raise InvalidTypeError(f"y must be a torch.Tensor of labels, got {describe(y)}")
         dtype = dtype if dtype is not None else self.rbms[0].weight.dtype
         if y.ndim == 1 and not y.is_floating_point():
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
@@ -300,5 +300,5 @@ class DeepRBM(nn.Module):
             return y.to(dtype)
         raise InvalidArgumentError(
             f"y must be (B,) class indices or (B, {self.num_classes}) label vectors, "
-            f"got {_describe(y)}"
+            f"got {describe(y)}"
         )

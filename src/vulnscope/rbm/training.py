@@ -20,13 +20,13 @@ from torch.nn import functional
 
 from vulnscope._random import make_generator
 from vulnscope._validation import (
-    _describe,
     check_bool,
     check_choice,
     check_inputs,
     check_int,
     check_real,
     check_targets,
+    describe,
 )
 from vulnscope._validation import check_seed as _check_seed
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
@@ -57,7 +57,7 @@ def check_training_data(network: DeepRBM, x: object, y: object) -> tuple[Tensor,
     published outputs a clone is trained on), in the network's dtype.
     """
     if not isinstance(network, DeepRBM):
-        raise InvalidTypeError(f"network must be a DeepRBM, got {_describe(network)}")
+        raise InvalidTypeError(f"network must be a DeepRBM, got {describe(network)}")
     inputs = network.flatten_input(check_inputs(x, bounds=(0.0, 1.0)))
     targets = check_targets(
         y, n=inputs.shape[0], num_classes=network.num_classes, device=inputs.device

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vulnscope._validation import _describe
+from vulnscope._validation import describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.exact import push_forward
 from vulnscope.rbm.rbm import RBM
@@ -52,7 +52,7 @@ def exact_couplings(probs: Tensor) -> Tensor:
     of :meth:`vulnscope.rg.OperatorSet.complete`. Every state needs a positive probability.
     """
     if not isinstance(probs, Tensor) or not probs.is_floating_point():
-        raise InvalidTypeError(f"probs must be a floating tensor, got {_describe(probs)}")
+        raise InvalidTypeError(f"probs must be a floating tensor, got {describe(probs)}")
     if bool((probs <= 0).any()):
         raise InvalidArgumentError(
             "probs must be positive on every state: the couplings of -log q are infinite "

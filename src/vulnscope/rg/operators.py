@@ -15,7 +15,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from vulnscope._validation import _describe, check_int
+from vulnscope._validation import check_int, describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["OperatorSet"]
@@ -167,7 +167,7 @@ class OperatorSet:
         once; real-valued ``states`` (probabilities) give products of mean spins.
         """
         if not isinstance(states, Tensor) or not states.is_floating_point():
-            raise InvalidTypeError(f"states must be a floating tensor, got {_describe(states)}")
+            raise InvalidTypeError(f"states must be a floating tensor, got {describe(states)}")
         if states.shape[-1] != self.n_units:
             raise InvalidArgumentError(
                 f"states must have {self.n_units} units in the last dimension, "
@@ -183,5 +183,5 @@ class OperatorSet:
 
 def _check_matrix(value: object, name: str) -> Tensor:
     if not isinstance(value, Tensor) or not value.is_floating_point() or value.ndim != 2:
-        raise InvalidTypeError(f"{name} must be a 2-D floating tensor, got {_describe(value)}")
+        raise InvalidTypeError(f"{name} must be a 2-D floating tensor, got {describe(value)}")
     return value.detach()
