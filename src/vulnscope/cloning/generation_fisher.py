@@ -37,14 +37,15 @@ import torch
 from torch import Tensor
 
 from vulnscope._random import row_seeds
-from vulnscope._validation import _describe, check_choice, check_int, check_seed
+from vulnscope._validation import check_choice, check_int, check_seed, describe
 from vulnscope.cloning.simplex import sum_zero_basis
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.exact import binary_states
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rbm.rbm import log_conditional
-from vulnscope.rg.analysis import _active_operators, _embed, choose_operators, operators_by_weight
-from vulnscope.rg.mcrg import StabilityMatrix, _jackknife_error, stability_matrix
+from vulnscope.rg.analysis import choose_operators, operators_by_weight
+from vulnscope.rg.chain import ChainRG, active_operators, chain_spectra, embed
+from vulnscope.rg.mcrg import StabilityMatrix, jackknife_error, stability_matrix
 from vulnscope.rg.operators import OperatorSet
 
 __all__ = [
@@ -77,8 +78,11 @@ def input_operators(network: DeepRBM, choice: GenerationOperatorChoice = "pairs"
 
 
 @dataclass(frozen=True)
-class GenerationRG:
+class GenerationRG(ChainRG):
     """The RG analysis of the generation pass from one output vector.
+
+    The fields it shares with the classification pass's analysis
+    (:class:`~vulnscope.rg.InputRG`) are those of :class:`~vulnscope.rg.chain.ChainRG`.
 
     Attributes:
         output: (C,) the output vector ``y`` (float64).
@@ -110,20 +114,9 @@ class GenerationRG:
     """
 
     output: Tensor
-    layers: list[StabilityMatrix]
-    leading: Tensor
-    leading_stderr: Tensor
-    singular: Tensor
-    relevant: Tensor
-    product_norm: float
-    product_norm_stderr: float
     top_derivative: Tensor
-    jacobian: Tensor
     input_covariance: Tensor
     fisher: Tensor
-    fisher_eigenvalues: Tensor
-    fisher_stderr: Tensor
-    fisher_eigenvectors: Tensor
     top_vector_stderr: float
     tangent_eigenvalues: Tensor
     tangent_stderr: Tensor
@@ -132,17 +125,6 @@ class GenerationRG:
     pixel_probs: Tensor
     hidden_operators: OperatorSet
     input_operators: OperatorSet
-
-    @property
-    def relative_error(self) -> float:
-        """Jackknife error of the top eigenvalue of ``F̃`` over the eigenvalue."""
-        top = float(self.fisher_eigenvalues[0])
-        return float(self.fisher_stderr[0]) / top if top > 0 else float("inf")
-
-    @property
-    def unstable(self) -> bool:
-        """Whether some square ``T̃^(k)`` has a relevant eigenvalue (beyond one error)."""
-        return bool((self.relevant > 0).any())
 
 
 @dataclass(frozen=True)
@@ -217,7 +199,7 @@ class GenerationPassFisher:
     ) -> None:
         if not isinstance(network, DeepRBM):
             raise InvalidTypeError(
-                f"network must be a vulnscope.rbm.DeepRBM, got {_describe(network)}"
+                f"network must be a vulnscope.rbm.DeepRBM, got {describe(network)}"
             )
         if network.depth < 2:
             raise InvalidArgumentError(
@@ -275,7 +257,7 @@ class GenerationPassFisher:
         sets = [hidden] * (len(states) - 1) + [first]
         values = [ops(state) for ops, state in zip(sets, states, strict=True)]
         active = [
-            _active_operators(value, ops, state, 2 * blocks)
+            active_operators(value, ops, state, 2 * blocks)
             for value, ops, state in zip(values, sets, states, strict=True)
         ]
         levels = list(zip(values, active, strict=True))  # fine to coarse: the pass's order
@@ -299,7 +281,7 @@ def _layer(
         # column selection copies the (S, M) values: skip it when every operator is active
         coarse = coarse if bool(keep_c.all()) else coarse[:, keep_c]
         fine = fine if bool(keep_f.all()) else fine[:, keep_f]
-        return _embed(stability_matrix(coarse, fine, blocks=blocks), keep_c, keep_f)
+        return embed(stability_matrix(coarse, fine, blocks=blocks), keep_c, keep_f)
     count = min(blocks, coarse.shape[0])
     rows, cols = keep_c.numel(), keep_f.numel()
     zeros = torch.zeros(rows, cols, dtype=torch.float64)
@@ -362,30 +344,21 @@ def _eigen(fisher: Tensor, replicas: Tensor) -> tuple[Tensor, Tensor, Tensor, fl
     values, vectors = torch.linalg.eigh(fisher)
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1).t()
     rep_values, rep_vectors = torch.linalg.eigh(replicas)
-    stderr = _jackknife_error(rep_values.flip(-1))
+    stderr = jackknife_error(rep_values.flip(-1))
     top = rep_vectors[..., -1]
     top = top * torch.where(top @ vectors[0] >= 0, 1.0, -1.0)[:, None]  # eigh's sign is arbitrary
-    vector_error = float(_jackknife_error(top).pow(2).sum().sqrt())
+    vector_error = float(jackknife_error(top).pow(2).sum().sqrt())
     return values, stderr, vectors, vector_error
 
 
 def _report(output: Tensor, chain: _Chain, hidden: OperatorSet, first: OperatorSet) -> GenerationRG:
-    leading, leading_err, singular, relevant = [], [], [], []
-    for index, layer in enumerate(chain.layers):
-        svals = layer.singular_values()
-        singular.append(svals.magnitudes[0])
-        square = index < len(chain.layers) - 1
-        spectrum = layer.eigenvalues() if square else svals
-        leading.append(spectrum.magnitudes[0])
-        leading_err.append(spectrum.stderr[0] if spectrum.stderr is not None else torch.tensor(0.0))
-        if square:
-            relevant.append(spectrum.relevant().sum())
+    spectra = chain_spectra(chain.layers)
     product = torch.eye(chain.layers[0].T.shape[1], dtype=torch.float64)
     rep_product = product.expand(chain.fisher_replicas.shape[0], -1, -1)
     for layer in chain.layers:
         product = layer.T @ product
         rep_product = layer.replicas @ rep_product  # type: ignore[operator]
-    norm_stderr = float(_jackknife_error(torch.linalg.matrix_norm(rep_product, ord=2)))
+    norm_stderr = float(jackknife_error(torch.linalg.matrix_norm(rep_product, ord=2)))
     values, stderr, vectors, vector_error = _eigen(chain.fisher, chain.fisher_replicas)
     classes = output.shape[0]
     basis = sum_zero_basis(classes)
@@ -395,10 +368,10 @@ def _report(output: Tensor, chain: _Chain, hidden: OperatorSet, first: OperatorS
     return GenerationRG(
         output=output,
         layers=chain.layers,
-        leading=torch.stack(leading).double(),
-        leading_stderr=torch.stack(leading_err).double(),
-        singular=torch.stack(singular).double(),
-        relevant=torch.stack(relevant) if relevant else torch.zeros(0, dtype=torch.long),
+        leading=spectra.leading,
+        leading_stderr=spectra.leading_stderr,
+        singular=spectra.singular,
+        relevant=spectra.relevant,
         product_norm=float(torch.linalg.matrix_norm(product, ord=2)),
         product_norm_stderr=norm_stderr,
         top_derivative=chain.top_derivative,
@@ -427,7 +400,7 @@ def check_output_vectors(probs: object, num_classes: int, *, name: str = "probs"
     """
     if not isinstance(probs, Tensor) or not probs.is_floating_point():
         raise InvalidTypeError(
-            f"{name} must be a floating torch.Tensor of output vectors, got {_describe(probs)}"
+            f"{name} must be a floating torch.Tensor of output vectors, got {describe(probs)}"
         )
     if probs.ndim != 2 or probs.shape[1] != num_classes:
         raise InvalidArgumentError(

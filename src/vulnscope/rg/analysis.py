@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -32,11 +32,12 @@ from torch import Tensor
 from vulnscope._validation import check_choice, check_int, check_seed
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.rbm.network import DeepRBM
+from vulnscope.rg.chain import ChainRG, active_operators, chain_spectra, embed
 from vulnscope.rg.mcrg import (
     StabilityMatrix,
     _check_condition,
-    _jackknife_error,
     _solve,
+    jackknife_error,
     stability_matrix,
 )
 from vulnscope.rg.operators import OperatorSet
@@ -101,8 +102,11 @@ def operators_by_weight(weight: Tensor, choice: str) -> OperatorSet:
 
 
 @dataclass(frozen=True)
-class InputRG:
+class InputRG(ChainRG):
     """The RG analysis of one input.
+
+    The fields it shares with the generation pass's analysis are those of
+    :class:`~vulnscope.rg.chain.ChainRG`.
 
     Attributes:
         layers: ``T^(k)`` for k = 2..N (the last is the label layer, rectangular).
@@ -117,23 +121,12 @@ class InputRG:
         fisher_eigenvalues: (k,) top eigenvalues of F; ``fisher_stderr`` their errors.
         fisher_eigenvectors: (k, n_0) unit eigenvectors (the dangerous directions).
         label_probs: (C,) ``q_N(y | x)`` from the chains.
+        reference_class: the most probable class, left out of the reduced label basis.
 
     """
 
-    layers: list[StabilityMatrix]
-    leading: Tensor
-    leading_stderr: Tensor
-    singular: Tensor
-    relevant: Tensor
-    product_norm: float
-    product_norm_stderr: float
-    jacobian: Tensor
-    fisher_eigenvalues: Tensor
-    fisher_stderr: Tensor
-    fisher_eigenvectors: Tensor
     label_probs: Tensor
     reference_class: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def analyse_input(
@@ -172,11 +165,11 @@ def analyse_input(
     hidden = [state[0] for state in chains.states[1:-1]]  # (S, n) for k = 1..N-1
     values = [operators(state) for state in hidden]
     active = [
-        _active_operators(value, operators, state, 2 * blocks)
+        active_operators(value, operators, state, 2 * blocks)
         for value, state in zip(values, hidden, strict=True)
     ]
     layers = [
-        _embed(stability_matrix(coarse[:, keep_c], fine[:, keep_f], blocks=blocks), keep_c, keep_f)
+        embed(stability_matrix(coarse[:, keep_c], fine[:, keep_f], blocks=blocks), keep_c, keep_f)
         for (fine, keep_f), (coarse, keep_c) in itertools.pairwise(zip(values, active, strict=True))
     ]
     label_probs = chains.end_probs[0].double()  # (S, C)
@@ -186,7 +179,7 @@ def analyse_input(
     if label_layer.T.shape[0] == 0:
         raise InvalidArgumentError("the network is certain of this input's class: no label varies")
     layers.append(
-        _embed(label_layer, torch.ones(label_layer.T.shape[0], dtype=torch.bool), active[-1])
+        embed(label_layer, torch.ones(label_layer.T.shape[0], dtype=torch.bool), active[-1])
     )
 
     first = network.rbms[0].weight.detach().double()
@@ -210,25 +203,16 @@ def analyse_input(
 
     replicas = [layer.replicas for layer in layers]
     rep_product, _, rep_fisher = chain([r for r in replicas if r is not None], label_cov_replicas)
-    fisher_stderr = _jackknife_error(torch.linalg.eigvalsh(rep_fisher).flip(-1)[:, :k])
-    norm_stderr = float(_jackknife_error(torch.linalg.matrix_norm(rep_product, ord=2)))
+    fisher_stderr = jackknife_error(torch.linalg.eigvalsh(rep_fisher).flip(-1)[:, :k])
+    norm_stderr = float(jackknife_error(torch.linalg.matrix_norm(rep_product, ord=2)))
 
-    leading, leading_err, singular, relevant = [], [], [], []
-    for index, layer in enumerate(layers):
-        svals = layer.singular_values()
-        singular.append(svals.magnitudes[0])
-        square = index < len(layers) - 1
-        spectrum = layer.eigenvalues() if square else svals
-        leading.append(spectrum.magnitudes[0])
-        leading_err.append(spectrum.stderr[0] if spectrum.stderr is not None else torch.tensor(0.0))
-        if square:
-            relevant.append(spectrum.relevant().sum())
+    spectra = chain_spectra(layers)
     return InputRG(
         layers=layers,
-        leading=torch.stack(leading).double(),
-        leading_stderr=torch.stack(leading_err).double(),
-        singular=torch.stack(singular).double(),
-        relevant=torch.stack(relevant) if relevant else torch.zeros(0, dtype=torch.long),
+        leading=spectra.leading,
+        leading_stderr=spectra.leading_stderr,
+        singular=spectra.singular,
+        relevant=spectra.relevant,
         product_norm=float(torch.linalg.matrix_norm(product, ord=2)),
         product_norm_stderr=norm_stderr,
         jacobian=jacobian,
@@ -238,83 +222,6 @@ def analyse_input(
         label_probs=label_probs.mean(0),
         reference_class=reference,
     )
-
-
-def _active_operators(
-    values: Tensor, operators: OperatorSet, states: Tensor, minimum: int
-) -> Tensor:
-    """Operators that vary on the chains: (M,) bool.
-
-    A unit that takes its minority value on fewer than ``minimum`` chains is frozen for
-    this input: its coupling is effectively infinite and a small change of it changes
-    nothing, so it and every product containing it drop out of the chain rule (their
-    rows and columns of T are zero). Requiring ``minimum`` flips also keeps every
-    jackknife replica's covariance invertible.
-    """
-    samples = states.shape[0]
-    unit_on = (states > 0.5).sum(0)
-    unit_ok = torch.minimum(unit_on, samples - unit_on) >= minimum
-    plus = (values > 0).sum(0)
-    ok = torch.minimum(plus, samples - plus) >= minimum
-    units_ok = unit_ok[operators.index.clamp_max(operators.n_units - 1)]
-    units_ok = units_ok | (operators.index == operators.n_units)
-    active = ok & units_ok.all(1)
-    chosen = active.nonzero().flatten()
-    independent = _independent_columns(values[:, chosen].double())
-    mask = torch.zeros_like(active)
-    mask[chosen[independent]] = True
-    return mask
-
-
-def _independent_columns(values: Tensor, tolerance: float = 1e-6) -> Tensor:
-    """Indices of a maximal set of linearly independent columns, in their original order.
-
-    Greedy pivoted Cholesky of the covariance: a column is kept when the part of it that
-    the kept columns do not explain has at least ``tolerance`` of its variance. A product
-    that equals another operator on every chain (``s_i s_j`` with ``s_i = s_j``, say) is
-    redundant: its coupling is not identifiable and fixing it to zero is a gauge choice.
-    """
-    centred = values - values.mean(0)
-    cov = centred.t() @ centred / values.shape[0]
-    kept: list[int] = []
-    factor = cov.new_zeros((0, 0))
-    for column in range(cov.shape[0]):
-        cross = cov[kept, column]
-        solved = (
-            torch.linalg.solve_triangular(factor, cross[:, None], upper=False).flatten()
-            if kept
-            else cross
-        )
-        residual = float(cov[column, column] - solved.pow(2).sum())
-        if residual > tolerance * float(cov[column, column]):
-            size = len(kept)
-            grown = cov.new_zeros((size + 1, size + 1))
-            grown[:size, :size] = factor
-            grown[size, :size] = solved
-            grown[size, size] = residual**0.5
-            factor = grown
-            kept.append(column)
-    return torch.tensor(kept, dtype=torch.long)
-
-
-def _embed(result: StabilityMatrix, rows: Tensor, cols: Tensor) -> StabilityMatrix:
-    """``result`` on the active operators, placed into zero-filled full-size matrices."""
-
-    def place(matrix: Tensor | None, r: Tensor, c: Tensor) -> Tensor | None:
-        if matrix is None:
-            return None
-        full = matrix.new_zeros((*matrix.shape[:-2], r.numel(), c.numel()))
-        full[..., r.nonzero().flatten()[:, None], c.nonzero().flatten()] = matrix
-        return full
-
-    T = place(result.T, rows, cols)
-    A = place(result.coarse_covariance, rows, rows)
-    if T is None or A is None:  # unreachable: both are always tensors; narrows the type
-        raise TypeError("a stability matrix without T or A")
-    return StabilityMatrix(
-        T, place(result.stderr, rows, cols), result.condition_number, result.num_samples, A,
-        place(result.replicas, rows, cols), place(result.covariance_replicas, rows, rows),
-    )  # fmt: skip
 
 
 def _label_layer(
@@ -353,6 +260,6 @@ def _label_layer(
         sizes.sum() - sizes, sum_p.sum(0) - sum_p, sum_o.sum(0) - sum_o, sum_po.sum(0) - sum_po
     )
     layer = StabilityMatrix(
-        T, _jackknife_error(replicas), condition, samples, A, replicas, covariances
+        T, jackknife_error(replicas), condition, samples, A, replicas, covariances
     )
     return layer, reference, A, covariances

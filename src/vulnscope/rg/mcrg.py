@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vulnscope._validation import _describe, check_int, check_real
+from vulnscope._validation import check_int, check_real, describe
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, SingularMatrixError
 
-__all__ = ["Spectrum", "StabilityMatrix", "stability_matrix"]
+__all__ = ["Spectrum", "StabilityMatrix", "jackknife_error", "stability_matrix"]
 
 MAX_CONDITION = 1e10
 """Largest condition number of A that :func:`stability_matrix` solves without ridge."""
@@ -100,10 +100,16 @@ def _spectrum(T: Tensor, replicas: Tensor | None, solver: object) -> Spectrum:
     if replicas is None:
         return Spectrum(values, None)
     magnitudes = solver(replicas).abs().sort(-1, descending=True).values  # type: ignore[operator]
-    return Spectrum(values, _jackknife_error(magnitudes))
+    return Spectrum(values, jackknife_error(magnitudes))
 
 
-def _jackknife_error(replicas: Tensor) -> Tensor:
+def jackknife_error(replicas: Tensor) -> Tensor:
+    """Jackknife standard error from leave-one-block-out replicas: (B, ...) -> (...).
+
+    ``sqrt((B - 1) / B · Σ_b (r_b - r̄)²)`` over the first axis (the jackknife of
+    Quenouille 1956 and Tukey 1958), for any statistic computed once per replica: an
+    eigenvalue, a matrix entry, a norm.
+    """
     count = replicas.shape[0]
     spread = (replicas - replicas.mean(0)).pow(2).sum(0)
     return (spread * (count - 1) / count).sqrt()
@@ -112,7 +118,7 @@ def _jackknife_error(replicas: Tensor) -> Tensor:
 def _check_operator_values(value: object, name: str) -> tuple[Tensor, Tensor]:
     """The checked (S, M) values and their column sums (M,), which the caller reuses."""
     if not isinstance(value, Tensor) or not value.is_floating_point():
-        raise InvalidTypeError(f"{name} must be a floating torch.Tensor, got {_describe(value)}")
+        raise InvalidTypeError(f"{name} must be a floating torch.Tensor, got {describe(value)}")
     if value.ndim != 2 or value.shape[0] < 2 or value.shape[1] < 1:
         raise InvalidArgumentError(
             f"{name} must have shape (S, M) with S >= 2 samples and M >= 1 operators, "
@@ -131,7 +137,7 @@ def _check_operator_values(value: object, name: str) -> tuple[Tensor, Tensor]:
 
 def _check_weights(weights: object, samples: int) -> Tensor:
     if not isinstance(weights, Tensor) or not weights.is_floating_point():
-        raise InvalidTypeError(f"weights must be a floating torch.Tensor, got {_describe(weights)}")
+        raise InvalidTypeError(f"weights must be a floating torch.Tensor, got {describe(weights)}")
     if weights.shape != (samples,):
         raise InvalidArgumentError(
             f"weights must have shape ({samples},), one probability per sample, "
@@ -242,7 +248,7 @@ def stability_matrix(
                                sum_f.sum(0) - sum_f, sizes.sum() - sizes)  # fmt: skip
     A_loo = _regularise(A_loo, ridge)
     replicas = _solve(A_loo, B_loo)
-    return StabilityMatrix(T, _jackknife_error(replicas), condition, samples, A, replicas, A_loo)
+    return StabilityMatrix(T, jackknife_error(replicas), condition, samples, A, replicas, A_loo)
 
 
 def _regularise(A: Tensor, ridge: float) -> Tensor:
