@@ -194,7 +194,44 @@ class Sharding:
         if shard:
             init_from_environment(device)
         self.rank, self.world = rank_and_world() if shard else (0, 1)
+        self.count = count
         self.pieces = list(range(self.rank, count, self.world))
+        self.device = device
+
+    def exchange(self, mine: dict[int, Tensor]) -> list[Tensor]:
+        """Every piece's bytes, in piece order, on every rank.
+
+        Each rank gives the encoded result of each of its own :attr:`pieces`; every rank
+        gets all ``count`` of them back bit for bit, whichever rank computed each (two
+        collective sums: the lengths, then the bytes, each rank's at its own offsets and
+        zeros elsewhere).
+
+        Shape:
+            mine: {piece: (L_piece,) uint8} for this rank's pieces; returns ``count``
+            tensors (L_k,) uint8, on :attr:`device`.
+
+        Raises:
+            PeerLostError: a rank stopped before the exchange.
+
+        """
+        if sorted(mine) != self.pieces:
+            raise InvalidArgumentError(
+                f"mine must hold this rank's pieces {self.pieces}, got {sorted(mine)}"
+            )
+        if self.world <= 1:
+            return [mine[k] for k in range(self.count)]
+        lengths = torch.zeros(self.count, dtype=torch.int64, device=self.device)
+        for k, data in mine.items():
+            lengths[k] = data.numel()
+        lengths = self.sum(lengths)
+        ends = lengths.cumsum(0).tolist()
+        starts = [0, *ends[:-1]]
+        buffer = torch.zeros(ends[-1] if ends else 0, dtype=torch.uint8, device=self.device)
+        for k, data in mine.items():
+            buffer[starts[k] : ends[k]] = data.to(self.device)
+        if buffer.numel():
+            self._all_reduce(buffer)
+        return [buffer[start:end] for start, end in zip(starts, ends, strict=True)]
 
     def gather_rows(self, tensor: Tensor, owned: Tensor) -> Tensor:
         """Every rank's own rows of ``tensor``, gathered into one tensor on every rank.

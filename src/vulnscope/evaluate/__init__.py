@@ -1,16 +1,21 @@
 """Clean accuracy, robust curves, the standard cascade, minimal perturbations, transfer."""
 
 from vulnscope.evaluate.accuracy import accuracy, predict
-from vulnscope.evaluate.masking import MaskingCheck
-from vulnscope.evaluate.minimal import MinimalPerturbations, minimal_perturbations
+from vulnscope.evaluate.cascade import CascadeBudget, CascadeChunk, cascade_chunk
+from vulnscope.evaluate.cascade_attacks import CASCADE_ATTACKS, DEFAULT_CASCADE, check_cascade
+from vulnscope.evaluate.masking import MaskingCheck, MaskingSymptoms
+from vulnscope.evaluate.minimal import (
+    MinimalPerturbations,
+    merge_minimal_chunks,
+    minimal_perturbations,
+)
+from vulnscope.evaluate.minimal_chunk import MinimalChunk, minimal_chunk
 from vulnscope.evaluate.plots import plot_minimal_perturbations
 from vulnscope.evaluate.robust import RobustAccuracyCurve, robust_accuracy
 from vulnscope.evaluate.standard import (
-    CASCADE_ATTACKS,
-    DEFAULT_CASCADE,
     StandardEvaluation,
     StandardEvaluationCurve,
-    check_cascade,
+    merge_cascade_chunks,
     standard_evaluation,
     standard_evaluation_curve,
 )
@@ -24,15 +29,23 @@ from vulnscope.evaluate.transfer import (
 __all__ = [
     "CASCADE_ATTACKS",
     "DEFAULT_CASCADE",
+    "CascadeBudget",
+    "CascadeChunk",
     "HalvesTransfer",
     "MaskingCheck",
+    "MaskingSymptoms",
+    "MinimalChunk",
     "MinimalPerturbations",
     "RobustAccuracyCurve",
     "StandardEvaluation",
     "StandardEvaluationCurve",
     "Transfer",
     "accuracy",
+    "cascade_chunk",
     "check_cascade",
+    "merge_cascade_chunks",
+    "merge_minimal_chunks",
+    "minimal_chunk",
     "minimal_perturbations",
     "plot_minimal_perturbations",
     "predict",

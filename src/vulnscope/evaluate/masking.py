@@ -19,7 +19,7 @@ reports the triggered ones as warnings in its result.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +31,12 @@ from vulnscope.models.state import preserved_model_state
 
 __all__ = [
     "MaskingCheck",
+    "MaskingSymptoms",
     "check_black_box_gap",
     "check_gradients",
     "check_outputs",
     "check_single_step_gap",
+    "masking_symptoms",
 ]
 
 
@@ -54,13 +56,88 @@ class MaskingCheck:
     message: str = ""
 
 
-def check_outputs(model: Callable[[Tensor], Tensor], x: Tensor) -> list[MaskingCheck]:
-    """Probability-like outputs and randomised outputs, from two passes over ``x`` (N, ...)."""
+@dataclass(frozen=True)
+class MaskingSymptoms:
+    """The raw findings of the checks that look at the clean inputs, which add up over chunks.
+
+    A sharded or checkpointed evaluation measures them chunk by chunk
+    (:func:`masking_symptoms`) and joins them with :meth:`merged`: the flags by OR (a
+    symptom seen in any chunk is seen), the gradient counts by sum, so the merged
+    :meth:`checks` name the same counts as one pass over all the points would.
+
+    Attributes:
+        probabilities: the outputs looked like probabilities (rows non-negative, summing
+            to 1).
+        randomised: two evaluations of the same inputs differed.
+        gradient_points: correctly classified points whose input gradient was examined.
+        zero_gradients: of those, points with an all-zero gradient.
+        non_finite_gradients: of those, points with a NaN or infinite gradient entry.
+
+    """
+
+    probabilities: bool
+    randomised: bool
+    gradient_points: int
+    zero_gradients: int
+    non_finite_gradients: int
+
+    @classmethod
+    def merged(cls, parts: Sequence[MaskingSymptoms]) -> MaskingSymptoms:
+        """The symptoms of the union of the chunks ``parts`` measured."""
+        return cls(
+            probabilities=any(part.probabilities for part in parts),
+            randomised=any(part.randomised for part in parts),
+            gradient_points=sum(part.gradient_points for part in parts),
+            zero_gradients=sum(part.zero_gradients for part in parts),
+            non_finite_gradients=sum(part.non_finite_gradients for part in parts),
+        )
+
+    def checks(self) -> list[MaskingCheck]:
+        """The checks: probability and randomised outputs, then the gradients' if any ran."""
+        checks = _output_checks(self.probabilities, self.randomised)
+        if self.gradient_points:
+            checks.append(
+                _gradient_check(
+                    self.gradient_points, self.zero_gradients, self.non_finite_gradients
+                )
+            )
+        return checks
+
+
+def masking_symptoms(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    correct: Tensor,
+    *,
+    logits: Tensor | None = None,
+) -> MaskingSymptoms:
+    """Measure the clean-input symptoms on ``x`` (N, ...) with labels ``y`` (N,).
+
+    Args:
+        model: maps (N, ...) to logits (N, C).
+        x: inputs (N, ...).
+        y: labels (N,).
+        correct: (N,) bool, the points the model classifies correctly (the only ones
+            whose gradients matter: an attack works on them alone).
+        logits: (N, C) the model's outputs at ``x`` when the caller has them; they serve
+            as the first of the two passes the randomness check compares.
+
+    """
     with preserved_model_state(model), torch.no_grad():
-        first = model(x)
+        first = model(x) if logits is None else logits
         second = model(x)
-    probabilities = looks_like_probabilities(first)
-    randomised = not torch.equal(first, second)
+    points, zero, non_finite = _gradient_counts(model, x, y, correct)
+    return MaskingSymptoms(
+        probabilities=looks_like_probabilities(first),
+        randomised=not torch.equal(first, second),
+        gradient_points=points,
+        zero_gradients=zero,
+        non_finite_gradients=non_finite,
+    )
+
+
+def _output_checks(probabilities: bool, randomised: bool) -> list[MaskingCheck]:
     return [
         MaskingCheck(
             "probability_outputs",
@@ -83,6 +160,49 @@ def check_outputs(model: Callable[[Tensor], Tensor], x: Tensor) -> list[MaskingC
     ]
 
 
+def _gradient_counts(
+    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, correct: Tensor
+) -> tuple[int, int, int]:
+    """(points examined, all-zero gradients, non-finite gradients) at the correct points."""
+    rows = correct.nonzero()[:, 0]
+    if rows.numel() == 0:
+        return 0, 0, 0
+    with preserved_model_state(model), torch.enable_grad():
+        points = x[rows].detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(points), y[rows], reduction="sum")
+        (grad,) = torch.autograd.grad(loss, points)
+    flat = grad.flatten(1)
+    non_finite = int((~torch.isfinite(flat)).any(dim=1).sum())
+    zero = int((flat == 0).all(dim=1).sum())
+    return rows.numel(), zero, non_finite
+
+
+def _gradient_check(n: int, zero: int, non_finite: int) -> MaskingCheck:
+    problems = []
+    if zero:
+        problems.append(f"{zero} of {n} correctly classified points have an all-zero gradient")
+    if non_finite:
+        problems.append(f"{non_finite} of {n} have a NaN or infinite gradient")
+    if not problems:
+        return MaskingCheck("gradients", False)
+    return MaskingCheck(
+        "gradients",
+        True,
+        "input gradients of the cross-entropy: "
+        + "; ".join(problems)
+        + ": gradient attacks are blind there (shattered or saturated gradients); "
+        "trust the black-box results and consider BPDA or a smooth surrogate",
+    )
+
+
+def check_outputs(model: Callable[[Tensor], Tensor], x: Tensor) -> list[MaskingCheck]:
+    """Probability-like outputs and randomised outputs, from two passes over ``x`` (N, ...)."""
+    with preserved_model_state(model), torch.no_grad():
+        first = model(x)
+        second = model(x)
+    return _output_checks(looks_like_probabilities(first), not torch.equal(first, second))
+
+
 def check_gradients(
     model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, correct: Tensor
 ) -> MaskingCheck | None:
@@ -100,32 +220,8 @@ def check_gradients(
         else an untriggered one; ``None`` when no point is correct.
 
     """
-    rows = correct.nonzero()[:, 0]
-    if rows.numel() == 0:
-        return None
-    with preserved_model_state(model), torch.enable_grad():
-        points = x[rows].detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(points), y[rows], reduction="sum")
-        (grad,) = torch.autograd.grad(loss, points)
-    flat = grad.flatten(1)
-    non_finite = int((~torch.isfinite(flat)).any(dim=1).sum())
-    zero = int((flat == 0).all(dim=1).sum())
-    n = rows.numel()
-    problems = []
-    if zero:
-        problems.append(f"{zero} of {n} correctly classified points have an all-zero gradient")
-    if non_finite:
-        problems.append(f"{non_finite} of {n} have a NaN or infinite gradient")
-    if not problems:
-        return MaskingCheck("gradients", False)
-    return MaskingCheck(
-        "gradients",
-        True,
-        "input gradients of the cross-entropy: "
-        + "; ".join(problems)
-        + ": gradient attacks are blind there (shattered or saturated gradients); "
-        "trust the black-box results and consider BPDA or a smooth surrogate",
-    )
+    n, zero, non_finite = _gradient_counts(model, x, y, correct)
+    return _gradient_check(n, zero, non_finite) if n else None
 
 
 def check_single_step_gap(

@@ -18,8 +18,8 @@ from vulnscope._validation import (
     check_model,
 )
 from vulnscope.attacks.base import Attack
-from vulnscope.distributed import Sharding
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+from vulnscope.evaluate._chunks import map_chunks
 from vulnscope.evaluate.accuracy import predict
 from vulnscope.models.state import preserved_model_state
 
@@ -64,6 +64,27 @@ class RobustAccuracyCurve:
             "forward_evals": self.forward_evals,
             "gradient_evals": self.gradient_evals,
         }
+
+
+@dataclass(frozen=True)
+class _SweepChunk:
+    """One chunk's sweep: (L, B) success on the positive budgets, (B,) clean mistakes."""
+
+    success: Tensor
+    broken: Tensor
+    forward_evals: int
+    gradient_evals: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"forward_evals": self.forward_evals, "gradient_evals": self.gradient_evals}
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return self.success, self.broken
+
+    @classmethod
+    def decode(cls, data: dict[str, Any], tensors: tuple[Tensor, ...]) -> _SweepChunk:
+        success, broken = tensors
+        return cls(success, broken, int(data["forward_evals"]), int(data["gradient_evals"]))
 
 
 def robust_accuracy(
@@ -130,26 +151,31 @@ def robust_accuracy(
     if check_bool(early_stop, "early_stop") and "early_stop" in attack.get_params():
         attack = attack.replace(early_stop=True)
     ladder = sorted({eps for eps in budgets if eps > 0})
-    success_on_ladder = torch.zeros(len(ladder), x.shape[0], dtype=torch.bool, device=x.device)
-    broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    owned = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    evals = torch.zeros(2, dtype=torch.int64, device=x.device)  # forward, gradient
     chunks = torch.arange(x.shape[0], device=x.device).split(size)
-    sharding = Sharding(len(chunks), shard=check_bool(shard, "shard"), device=x.device)
-    for k in sharding.pieces:
-        chunk = chunks[k]
-        owned[chunk] = True
+
+    def compute(k: int) -> _SweepChunk:
+        rows = chunks[k]
         if not ladder:  # only eps = 0: clean accuracy
             with preserved_model_state(model):
-                broken[chunk] = predict(model, x[chunk], batch_size=size) != y[chunk]
-            continue
-        sweep = attack.sweep(model, x[chunk], y[chunk], epsilons=ladder)
-        success_on_ladder[:, chunk] = sweep.success
-        broken[chunk] = ~sweep.clean_correct
-        evals += torch.tensor([sweep.forward_evals, sweep.gradient_evals], device=x.device)
-    success_on_ladder = sharding.gather_rows(success_on_ladder.T, owned).T
-    broken = sharding.gather_rows(broken, owned)
-    forward_evals, gradient_evals = sharding.sum(evals).tolist()
+                wrong = predict(model, x[rows], batch_size=size) != y[rows]
+            none = torch.zeros(0, rows.numel(), dtype=torch.bool, device=x.device)
+            return _SweepChunk(none, wrong, 0, 0)
+        sweep = attack.sweep(model, x[rows], y[rows], epsilons=ladder)
+        return _SweepChunk(
+            sweep.success, ~sweep.clean_correct, sweep.forward_evals, sweep.gradient_evals
+        )
+
+    pieces = map_chunks(
+        len(chunks),
+        compute,
+        decode=_SweepChunk.decode,
+        shard=check_bool(shard, "shard"),
+        device=x.device,
+    )
+    success_on_ladder = torch.cat([piece.success for piece in pieces], dim=1)
+    broken = torch.cat([piece.broken for piece in pieces])
+    forward_evals = sum(piece.forward_evals for piece in pieces)
+    gradient_evals = sum(piece.gradient_evals for piece in pieces)
     clean_accuracy = float((~broken).double().mean())
     rows = [success_on_ladder[ladder.index(eps)] if eps > 0 else broken for eps in budgets]
     success = torch.stack(rows)
