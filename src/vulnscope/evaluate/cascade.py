@@ -285,7 +285,8 @@ def cascade_chunk(
     """
     model = check_model(model)
     norm = check_norm(norm, allowed=("linf", "l2"))
-    budgets = sorted(set(check_epsilons(epsilons)))
+    none = isinstance(epsilons, list | tuple) and not epsilons  # the clean pass alone
+    budgets = [] if none else sorted(set(check_epsilons(epsilons)))
     if budgets and budgets[0] <= 0:
         raise InvalidArgumentError(f"epsilons must be > 0, got {budgets}")
     bounds = check_bounds(bounds)
