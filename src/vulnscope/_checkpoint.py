@@ -14,13 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from vulnscope._io import write_json_atomic
-from vulnscope.errors import VulnscopeError
+from vulnscope.errors import CheckpointError
 
 __all__ = ["CheckpointError", "Checkpoints"]
-
-
-class CheckpointError(VulnscopeError):
-    """A checkpoint that cannot be resumed: other settings, or a damaged file."""
 
 
 class Checkpoints:

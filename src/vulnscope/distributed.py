@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from vulnscope.errors import InvalidArgumentError, VulnscopeError
+from vulnscope.errors import InvalidArgumentError, PeerLostError
 
 __all__ = [
     "PeerLostError",
@@ -45,10 +45,6 @@ __all__ = [
     "rank_and_world",
     "shared_token",
 ]
-
-
-class PeerLostError(VulnscopeError):
-    """Another rank stopped (killed, out of memory, lost machine) before the job ended."""
 
 
 def rank_and_world() -> tuple[int, int]:

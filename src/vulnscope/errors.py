@@ -2,21 +2,25 @@
 
 Every error vulnscope raises on purpose is a :class:`VulnscopeError`, and each one is also
 a subclass of the builtin a caller would otherwise catch (``ValueError``, ``TypeError``,
-``FileNotFoundError``), so ``except ValueError`` keeps working. The command line turns any
-:class:`VulnscopeError` into one line on stderr and a non-zero exit.
+``FileNotFoundError``, ``ConnectionError``...), so ``except ValueError`` keeps working.
+The command line turns any :class:`VulnscopeError` into one line on stderr and a non-zero
+exit.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "DataError",
     "InvalidArgumentError",
     "InvalidTypeError",
     "MissingFileError",
     "ModelError",
+    "PeerLostError",
     "SingularMatrixError",
     "VulnscopeError",
     "VulnscopeWarning",
+    "WorkerFailedError",
 ]
 
 
@@ -55,6 +59,31 @@ class SingularMatrixError(VulnscopeError, ArithmeticError):
     def __init__(self, message: str, condition_number: float) -> None:
         super().__init__(message)
         self.condition_number = condition_number
+
+
+class CheckpointError(VulnscopeError, ValueError):
+    """A checkpoint that cannot be resumed: made with other settings, or a damaged file.
+
+    A ``ValueError`` like :class:`DataError`: the files are there, but what they hold does
+    not fit the run asked for (settings that differ from the given ones, or JSON that does
+    not parse, which :mod:`json` itself reports as a ``ValueError``).
+    """
+
+
+class WorkerFailedError(VulnscopeError, ChildProcessError):
+    """A worker process stopped with an error or a signal; the others were stopped.
+
+    A ``ChildProcessError``: the failure is that of a child process this one started
+    (:func:`vulnscope.launch.run_local_workers`), reported with its rank and its cause.
+    """
+
+
+class PeerLostError(VulnscopeError, ConnectionError):
+    """Another rank stopped (killed, out of memory, lost machine) before the job ended.
+
+    A ``ConnectionError``: this rank learns of it as a collective whose peer went away
+    (the process group's transport reports the connection closed or reset).
+    """
 
 
 class VulnscopeWarning(UserWarning):
