@@ -157,14 +157,24 @@ class APGD(Attack):
         logits, values, grad = value_and_grad(model, start, y, target, loss)
         hit = is_adversarial(logits, y, target)
         walk = _Walk(
-            index=torch.arange(n, device=x.device), x=x, y=y, target=target,
-            x_cur=start.clone(), x_prev=start.clone(), grad=grad, loss_prev=values,
-            best_x=start.clone(), best_grad=grad.clone(), best_loss=values.clone(),
+            index=torch.arange(n, device=x.device),
+            x=x,
+            y=y,
+            target=target,
+            x_cur=start.clone(),
+            x_prev=start.clone(),
+            grad=grad,
+            loss_prev=values,
+            best_x=start.clone(),
+            best_grad=grad.clone(),
+            best_loss=values.clone(),
             step=torch.full((n,), 2.0 * eps, dtype=x.dtype, device=x.device),
-            increases=torch.zeros(n, dtype=x.dtype, device=x.device), best_at_check=values.clone(),
+            increases=torch.zeros(n, dtype=x.dtype, device=x.device),
+            best_at_check=values.clone(),
             reduced_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
-            adv_x=start.clone(), adv=hit.clone(),
-        )  # fmt: skip
+            adv_x=start.clone(),
+            adv=hit.clone(),
+        )
         interval = max(int(0.22 * self.steps), 1)
         shrink, shortest = max(int(0.03 * self.steps), 1), max(int(0.06 * self.steps), 1)
         since_check = 0
@@ -196,9 +206,12 @@ class APGD(Attack):
             weight = 1.0 if first else self.momentum
             direction = steepest_ascent(walk.grad, self.norm)
             z = project(
-                walk.x, walk.x_cur + per_sample(walk.step, walk.x) * direction,
-                norm=self.norm, eps=eps, bounds=self.bounds,
-            )  # fmt: skip
+                walk.x,
+                walk.x_cur + per_sample(walk.step, walk.x) * direction,
+                norm=self.norm,
+                eps=eps,
+                bounds=self.bounds,
+            )
             moved = (
                 walk.x_cur + weight * (z - walk.x_cur) + (1 - weight) * (walk.x_cur - walk.x_prev)
             )

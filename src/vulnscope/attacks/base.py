@@ -252,9 +252,12 @@ class Attack(abc.ABC):
         """
         with self._session(model, x, y, target) as session:
             x_adv = self.run(
-                session.model, session.x, session.y,
-                target=session.target, generator=session.generator,
-            )  # fmt: skip
+                session.model,
+                session.x,
+                session.y,
+                target=session.target,
+                generator=session.generator,
+            )
             x = session.x
             if x_adv.shape != x.shape:
                 raise RuntimeError(
@@ -317,9 +320,12 @@ class Attack(abc.ABC):
             fast = None
             if robust.numel() > 0:
                 fast = self.run_curve(
-                    session.model, session.x[robust], session.y[robust],
-                    epsilons=budgets, generator=session.generator,
-                )  # fmt: skip
+                    session.model,
+                    session.x[robust],
+                    session.y[robust],
+                    epsilons=budgets,
+                    generator=session.generator,
+                )
             counts = session.model
         if fast is not None:
             broken[:, robust] = fast

@@ -200,12 +200,26 @@ class CarliniWagner(Attack):
 
         zeros, counts = torch.zeros_like(x), torch.zeros_like(index)
         return _Runs(
-            index=index, x=x, origin=origin, w0=w0, y=y, target=target, delta=zeros,
-            m=zeros.clone(), v=zeros.clone(), step=counts, prev=full(math.inf),
-            found=counts.bool(), runs=counts.clone(), const=full(self.initial_const),
-            tau=full(math.inf), low=full(0.0), high=full(math.inf), best=x.clone(),
+            index=index,
+            x=x,
+            origin=origin,
+            w0=w0,
+            y=y,
+            target=target,
+            delta=zeros,
+            m=zeros.clone(),
+            v=zeros.clone(),
+            step=counts,
+            prev=full(math.inf),
+            found=counts.bool(),
+            runs=counts.clone(),
+            const=full(self.initial_const),
+            tau=full(math.inf),
+            low=full(0.0),
+            high=full(math.inf),
+            best=x.clone(),
             best_norm=full(math.inf),
-        )  # fmt: skip
+        )
 
     def _advance(
         self, model: CountingModel, runs: _Runs, shape: torch.Size, result: Tensor

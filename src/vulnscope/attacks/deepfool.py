@@ -121,9 +121,15 @@ class DeepFool(Attack):
             )
         if self.eps is not None:
             x_adv[rows] = fit_in_cap(
-                model, x[rows], x_adv[rows], y[rows], ts,
-                eps=self.eps, norm=self.norm, bounds=self.bounds,
-            )  # fmt: skip
+                model,
+                x[rows],
+                x_adv[rows],
+                y[rows],
+                ts,
+                eps=self.eps,
+                norm=self.norm,
+                bounds=self.bounds,
+            )
         return x_adv
 
     def _deepfool(

@@ -201,17 +201,31 @@ class FAB(Attack):
                 start = self._random_start(start, radius, generator)
             ts = None if target is None else target[rows]
             self._single_run(
-                model, x.shape, rows, flat[rows], start, y[rows], ts, up[rows],
-                best=best, best_norm=best_norm, scale=scale if restart == 0 else None,
-            )  # fmt: skip
+                model,
+                x.shape,
+                rows,
+                flat[rows],
+                start,
+                y[rows],
+                ts,
+                up[rows],
+                best=best,
+                best_norm=best_norm,
+                scale=scale if restart == 0 else None,
+            )
         found = torch.isfinite(best_norm).nonzero()[:, 0]
         x_adv = best.view_as(x).clone()
         if self.eps is not None and found.numel() > 0:
             x_adv[found] = fit_in_cap(
-                model, x[found], x_adv[found], y[found],
+                model,
+                x[found],
+                x_adv[found],
+                y[found],
                 None if target is None else target[found],
-                eps=self.eps, norm=self.norm, bounds=self.bounds,
-            )  # fmt: skip
+                eps=self.eps,
+                norm=self.norm,
+                bounds=self.bounds,
+            )
         return x_adv
 
     def _random_start(self, x0: Tensor, radius: Tensor, generator: torch.Generator) -> Tensor:
@@ -259,9 +273,15 @@ class FAB(Attack):
                 scale[index] = distances.min(dim=1).values.to(scale.dtype)
             pick = torch.arange(index.numel(), device=x0.device)
             x1 = fab_step(
-                x0, x1, gaps[pick, closest], grads[pick, closest], norm=self.norm,
-                bounds=self.bounds, alpha_max=self.alpha_max, eta=self.eta,
-            )  # fmt: skip
+                x0,
+                x1,
+                gaps[pick, closest],
+                grads[pick, closest],
+                norm=self.norm,
+                bounds=self.bounds,
+                alpha_max=self.alpha_max,
+                eta=self.eta,
+            )
             with torch.no_grad():
                 hit = is_adversarial(model(x1.view(view)), y, target)
             if not bool(hit.any()):

@@ -91,9 +91,14 @@ class FisherAttack(Attack):
         return v1.sign() if self.norm == "linf" else v1
 
     def _step(
-        self, model: CountingModel, x: Tensor, y: Tensor, target: Tensor | None, step: Tensor,
+        self,
+        model: CountingModel,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        step: Tensor,
         eps: float,
-    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    ) -> tuple[Tensor, Tensor]:
         """The better of ``x ± eps step``, and whether it is adversarial."""
         candidates = torch.cat([x + eps * step, x - eps * step]).clamp(*self.bounds)
         with torch.no_grad():

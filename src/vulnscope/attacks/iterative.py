@@ -216,10 +216,18 @@ def gradient_ascent(
     x_start = start(x, eps_of[level]) if start is not None else x.clone()
     low, high = _linf_box(x, eps_of[level], bounds) if norm == "linf" else (None, None)
     walk = _Walkers(
-        index=torch.arange(n, device=device), level=level, count=torch.zeros_like(level),
-        has_prev=torch.zeros(n, dtype=torch.bool, device=device), x=x, y=y, target=target,
-        x_cur=x_start, x_prev=x_start, low=low, high=high,
-    )  # fmt: skip
+        index=torch.arange(n, device=device),
+        level=level,
+        count=torch.zeros_like(level),
+        has_prev=torch.zeros(n, dtype=torch.bool, device=device),
+        x=x,
+        y=y,
+        target=target,
+        x_cur=x_start,
+        x_prev=x_start,
+        low=low,
+        high=high,
+    )
     while walk.index.numel() > 0:
         logits, _, grad = value_and_grad(model, walk.x_cur, walk.y, walk.target, loss)
         steps = steps_of[walk.level]
@@ -344,12 +352,20 @@ class GradientAscentAttack(Attack):
     ) -> AscentResult:
         """Run the engine with this attack's settings over ``budgets``."""
         return gradient_ascent(
-            model, x, y, target,
-            budgets=budgets, loss=LOSSES[self.loss], norm=self.norm, bounds=self.bounds,
-            early_stop=self.early_stop or evaluate_final, start=self.start_fn(generator),
-            evaluate_final=evaluate_final, l1_sparsity=self.l1_sparsity,
+            model,
+            x,
+            y,
+            target,
+            budgets=budgets,
+            loss=LOSSES[self.loss],
+            norm=self.norm,
+            bounds=self.bounds,
+            early_stop=self.early_stop or evaluate_final,
+            start=self.start_fn(generator),
+            evaluate_final=evaluate_final,
+            l1_sparsity=self.l1_sparsity,
             detect_cycles=model.deterministic,
-        )  # fmt: skip
+        )
 
     def perturb(
         self,

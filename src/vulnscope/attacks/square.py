@@ -20,8 +20,17 @@ from vulnscope.errors import InvalidArgumentError
 __all__ = ["Square", "square_fraction"]
 
 _TINY = 1e-12
-_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
-             (6000, 128), (8000, 256))  # fmt: skip
+_SCHEDULE = (
+    (10, 1),
+    (50, 2),
+    (200, 4),
+    (500, 8),
+    (1000, 16),
+    (2000, 32),
+    (4000, 64),
+    (6000, 128),
+    (8000, 256),
+)
 """(last iteration out of 10,000, divisor of p_init) of the paper's piecewise-constant p."""
 
 

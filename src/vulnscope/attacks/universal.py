@@ -324,8 +324,9 @@ class UniversalPerturbation(Attack):
                 if not bool(todo.any()):
                     continue
                 rows = chunk[todo]
-                x_adv = self._inner_run(inner, model, moved[todo], clean[rows],
-                                        _rows(target, rows), generator)  # fmt: skip
+                x_adv = self._inner_run(
+                    inner, model, moved[todo], clean[rows], _rows(target, rows), generator
+                )
                 step = (x_adv - moved[todo]).sum(dim=0)
                 v = project_ball((v + step)[None], self.norm, eps)[0]
             fooled = _fooled(_predict(model, (x + v).clamp(*self.bounds)), clean, target)

@@ -228,18 +228,28 @@ def extract(
         if round_index == rounds - 1 or (budget is not None and spent >= budget):
             break
         new = jacobian_augmentation(
-            clone, inputs, outputs.argmax(dim=1),
-            step=periodic_step(step, round_index, tau), bounds=bounds,
-        )  # fmt: skip
+            clone,
+            inputs,
+            outputs.argmax(dim=1),
+            step=periodic_step(step, round_index, tau),
+            bounds=bounds,
+        )
         new = _subset(new, None if budget is None else budget - spent, generator)
         inputs, outputs = torch.cat([inputs, new]), torch.cat([outputs, box(new)])
 
     measurement = None
     if test is not None:
         measurement = measure_clone(
-            clone, box.victim if reference is None else reference, x_test, y_test,
-            eps=transfer_eps, norm=transfer_norm, steps=transfer_steps, seed=seed, bounds=bounds,
-        )  # fmt: skip
+            clone,
+            box.victim if reference is None else reference,
+            x_test,
+            y_test,
+            eps=transfer_eps,
+            norm=transfer_norm,
+            steps=transfer_steps,
+            seed=seed,
+            bounds=bounds,
+        )
     return Extraction(
         clone=clone,
         queries_used=box.queries_used - start,
@@ -331,8 +341,9 @@ def _trainer(trainer: Any, epochs: int, batch_size: int, lr: float) -> Trainer:
     lr = check_real(lr, "lr", minimum=0.0, exclusive=True)
 
     def soft_cross_entropy(model: nn.Module, x: Tensor, targets: Tensor, seed: int) -> nn.Module:
-        return train_classifier(model, x, targets, epochs=epochs, batch_size=batch_size, lr=lr,
-                                seed=seed)  # fmt: skip
+        return train_classifier(
+            model, x, targets, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+        )
 
     return soft_cross_entropy
 

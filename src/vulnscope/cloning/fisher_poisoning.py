@@ -154,8 +154,9 @@ class FisherPoisoning(OutputDefence):
         if self.search == "l1":
             return strongest_fisher_step(probs, fisher, budget, margin=self.margin)
         direction = top_output_direction(fisher, probs)
-        published, _, _ = search_along(probs, direction, budget, margin=self.margin,
-                                       both_signs=True)  # fmt: skip
+        published, _, _ = search_along(
+            probs, direction, budget, margin=self.margin, both_signs=True
+        )
         return published
 
 
@@ -193,8 +194,11 @@ def strongest_fisher_step(probs: Tensor, fisher: Tensor, budget: float, *, margi
     moved, l1, reached = search_along(
         repeated, candidates.reshape(-1, classes), budget, margin=margin, both_signs=False
     )
-    moved, l1, reached = (moved.view(rows, count, classes), l1.view(rows, count),
-                          reached.view(rows, count))  # fmt: skip
+    moved, l1, reached = (
+        moved.view(rows, count, classes),
+        l1.view(rows, count),
+        reached.view(rows, count),
+    )
     delta = moved - probs[:, None]
     form = torch.einsum("bkc,bcd,bkd->bk", delta, fisher, delta)
     # rank: whole budget spent first, then the distance reached, then the quadratic form

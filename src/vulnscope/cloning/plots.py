@@ -33,8 +33,9 @@ def plot_clone_damage(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     95% intervals over seeds both ways); the undefended clone is a horizontal band.
     """
     victims = list(dict.fromkeys(row["victim"] for row in rows))
-    figure, axes = new_figure(len(victims), len(_PANELS), size=(4.2 * len(_PANELS),
-                                                                3.4 * len(victims)))  # fmt: skip
+    figure, axes = new_figure(
+        len(victims), len(_PANELS), size=(4.2 * len(_PANELS), 3.4 * len(victims))
+    )
     for r, victim in enumerate(victims):
         mine = [row for row in rows if row["victim"] == victim]
         for c, (metric, title) in enumerate(_PANELS):
@@ -42,24 +43,36 @@ def plot_clone_damage(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
             for row in mine:
                 if row["defence"] == "none" and row[metric]["mean"] is not None:
                     low, high = row[metric]["ci_low"], row[metric]["ci_high"]
-                    ax.axhline(row[metric]["mean"], color="tab:orange", lw=1.2,
-                               label="no defence")  # fmt: skip
+                    ax.axhline(row[metric]["mean"], color="tab:orange", lw=1.2, label="no defence")
                     if low is not None and high is not None:
                         ax.axhspan(low, high, color="tab:orange", alpha=0.15)
             for name, (color, marker, label) in _STYLE.items():
                 points = sorted(
-                    (row for row in mine if row["defence"] == name
-                     and row[metric]["mean"] is not None),
+                    (
+                        row
+                        for row in mine
+                        if row["defence"] == name and row[metric]["mean"] is not None
+                    ),
                     key=lambda row: row["mean_l1"]["mean"] or 0.0,
-                )  # fmt: skip
+                )
                 if not points:
                     continue
                 xs = [row["mean_l1"]["mean"] for row in points]
                 ys = [row[metric]["mean"] for row in points]
                 yerr = [row[metric]["half_width"] or 0.0 for row in points]
                 xerr = [row["mean_l1"]["half_width"] or 0.0 for row in points]
-                ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, color=color, marker=marker,
-                            ms=5, capsize=2, lw=1.2, label=label)  # fmt: skip
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=yerr,
+                    xerr=xerr,
+                    color=color,
+                    marker=marker,
+                    ms=5,
+                    capsize=2,
+                    lw=1.2,
+                    label=label,
+                )
             ax.set_xscale("symlog", linthresh=0.01)
             ax.set_xlabel("mean L1 distortion of published outputs")
             ax.set_title(f"{victim}: {title}", fontsize=10)

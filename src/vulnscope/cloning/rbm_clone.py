@@ -92,7 +92,11 @@ class DeepRBMCloneTrainer:
             fine_tune(clone, x, targets, method="mean_field", epochs=self.epochs, seed=seed)
         else:
             train_layerwise_kl(
-                clone, x, targets, sweeps=self.sweeps, epochs_per_layer=self.epochs_per_layer,
+                clone,
+                x,
+                targets,
+                sweeps=self.sweeps,
+                epochs_per_layer=self.epochs_per_layer,
                 seed=seed,
-            )  # fmt: skip
+            )
         return clone.eval()

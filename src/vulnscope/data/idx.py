@@ -13,8 +13,13 @@ from vulnscope.errors import DataError, MissingFileError
 __all__ = ["load_idx", "read_idx"]
 
 _DTYPES: dict[int, str] = {
-    0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8",
-}  # fmt: skip
+    0x08: "u1",
+    0x09: "i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -24,8 +24,17 @@ from vulnscope.errors import DataError, MissingFileError
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder"]
 
 IMAGE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-)  # fmt: skip
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
 """File extensions read as images (case-insensitive)."""
 
 
@@ -67,9 +76,10 @@ def load_image_folder(
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         found = sorted(
-            p for p in (root / name).iterdir()
+            p
+            for p in (root / name).iterdir()
             if p.is_file() and _visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS
-        )  # fmt: skip
+        )
         files.extend((path, label) for path in found)
     if not files:
         raise DataError(f"{root}: its class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")

@@ -94,9 +94,14 @@ class AdversarialTraining:
     def attack(self, seed: int) -> PGD:
         """The PGD attack that crafts one minibatch's examples."""
         return PGD(
-            norm=self.norm, eps=self.eps, steps=self.steps, step_size=self.step_size,
-            random_start=True, bounds=self.bounds, seed=seed,
-        )  # fmt: skip
+            norm=self.norm,
+            eps=self.eps,
+            steps=self.steps,
+            step_size=self.step_size,
+            random_start=True,
+            bounds=self.bounds,
+            seed=seed,
+        )
 
     def adversarial_examples(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator

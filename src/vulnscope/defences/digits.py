@@ -122,8 +122,13 @@ def defend_digits(
     if method == "distill" and dropout > 0.0:
         raise InvalidArgumentError("dropout is not an option of method 'distill'")
     eps = check_real(eps, "eps", minimum=0.0, exclusive=True)
-    settings: dict[str, Any] = {"epochs": epochs, "dropout": dropout, "seed": seed,
-                                "lr": recipe.lr, "batch_size": recipe.batch_size}  # fmt: skip
+    settings: dict[str, Any] = {
+        "epochs": epochs,
+        "dropout": dropout,
+        "seed": seed,
+        "lr": recipe.lr,
+        "batch_size": recipe.batch_size,
+    }
     train = load_digits("train")
     x, y = train.x, train.y
     objective: Objective | None = None
@@ -157,24 +162,41 @@ def defend_digits(
     if method == "distill":
         settings["temperature"] = temperature
         distilled = defensive_distillation(
-            DigitsCNN, x, y, temperature=temperature, epochs=epochs,
-            batch_size=recipe.batch_size, lr=recipe.lr, seed=seed,
-        )  # fmt: skip
+            DigitsCNN,
+            x,
+            y,
+            temperature=temperature,
+            epochs=epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            seed=seed,
+        )
         return DefendedModel(distilled.student, method, settings)
     classifier = build_seeded(DigitsCNN, seed)
     with activation_dropout(classifier, dropout, generator):
         train_classifier(
-            classifier, x, y, epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-            weight_decay=recipe.weight_decay, seed=seed, objective=objective,
+            classifier,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            weight_decay=recipe.weight_decay,
+            seed=seed,
+            objective=objective,
             after_step=after_step,
-        )  # fmt: skip
+        )
     if method != "magnet":
         return DefendedModel(classifier, method, settings)
     autoencoder_epochs = AUTOENCODER_EPOCHS if epochs == recipe.epochs else epochs
     autoencoder = train_autoencoder(
-        DigitsAutoencoder(channels=16, seed=seed), x, noise=0.1, epochs=autoencoder_epochs,
-        lr=1e-2, seed=seed,
-    )  # fmt: skip
+        DigitsAutoencoder(channels=16, seed=seed),
+        x,
+        noise=0.1,
+        epochs=autoencoder_epochs,
+        lr=1e-2,
+        seed=seed,
+    )
     magnet = fit_magnet(classifier, autoencoder, train.x[-MAGNET_VALIDATION:], fpr=MAGNET_FPR)
     settings.update(
         validation_images=MAGNET_VALIDATION, fpr=MAGNET_FPR, autoencoder_epochs=autoencoder_epochs

@@ -146,15 +146,25 @@ def defensive_distillation(
     if teacher is None:
         teacher = build_seeded(factory, seed)
         train_classifier(
-            Tempered(teacher, temperature), x, y, epochs=epochs, batch_size=batch_size, lr=lr,
+            Tempered(teacher, temperature),
+            x,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
             seed=seed,
-        )  # fmt: skip
+        )
     elif not isinstance(teacher, nn.Module):
         raise InvalidTypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
     targets = soft_labels(teacher, x, temperature)
     student = build_seeded(factory, seed + 1)
     train_classifier(
-        Tempered(student, temperature), x, targets, epochs=epochs, batch_size=batch_size, lr=lr,
+        Tempered(student, temperature),
+        x,
+        targets,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
         seed=seed + 1,
-    )  # fmt: skip
+    )
     return DistilledModels(teacher.eval(), student.eval(), temperature)

@@ -353,9 +353,15 @@ def evaluate_oblivious(magnet: MagNet, x: Tensor, y: Tensor, attack: Attack) -> 
         )
     result = attack(magnet.classifier, x, y)
     return _summarise(
-        magnet, x, result.x_adv, y,
-        attacker="oblivious", attack=repr(attack), norm=attack.norm, eps=attack.eps,
-    )  # fmt: skip
+        magnet,
+        x,
+        result.x_adv,
+        y,
+        attacker="oblivious",
+        attack=repr(attack),
+        norm=attack.norm,
+        eps=attack.eps,
+    )
 
 
 def evaluate_adaptive(
@@ -384,6 +390,12 @@ def evaluate_adaptive(
         )
     result = attack(magnet, x, y)
     return _summarise(
-        magnet, x, result.x_adv, y,
-        attacker="adaptive", attack=repr(attack), norm=attack.norm, eps=attack.eps,
-    )  # fmt: skip
+        magnet,
+        x,
+        result.x_adv,
+        y,
+        attacker="adaptive",
+        attack=repr(attack),
+        norm=attack.norm,
+        eps=attack.eps,
+    )

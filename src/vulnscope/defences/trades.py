@@ -111,9 +111,12 @@ class TRADES:
                 divergence = _kl(clean, model(x_adv)).sum()
                 (grad,) = torch.autograd.grad(divergence, x_adv)
                 x_adv = project(
-                    x, x_adv.detach() + self.step_size * steepest_ascent(grad, self.norm),
-                    norm=self.norm, eps=self.eps, bounds=self.bounds,
-                )  # fmt: skip
+                    x,
+                    x_adv.detach() + self.step_size * steepest_ascent(grad, self.norm),
+                    norm=self.norm,
+                    eps=self.eps,
+                    bounds=self.bounds,
+                )
         return x_adv.detach()
 
     def __call__(

@@ -137,9 +137,14 @@ def class_change_distances(
     if both_signs:
         unit = torch.cat([unit, -unit], 1)
     distance = line_search_class_change(
-        classify, x, unit, max_step=max_distance, steps=steps, refine=refine,
+        classify,
+        x,
+        unit,
+        max_step=max_distance,
+        steps=steps,
+        refine=refine,
         batch_points=batch_points,
-    )  # fmt: skip
+    )
     if both_signs:
         half = distance.shape[1] // 2
         distance = torch.minimum(distance[:, :half], distance[:, half:])

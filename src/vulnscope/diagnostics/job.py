@@ -147,10 +147,11 @@ def run_diagnostics(
     signed = {"fisher": True, "gradient": False, "hessian": True, "random": False}
     classify = model_classifier(model, tuple(x.shape[1:]))
     distances = {
-        name: class_change_distances(classify, x.flatten(1), d.flatten(2),
-                                     max_distance=max_distance, both_signs=signed[name])
+        name: class_change_distances(
+            classify, x.flatten(1), d.flatten(2), max_distance=max_distance, both_signs=signed[name]
+        )
         for name, d in directions.items()
-    }  # fmt: skip
+    }
     zero = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     per_sample = {
         name: torch.where(correct, d.median(1).values if name == "random" else d[:, 0], zero)
@@ -238,8 +239,7 @@ def run_diagnostics(
         count = min(sections, x.shape[0])
         typical = finite_median(per_sample["fisher"][correct]) if bool(correct.any()) else None
         radius = min(max_distance, 2 * typical) if typical else max_distance
-        section = decision_boundary_section(model, x[:count], v1[:count], radius=radius,
-                                            seed=seed)  # fmt: skip
+        section = decision_boundary_section(model, x[:count], v1[:count], radius=radius, seed=seed)
         record["sections"] = {
             "offsets": json_numbers(section.offsets),
             "reference": section.reference.tolist(),

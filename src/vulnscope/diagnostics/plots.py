@@ -45,8 +45,10 @@ def plot_spectra(
     """
     figure, axes = new_figure(1, 2, size=(11.0, 4.0))
     left, right = axes[0]
-    for values, label in ((fisher.eigenvalues, "input Fisher"),
-                          (hessian.eigenvalues, "input Hessian (by |λ|)")):  # fmt: skip
+    for values, label in (
+        (fisher.eigenvalues, "input Fisher"),
+        (hessian.eigenvalues, "input Hessian (by |λ|)"),
+    ):
         low, middle, high = _quartiles(values)
         index = _np(torch.arange(1, values.shape[1] + 1))
         left.plot(index, middle, marker="o", label=label)
@@ -83,8 +85,14 @@ def plot_distances(
     left.boxplot(finite, tick_labels=names)
     failed = [float((~torch.isfinite(d[correct])).double().mean()) for d in distances.values()]
     for position, fraction in enumerate(failed, start=1):
-        left.annotate(f"{fraction:.0%} not found", (position, 0), ha="center", va="bottom",
-                      fontsize=8, xycoords=("data", "axes fraction"))  # fmt: skip
+        left.annotate(
+            f"{fraction:.0%} not found",
+            (position, 0),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xycoords=("data", "axes fraction"),
+        )
     left.set_ylabel("L2 distance to a class change")
     left.set_title("along each direction (correctly classified inputs)")
     shown = correct & torch.isfinite(measured)
@@ -93,8 +101,12 @@ def plot_distances(
     right.plot(rank, _np(measured[shown][order]), "k.", label="measured (smallest found)")
     right.plot(rank, _np(bounds.lower[shown][order]), "C0_", label="lower bound (quadratic model)")
     upper = bounds.upper[shown][order]
-    right.plot(rank, _np(torch.where(torch.isfinite(upper), upper, torch.nan)), "C3_",
-               label="upper bound (quadratic model)")  # fmt: skip
+    right.plot(
+        rank,
+        _np(torch.where(torch.isfinite(upper), upper, torch.nan)),
+        "C3_",
+        label="upper bound (quadratic model)",
+    )
     right.set_yscale("log")
     right.set_xlabel("input (sorted by measured distance)")
     right.set_ylabel("L2 norm")
@@ -115,12 +127,21 @@ def plot_amplification(amplification: LayerAmplification, path: str | Path) -> P
     left.set_ylabel("median over samples")
     left.set_title("amplification by block")
     left.legend()
-    right.semilogy(blocks, _np(amplification.cumulative.median(0).values), "k--",
-                   label="product of σ₁ (bound)")  # fmt: skip
-    right.semilogy(blocks, _np(amplification.growth["fisher"].median(0).values), "C3-o",
-                   label="along v₁ of the input Fisher")  # fmt: skip
-    right.semilogy(blocks, _np(amplification.growth["random"].median(0).values), "C0-o",
-                   label="random direction, same norm")  # fmt: skip
+    right.semilogy(
+        blocks, _np(amplification.cumulative.median(0).values), "k--", label="product of σ₁ (bound)"
+    )
+    right.semilogy(
+        blocks,
+        _np(amplification.growth["fisher"].median(0).values),
+        "C3-o",
+        label="along v₁ of the input Fisher",
+    )
+    right.semilogy(
+        blocks,
+        _np(amplification.growth["random"].median(0).values),
+        "C0-o",
+        label="random direction, same norm",
+    )
     right.set_xticks(blocks, amplification.names, rotation=45, ha="right")
     right.set_ylabel("||J v|| / ||v|| at the block's output")
     right.set_title("growth of a small perturbation with depth")
@@ -142,12 +163,19 @@ def plot_sections(section: BoundarySection, x: Tensor, path: str | Path) -> Path
         top.set_title(f"class {int(section.reference[column])}")
         top.axis("off")
         ax = axes[1][column]
-        ax.imshow(_np(section.classes[column]), origin="lower", extent=(low, high, low, high),
-                  cmap="tab10" if classes <= 10 else "tab20", vmin=0, vmax=max(classes - 1, 9),
-                  interpolation="nearest")  # fmt: skip
+        ax.imshow(
+            _np(section.classes[column]),
+            origin="lower",
+            extent=(low, high, low, high),
+            cmap="tab10" if classes <= 10 else "tab20",
+            vmin=0,
+            vmax=max(classes - 1, 9),
+            interpolation="nearest",
+        )
         offsets = _np(section.offsets)
-        ax.contour(offsets, offsets, _np(section.margins[column]), levels=[0.0], colors="k",
-                   linewidths=1.0)  # fmt: skip
+        ax.contour(
+            offsets, offsets, _np(section.margins[column]), levels=[0.0], colors="k", linewidths=1.0
+        )
         ax.plot([0], [0], "w+", markersize=10)
         ax.set_xlabel("along v₁ (L2)")
         if column == 0:

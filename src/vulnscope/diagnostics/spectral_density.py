@@ -148,6 +148,10 @@ def input_hessian_spectrum(
             raise InvalidArgumentError(f"steps must be at most n = {n}, got {steps}")
         curvature = loss_curvature(session.model, session.x, cast(Tensor, session.y))
         return stochastic_lanczos_quadrature(
-            curvature.hvp, (x.shape[0], n), steps=steps, probes=probes, generator=generator,
+            curvature.hvp,
+            (x.shape[0], n),
+            steps=steps,
+            probes=probes,
+            generator=generator,
             device=x.device,
-        )  # fmt: skip
+        )

@@ -55,13 +55,24 @@ class BatchNorm(nn.Module):
     def reset_parameters(self) -> None:
         """The identity: unit scale, zero shift, zero mean, unit variance."""
         with torch.no_grad():
-            for tensor, value in ((self.weight, 1), (self.bias, 0),
-                                  (self.running_mean, 0), (self.running_var, 1)):  # fmt: skip
+            for tensor, value in (
+                (self.weight, 1),
+                (self.bias, 0),
+                (self.running_mean, 0),
+                (self.running_var, 1),
+            ):
                 tensor.fill_(value)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=False, eps=self.eps)  # fmt: skip
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=False,
+            eps=self.eps,
+        )
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}"
@@ -83,18 +94,31 @@ def _conv(attributes: Attributes, weights: Sequence[Tensor | None]) -> nn.Module
     padding, before = spatial_padding(attributes, kernel, value=0.0, pool=False)
     groups = attributes.get("group", 1)
     conv = skip_init(
-        _CONVOLUTIONS[len(kernel)], weight.shape[1] * groups, weight.shape[0], kernel,
-        stride=list(attributes.get("strides", [1] * len(kernel))), padding=padding,
-        dilation=list(attributes.get("dilations", [1] * len(kernel))), groups=groups,
-        bias=bias is not None, dtype=weight.dtype, device=weight.device,
-    )  # fmt: skip
+        _CONVOLUTIONS[len(kernel)],
+        weight.shape[1] * groups,
+        weight.shape[0],
+        kernel,
+        stride=list(attributes.get("strides", [1] * len(kernel))),
+        padding=padding,
+        dilation=list(attributes.get("dilations", [1] * len(kernel))),
+        groups=groups,
+        bias=bias is not None,
+        dtype=weight.dtype,
+        device=weight.device,
+    )
     _filled(conv, weight, bias)
     return conv if before is None else nn.Sequential(OrderedDict(pad=before, conv=conv))
 
 
 def _linear(weight: Tensor, bias: Tensor | None) -> nn.Module:
-    linear = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
-                       dtype=weight.dtype, device=weight.device)  # fmt: skip
+    linear = skip_init(
+        nn.Linear,
+        weight.shape[1],
+        weight.shape[0],
+        bias=bias is not None,
+        dtype=weight.dtype,
+        device=weight.device,
+    )
     return _filled(linear, weight, bias)
 
 

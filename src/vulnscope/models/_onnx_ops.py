@@ -118,16 +118,23 @@ def spatial_padding(
     if auto_pad == "VALID":
         return [0] * n, None
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        same = SpatialPadding(pads=None, same=auto_pad, kernel=kernel, strides=strides,
-                              dilations=dilations, value=value)  # fmt: skip
+        same = SpatialPadding(
+            pads=None,
+            same=auto_pad,
+            kernel=kernel,
+            strides=strides,
+            dilations=dilations,
+            value=value,
+        )
         return [0] * n, same
     pads = list(attributes.get("pads", [0] * 2 * n))
     begin, end = pads[:n], pads[n:]
     # torch pools refuse padding beyond half the kernel; ONNX allows it
     if begin == end and (not pool or all(2 * p <= k for p, k in zip(begin, kernel, strict=True))):
         return begin, None
-    explicit = SpatialPadding(pads=pads, same=None, kernel=kernel, strides=strides,
-                              dilations=dilations, value=value)  # fmt: skip
+    explicit = SpatialPadding(
+        pads=pads, same=None, kernel=kernel, strides=strides, dilations=dilations, value=value
+    )
     return [0] * n, explicit
 
 
@@ -145,9 +152,15 @@ def _conv(attributes: Attributes, opset: int) -> Kernel:
         if before is not None:
             x = before(x)
         n = len(kernel)
-        return _CONVOLUTIONS[n](x, weight, bias, list(attributes.get("strides", [1] * n)),
-                                padding, list(attributes.get("dilations", [1] * n)),
-                                attributes.get("group", 1))  # fmt: skip
+        return _CONVOLUTIONS[n](
+            x,
+            weight,
+            bias,
+            list(attributes.get("strides", [1] * n)),
+            padding,
+            list(attributes.get("dilations", [1] * n)),
+            attributes.get("group", 1),
+        )
 
     return run
 
@@ -304,8 +317,13 @@ def _gather(attributes: Attributes, opset: int) -> Kernel:
 
 
 def _slice(attributes: Attributes, opset: int) -> Kernel:
-    def run(x: Tensor, starts: Tensor | None = None, ends: Tensor | None = None,
-            axes: Tensor | None = None, steps: Tensor | None = None) -> Tensor:  # fmt: skip
+    def run(
+        x: Tensor,
+        starts: Tensor | None = None,
+        ends: Tensor | None = None,
+        axes: Tensor | None = None,
+        steps: Tensor | None = None,
+    ) -> Tensor:
         if opset < 10:  # attributes, and no steps, before opset 10
             begin, stop = list(attributes["starts"]), list(attributes["ends"])
             dims = attributes.get("axes")
@@ -336,8 +354,12 @@ def _pad(attributes: Attributes, opset: int) -> Kernel:
     if mode not in _PAD_MODES:
         raise UnsupportedNodeError(f"pads in mode {mode!r}")
 
-    def run(x: Tensor, pads: Tensor | None = None, value: Tensor | None = None,
-            axes: Tensor | None = None) -> Tensor:  # fmt: skip
+    def run(
+        x: Tensor,
+        pads: Tensor | None = None,
+        value: Tensor | None = None,
+        axes: Tensor | None = None,
+    ) -> Tensor:
         amounts = _ints(pads if pads is not None else attributes["pads"])
         fill = attributes.get("value", 0.0) if value is None else value.item()
         dims = [d % x.dim() for d in (_ints(axes) if axes is not None else range(x.dim()))]
@@ -387,8 +409,9 @@ def _constant(attributes: Attributes, opset: int) -> Kernel:
 
 def _constant_of_shape(attributes: Attributes, opset: int) -> Kernel:
     value = attributes.get("value", torch.zeros(1))
-    return lambda shape: torch.full(_ints(shape), value.reshape(()).item(), dtype=value.dtype,
-                                    device=shape.device)  # fmt: skip
+    return lambda shape: torch.full(
+        _ints(shape), value.reshape(()).item(), dtype=value.dtype, device=shape.device
+    )
 
 
 def _shape(attributes: Attributes, opset: int) -> Kernel:

@@ -55,14 +55,13 @@ class Recipe:
 PRETRAINED: dict[str, tuple[Callable[[], nn.Module], Recipe]] = {
     "digits-cnn": (
         DigitsCNN,
-        Recipe("cnn", "digits", epochs=30, batch_size=64, lr=2e-3, weight_decay=0.0,
-               revision=2),
+        Recipe("cnn", "digits", epochs=30, batch_size=64, lr=2e-3, weight_decay=0.0, revision=2),
     ),
     "digits-mlp": (
         DigitsMLP,
         Recipe("mlp", "digits", epochs=40, batch_size=64, lr=2e-3, weight_decay=0.0),
     ),
-}  # fmt: skip
+}
 """Names of the reference models, each with its architecture and training recipe."""
 
 
@@ -76,9 +75,15 @@ def train_recipe(
     """
     model = build_seeded(factory, seed)
     return train_classifier(
-        model, x, y, epochs=recipe.epochs, batch_size=recipe.batch_size,
-        lr=recipe.lr, weight_decay=recipe.weight_decay, seed=seed,
-    )  # fmt: skip
+        model,
+        x,
+        y,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        seed=seed,
+    )
 
 
 def _train(name: str, seed: int) -> nn.Module:

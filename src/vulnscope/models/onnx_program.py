@@ -235,15 +235,17 @@ def _convert(proto: onnx.ModelProto, input_name: str, path: Path) -> OnnxModule:
             name = names(_layer_hint(node, index))
             layers[name] = layer
         inputs_used = tuple(node.input) if name is None else (node.input[0],)
-        steps.append(_Step(node.name or f"#{index}", node.op_type, inputs_used,
-                           node.output[0], run, name))  # fmt: skip
+        steps.append(
+            _Step(node.name or f"#{index}", node.op_type, inputs_used, node.output[0], run, name)
+        )
     output = graph.output[0].name
     if output in constants:
         raise ModelError(f"{path}: the graph's output does not depend on its input")
     used = {name for step in steps for name in step.inputs}
     buffers = {key: (names(key), value) for key, value in constants.items() if key in used}
-    return OnnxModule(input_name=input_name, output_name=output, steps=steps, layers=layers,
-                      constants=buffers)  # fmt: skip
+    return OnnxModule(
+        input_name=input_name, output_name=output, steps=steps, layers=layers, constants=buffers
+    )
 
 
 def _batch_problem(module: OnnxModule, shape: list[int], dtype: torch.dtype) -> str | None:

@@ -202,9 +202,11 @@ def _train_layer(
                 )
             else:
                 v_model, h_model = gibbs_model_statistics(
-                    rbm, persistent_chains if persistent_chains is not None else v_data,
-                    k, generator,
-                )  # fmt: skip
+                    rbm,
+                    persistent_chains if persistent_chains is not None else v_data,
+                    k,
+                    generator,
+                )
                 if persistent_chains is not None:
                     persistent_chains = v_model
                 grads = likelihood_gradients(rbm, v_data, h_data, v_model, h_model, weight_decay)
@@ -359,18 +361,31 @@ def train_layerwise_kl(
         sweep_accuracy = [math.nan] * network.depth
         for layer in layers:
             source = _PairSource(network, inputs, labels, layer, generator)
-            _train_layer(network.rbms[layer], source, objective=objective,
-                         epochs=epochs_per_layer, batch_size=batch_size, lr=lr, k=k,
-                         persistent=persistent, chains=chains, momentum=momentum,
-                         weight_decay=weight_decay, generator=generator)  # fmt: skip
+            _train_layer(
+                network.rbms[layer],
+                source,
+                objective=objective,
+                epochs=epochs_per_layer,
+                batch_size=batch_size,
+                lr=lr,
+                k=k,
+                persistent=persistent,
+                chains=chains,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                generator=generator,
+            )
             sweep_objective[layer] = measure(layer)
-            sweep_accuracy[layer] = _accuracy(network, inputs, labels, monitor_chains,
-                                              monitor_seed)  # fmt: skip
+            sweep_accuracy[layer] = _accuracy(network, inputs, labels, monitor_chains, monitor_seed)
         objectives.append(sweep_objective)
         layer_accuracy.append(sweep_accuracy)
         history.append(sweep_accuracy[layers[-1]])
-        logger.info("eq. 14 sweep %d: objective %s, training accuracy %.3f",
-                    sweep + 1, [round(v, 3) for v in sweep_objective], history[-1])  # fmt: skip
+        logger.info(
+            "eq. 14 sweep %d: objective %s, training accuracy %.3f",
+            sweep + 1,
+            [round(v, 3) for v in sweep_objective],
+            history[-1],
+        )
         if best_state is not None and history[-1] > max(history[:-1]):
             best_state = copy.deepcopy(network.state_dict())
         total = math.fsum(sweep_objective)

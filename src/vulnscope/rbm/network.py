@@ -277,9 +277,13 @@ class DeepRBM(nn.Module):
         return dists
 
     def generate(
-        self, y: Tensor, *, chains: int = 64, seed: int | None = 0,
+        self,
+        y: Tensor,
+        *,
+        chains: int = 64,
+        seed: int | None = 0,
         generator: torch.Generator | None = None,
-    ) -> Tensor:  # fmt: skip
+    ) -> Tensor:
         """``E[x | y]`` under the generation pass: (B,) labels -> (B, n_0) pixel probabilities."""
         return self.sample_down(y, chains=chains, seed=seed, generator=generator).end_probs.mean(1)
 

@@ -73,8 +73,9 @@ def pretrained_deep_rbm(
     depth = check_int(depth, "depth", minimum=2)
     width = check_int(width, "width")
     seed = check_seed(seed) or 0
-    method = check_choice(fine_tune_method, "fine_tune_method",
-                          ("straight_through", "mean_field", "none"))  # fmt: skip
+    method = check_choice(
+        fine_tune_method, "fine_tune_method", ("straight_through", "mean_field", "none")
+    )
     recipe = DeepRBMRecipe(fine_tune=method)
     path = cache_dir() / f"{recipe.key(depth, width, seed)}.safetensors"
     if use_cache and path.is_file():
@@ -85,13 +86,22 @@ def pretrained_deep_rbm(
     train = binarized_digits("train")
     network = DeepRBM([train.x[0].numel()] + [width] * (depth - 1), train.num_classes, seed=seed)
     logger.info("training a deep RBM (depth %d, width %d, seed %d)", depth, width, seed)
-    greedy_pretrain(network, train.x, train.y, epochs=recipe.pretrain_epochs,
-                    lr=recipe.pretrain_lr, seed=seed)  # fmt: skip
+    greedy_pretrain(
+        network, train.x, train.y, epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr, seed=seed
+    )
     if method != "none":
-        fine_tune(network, train.x, train.y, method=method,  # type: ignore[arg-type]
-                  epochs=recipe.fine_tune_epochs, lr=recipe.fine_tune_lr, seed=seed)  # fmt: skip
+        fine_tune(
+            network,
+            train.x,
+            train.y,
+            method=method,  # type: ignore[arg-type]
+            epochs=recipe.fine_tune_epochs,
+            lr=recipe.fine_tune_lr,
+            seed=seed,
+        )
     network.eval()
     if use_cache:
-        save_deep_rbm(network, path, metadata={"recipe": json.dumps(asdict(recipe)),
-                                               "seed": str(seed)})  # fmt: skip
+        save_deep_rbm(
+            network, path, metadata={"recipe": json.dumps(asdict(recipe)), "seed": str(seed)}
+        )
     return network

@@ -28,8 +28,12 @@ def save_deep_rbm(
         metadata: extra string fields stored in the file header (a training recipe...).
 
     """
-    header = {"format": _FORMAT, "widths": json.dumps(network.widths),
-              "num_classes": str(network.num_classes), **(metadata or {})}  # fmt: skip
+    header = {
+        "format": _FORMAT,
+        "widths": json.dumps(network.widths),
+        "num_classes": str(network.num_classes),
+        **(metadata or {}),
+    }
     state = {key: value.detach().contiguous() for key, value in network.state_dict().items()}
     return write_bytes_atomic(path, save(state, metadata=header))
 

@@ -89,22 +89,31 @@ def gibbs_model_statistics(
 
 
 def likelihood_gradients(
-    rbm: RBM, v_data: Tensor, h_data: Tensor, v_model: Tensor, h_model: Tensor,
+    rbm: RBM,
+    v_data: Tensor,
+    h_data: Tensor,
+    v_model: Tensor,
+    h_model: Tensor,
     weight_decay: float,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor, Tensor]:
     """``<h vᵀ>_data - <h vᵀ>_model`` (minus weight decay) and the two bias gradients."""
     return (
-        h_data.t() @ v_data / v_data.shape[0] - h_model.t() @ v_model / v_model.shape[0]
+        h_data.t() @ v_data / v_data.shape[0]
+        - h_model.t() @ v_model / v_model.shape[0]
         - weight_decay * rbm.weight,
         h_data.mean(0) - h_model.mean(0),
         v_data.mean(0) - v_model.mean(0),
-    )  # fmt: skip
+    )
 
 
 def momentum_step(
-    params: tuple[Tensor, ...], velocity: list[Tensor], grads: tuple[Tensor, ...], *,
-    lr: float, momentum: float,
-) -> None:  # fmt: skip
+    params: tuple[Tensor, ...],
+    velocity: list[Tensor],
+    grads: tuple[Tensor, ...],
+    *,
+    lr: float,
+    momentum: float,
+) -> None:
     """Gradient ascent with momentum, in place: ``v ← μ v + lr g``, ``θ ← θ + v``."""
     for param, speed, grad in zip(params, velocity, grads, strict=True):
         speed.mul_(momentum).add_(grad, alpha=lr)
@@ -149,8 +158,11 @@ def train_rbm(
 
     """
     data = check_states(data, "data", rbm.n_visible)
-    epochs, batch_size, k = (check_int(epochs, "epochs"), check_int(batch_size, "batch_size"),
-                             check_int(k, "k"))  # fmt: skip
+    epochs, batch_size, k = (
+        check_int(epochs, "epochs"),
+        check_int(batch_size, "batch_size"),
+        check_int(k, "k"),
+    )
     lr = check_real(lr, "lr", minimum=0.0, exclusive=True)
     momentum = check_real(momentum, "momentum", minimum=0.0)
     weight_decay = check_real(weight_decay, "weight_decay", minimum=0.0)
@@ -244,8 +256,16 @@ def greedy_pretrain(
     with torch.no_grad():
         for index, rbm in enumerate(network.rbms[:-1]):
             logger.info("CD on layer %d (%d -> %d units)", index + 1, rbm.n_visible, rbm.n_hidden)
-            train_rbm(rbm, state, epochs=epochs, batch_size=batch_size, lr=lr, k=k,
-                      persistent=persistent, seed=seed + index)  # fmt: skip
+            train_rbm(
+                rbm,
+                state,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                k=k,
+                persistent=persistent,
+                seed=seed + index,
+            )
             state = rbm.sample_hidden(state, generator)
     fit_readout(network.rbms[-1], state, labels)
     return network
@@ -290,8 +310,11 @@ def fine_tune(
     """
     method = check_choice(method, "method", ("mean_field", "straight_through"))  # type: ignore[assignment]
     inputs, labels = check_training_data(network, x, y)
-    epochs, batch_size, chains = (check_int(epochs, "epochs"), check_int(batch_size, "batch_size"),
-                                  check_int(chains, "chains"))  # fmt: skip
+    epochs, batch_size, chains = (
+        check_int(epochs, "epochs"),
+        check_int(batch_size, "batch_size"),
+        check_int(chains, "chains"),
+    )
     generator = make_generator(_check_seed(seed))
     params = [p for rbm in network.rbms for p in (rbm.weight, rbm.hidden_bias)]
     optimiser = torch.optim.Adam(

@@ -54,8 +54,15 @@ def run_rg(
     network = pretrained_deep_rbm(depth=depth, width=width, seed=seed)
     accuracy = float((network.classify(test.x, chains=256).argmax(1) == test.y).float().mean())
     logger.info("depth-%d network: test accuracy %.1f%% (sampled pass)", depth, 100 * accuracy)
-    settings = {"depth": depth, "width": width, "operators": operators, "samples": samples,
-                "limit": limit, "depths": list(depths), "seed": seed}  # fmt: skip
+    settings = {
+        "depth": depth,
+        "width": width,
+        "operators": operators,
+        "samples": samples,
+        "limit": limit,
+        "depths": list(depths),
+        "seed": seed,
+    }
     report = rg_analysis(network, data.x, data.y, operators=operators, samples=samples, seed=seed)
     figures = {
         "layers": plot_layers(report, out / "rg_layers.png").name,
@@ -71,8 +78,16 @@ def run_rg(
         "figures": figures,
     }
     if depths:
-        study = depth_study(depths, data.x, data.y, width=width, test=(test.x, test.y),
-                            operators=operators, samples=samples, seed=seed)  # fmt: skip
+        study = depth_study(
+            depths,
+            data.x,
+            data.y,
+            width=width,
+            test=(test.x, test.y),
+            operators=operators,
+            samples=samples,
+            seed=seed,
+        )
         record["depth_study"] = study.to_dict()
         figures["depth_study"] = plot_depth_study(study, out / "rg_depth.png").name
     write_json_atomic(out / "rg.json", record)

@@ -244,8 +244,13 @@ def stability_matrix(
     A = _regularise(A, ridge)
     condition = _check_condition(A, max_condition)
     T = _solve(A, B)
-    A_loo, B_loo = covariances(AA.sum(0) - AA, AB.sum(0) - AB, sum_c.sum(0) - sum_c,
-                               sum_f.sum(0) - sum_f, sizes.sum() - sizes)  # fmt: skip
+    A_loo, B_loo = covariances(
+        AA.sum(0) - AA,
+        AB.sum(0) - AB,
+        sum_c.sum(0) - sum_c,
+        sum_f.sum(0) - sum_f,
+        sizes.sum() - sizes,
+    )
     A_loo = _regularise(A_loo, ridge)
     replicas = _solve(A_loo, B_loo)
     return StabilityMatrix(T, jackknife_error(replicas), condition, samples, A, replicas, A_loo)

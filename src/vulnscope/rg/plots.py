@@ -19,8 +19,10 @@ def plot_layers(report: RGReport, path: str | Path) -> Path:
     ax = axes[0][0]
     layers = list(range(2, report.depth + 1))
     rows = report.layer_summary()
-    for key, label in (("leading_mean", "leading |λ| (label layer: σ₁)"),
-                       ("singular_mean", "leading singular value")):  # fmt: skip
+    for key, label in (
+        ("leading_mean", "leading |λ| (label layer: σ₁)"),
+        ("singular_mean", "leading singular value"),
+    ):
         ax.errorbar(
             layers,
             [row[key] for row in rows],
@@ -70,9 +72,16 @@ def plot_depth_study(study: DepthStudy, path: str | Path) -> Path:
     ax = axes[0][2]
     for name in ("fisher", "gradient", "random"):
         values = [row["class_change_distance_median"][name] for row in rows]
-        ax.plot(depths, [math.nan if v is None else v for v in values], marker="o",
-                label={"fisher": "along v₁ (RG Fisher)", "gradient": "mean-field gradient",
-                       "random": "random"}[name])  # fmt: skip
+        ax.plot(
+            depths,
+            [math.nan if v is None else v for v in values],
+            marker="o",
+            label={
+                "fisher": "along v₁ (RG Fisher)",
+                "gradient": "mean-field gradient",
+                "random": "random",
+            }[name],
+        )
     ax.set_xlabel("depth N")
     ax.set_ylabel("median L2 distance to a class change")
     ax.set_title("How far the input must move")
@@ -93,9 +102,11 @@ def plot_directions(report: RGReport, x: torch.Tensor, path: str | Path, *, coun
         moved = image + step * vector
         predicted = int(report.predictions[column])
         label = int(report.labels[column])
-        panels = ((image, f"label {label}, network {predicted}"),
-                  (vector, "dangerous direction v₁"),
-                  (moved, f"+{step:.2f}·v₁: class changes"))  # fmt: skip
+        panels = (
+            (image, f"label {label}, network {predicted}"),
+            (vector, "dangerous direction v₁"),
+            (moved, f"+{step:.2f}·v₁: class changes"),
+        )
         for row, (panel, title) in enumerate(panels):
             ax = axes[row][column]
             shown = panel.reshape(side, side) if side * side == panel.numel() else panel[None]

@@ -272,9 +272,13 @@ def rg_analysis(
     directions = torch.cat([fisher_vectors[:, :1].float(), gradient[:, None], random], 1)
     count = directions.shape[1]
     both_ways = class_change_distances(
-        network, inputs, torch.cat([directions, -directions], 1), max_norm=max_norm,
-        seed=seed, both_signs=False,
-    )  # fmt: skip
+        network,
+        inputs,
+        torch.cat([directions, -directions], 1),
+        max_norm=max_norm,
+        seed=seed,
+        both_signs=False,
+    )
     distances = torch.minimum(both_ways[:, :count], both_ways[:, count:])
     fisher_sign = torch.where(both_ways[:, count] < both_ways[:, 0], -1.0, 1.0)
     return RGReport(
