@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,22 +13,49 @@ from vulnscope.audit import (
     audit,
     audit_pieces,
     default_stages,
+    registered_stages,
     results_schema,
     verdict,
     without_clock,
 )
+from vulnscope.audit.stages.rg import RGLayer, RGOperators, RGResult, RGSummary
+from vulnscope.audit.stages.robustness import Evaluation, Robustness
 from vulnscope.data import ImageData
 from vulnscope.diagnostics.fisher import input_fisher
 from vulnscope.errors import InvalidArgumentError, ModelError
 from vulnscope.evaluate import minimal_perturbations, standard_evaluation
 
 SMALL = {"geometry_samples": 8, "batch_size": 16}
+_RG = RGResult(
+    depth=3,
+    widths=[64, 8, 8],
+    operators=RGOperators(0, []),
+    summary=RGSummary(
+        inputs=1,
+        skipped_certain=0,
+        accuracy_sampled=1.0,
+        layers=[RGLayer(2, "eigenvalue", 1.5, 0.1, 0.1, 1.0, 0.5)],
+        product_norm_mean=None,
+        product_norm_stderr=None,
+        fisher_top_median=None,
+        mean_field_alignment_median=None,
+        class_change_distance_median={},
+        class_change_found_fraction={},
+    ),
+    relevant_layers=[2],
+)
 
 
 def test_audit_record_agrees_with_the_cascade(digits_cnn, digits_test):
     data = digits_test.take(50)
-    record = audit(digits_cnn, data, model_name="cnn", stages=["linf"],
-                   epsilons={"linf": [0.0, 0.1]}, attacks=["apgd-ce", "square"])  # fmt: skip
+    record = audit(
+        digits_cnn,
+        data,
+        model_name="cnn",
+        stages=["linf"],
+        epsilons={"linf": [0.0, 0.1]},
+        attacks=["apgd-ce", "square"],
+    ).to_dict()
     clean = float((digits_cnn(data.x).argmax(1) == data.y).double().mean())
     curve = record["robustness"]["linf"]
     assert record["clean_accuracy"] == pytest.approx(clean)
@@ -41,8 +69,9 @@ def test_audit_record_agrees_with_the_cascade(digits_cnn, digits_test):
 
 def test_minimal_stage_merges_chunks_into_the_one_call_distribution(digits_cnn, digits_test):
     data = digits_test.take(40)
-    record = audit(digits_cnn, data, model_name="cnn", stages=["minimal"], quick=True,
-                   batch_size=15)  # fmt: skip
+    record = audit(
+        digits_cnn, data, model_name="cnn", stages=["minimal"], quick=True, batch_size=15
+    ).to_dict()
     direct = minimal_perturbations(digits_cnn, data.x, data.y, norm="l2")
     section = record["minimal_perturbations"]
     expected = direct.to_dict()
@@ -62,7 +91,9 @@ def test_for_a_relu_network_the_fisher_and_hessian_spectra_coincide(digits_cnn, 
     J^T (diag p - p p^T) J, the input Fisher: the two stages' independent estimators
     (eigendecomposition through the Jacobian; Lanczos on Hessian-vector products) agree.
     """
-    record = audit(digits_cnn, digits_test.take(60), model_name="cnn", stages=["spectra"], **SMALL)
+    record = audit(
+        digits_cnn, digits_test.take(60), model_name="cnn", stages=["spectra"], **SMALL
+    ).to_dict()
     spectra = record["spectra"]
     assert spectra["samples"] == 8
     fisher, hessian = (
@@ -77,8 +108,9 @@ def test_for_a_relu_network_the_fisher_and_hessian_spectra_coincide(digits_cnn, 
 
 def test_dangerous_rows_change_class_where_a_fine_walk_along_v1_does(digits_cnn, digits_test):
     data = digits_test.take(60)
-    record = audit(digits_cnn, data, model_name="cnn", stages=["dangerous"],
-                   epsilons={"linf": [0.1]}, **SMALL)  # fmt: skip
+    record = audit(
+        digits_cnn, data, model_name="cnn", stages=["dangerous"], epsilons={"linf": [0.1]}, **SMALL
+    ).to_dict()
     section = record["dangerous"]
     assert section["linf_eps"] == 0.1 and 0 < len(section["rows"]) <= 6
     checked = 0
@@ -109,12 +141,18 @@ def test_dangerous_rows_change_class_where_a_fine_walk_along_v1_does(digits_cnn,
 
 
 def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, tmp_path):
-    record = audit(digits_cnn, digits_test.take(30), model_name="cnn", quick=True,
-                   out=tmp_path, **SMALL)  # fmt: skip
+    record = audit(
+        digits_cnn, digits_test.take(30), model_name="cnn", quick=True, out=tmp_path, **SMALL
+    ).to_dict()
     assert record["settings"]["stages"] == default_stages(digits_cnn)
     assert default_stages(digits_cnn) == [s for s in STAGES if s != "rg"]
-    assert set(record["figures"]) == {"robust_accuracy", "minimal_perturbations", "spectra",
-                                      "amplification", "dangerous"}  # fmt: skip
+    assert set(record["figures"]) == {
+        "robust_accuracy",
+        "minimal_perturbations",
+        "spectra",
+        "amplification",
+        "dangerous",
+    }
     for name in record["figures"].values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(record))
@@ -130,10 +168,15 @@ def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, t
 
 
 def test_the_same_seed_gives_the_same_record(digits_cnn, digits_test):
-    options = {"model_name": "cnn", "quick": True, "seed": 5, **SMALL,
-               "stages": ["linf", "minimal", "spectra", "dangerous"]}  # fmt: skip
-    first = audit(digits_cnn, digits_test.take(24), **options)
-    second = audit(digits_cnn, digits_test.take(24), **options)
+    options = {
+        "model_name": "cnn",
+        "quick": True,
+        "seed": 5,
+        **SMALL,
+        "stages": ["linf", "minimal", "spectra", "dangerous"],
+    }
+    first = audit(digits_cnn, digits_test.take(24), **options).to_dict()
+    second = audit(digits_cnn, digits_test.take(24), **options).to_dict()
     assert without_clock(first) == without_clock(second)
 
 
@@ -142,15 +185,23 @@ def test_rg_stage_on_a_deep_rbm(tmp_path):
 
     network = pretrained_deep_rbm(depth=3, width=8, seed=0)
     assert default_stages(network)[-1] == "rg"
-    record = audit(network, binarized_digits("test").take(12), model_name="rbm", stages=["rg"],
-                   quick=True, geometry_samples=4, out=tmp_path)  # fmt: skip
+    record = audit(
+        network,
+        binarized_digits("test").take(12),
+        model_name="rbm",
+        stages=["rg"],
+        quick=True,
+        geometry_samples=4,
+        out=tmp_path,
+    ).to_dict()
     rg = record["rg"]
     assert record["model"]["kind"] == "deep RBM"
     assert rg["depth"] == 3 and rg["widths"] == [64, 8, 8]
     layers = rg["summary"]["layers"]
     assert [row["layer"] for row in layers] == [2, 3]
-    expected = [row["layer"] for row in layers
-                if row["kind"] == "eigenvalue" and row["leading_mean"] > 1]  # fmt: skip
+    expected = [
+        row["layer"] for row in layers if row["kind"] == "eigenvalue" and row["leading_mean"] > 1
+    ]
     assert rg["relevant_layers"] == expected
     assert {"rg_layers", "rg_directions"} <= set(record["figures"])
     assert "RG analysis" in record["verdict"]["text"]
@@ -222,39 +273,55 @@ def test_bad_settings_name_the_argument(options, message):
         audit(lambda x: x.flatten(1)[:, :2], data, model_name="m", **options)
 
 
-def _curve(epsilons, accuracy):  # type: ignore[no-untyped-def]
-    return {"epsilons": epsilons, "accuracy": accuracy, "evaluations": []}
+def _curve(norm, epsilons, accuracy, fired=()):  # type: ignore[no-untyped-def]
+    evaluations = [
+        Evaluation(norm, eps, a, 1.0, {}, [], {name: True for name in fired}, [])
+        for eps, a in zip(epsilons, accuracy, strict=True)
+        if eps > 0
+    ]
+    return Robustness(list(epsilons), list(accuracy), evaluations, {}, norm=norm)
 
 
 @pytest.mark.parametrize(("robust", "level"), [(0.3, "high"), (0.6, "moderate"), (0.89, "low")])
 def test_verdict_level_follows_the_kept_fraction_at_the_middle_budget(robust, level):
     # clean 0.9; the middle of three budgets decides: kept = robust / 0.9
-    record = {
-        "clean_accuracy": 0.9,
-        "robustness": {"linf": _curve([0.0, 0.1, 0.2, 0.3], [0.9, 0.9, robust, 0.0])},
-    }
-    result = verdict(record)
-    assert result["level"] == level
-    assert result["headline"].startswith(level.capitalize())
-    assert "ε = 0.2" in result["headline"] and f"{100 * robust:.1f}%" in result["headline"]
+    result = verdict(0.9, {"linf": _curve("linf", [0.0, 0.1, 0.2, 0.3], [0.9, 0.9, robust, 0.0])})
+    assert result.level == level
+    assert result.headline.startswith(level.capitalize())
+    assert "ε = 0.2" in result.headline and f"{100 * robust:.1f}%" in result.headline
 
 
 def test_verdict_names_the_worst_norm_masking_and_what_to_try():
-    masked = {"eps": 0.5, "checks": {"gradients": True, "transfer": False}}
-    record = {
-        "clean_accuracy": 1.0,
-        "robustness": {"linf": _curve([0.1], [0.95]),
-                       "l2": {**_curve([0.5], [0.2]), "evaluations": [masked]}},
-        "minimal_perturbations": {"median": 0.5, "input_l2_median": 5.0},
-        "rg": {"relevant_layers": [2, 3]},
-    }  # fmt: skip
-    result = verdict(record)
-    assert result["level"] == "high" and "L2 ε = 0.5" in result["headline"]
-    assert "At L∞ ε = 0.1 it is 95.0%." in result["text"]
-    assert "at most 0.5 (10.0% of a typical input's norm)" in result["text"]
-    assert "masking checks fired (gradients)" in result["text"]
-    assert "layers 2, 3" in result["text"] and "vulnscope defend --method pgd" in result["text"]
-    assert verdict({"clean_accuracy": 0.9})["level"] == "unknown"
+    stages = registered_stages()
+    minimal = stages["minimal"].decode_result(
+        {
+            "norm": "l2",
+            "attacks": ["DeepFool"],
+            "n": 4,
+            "n_clean_correct": 4,
+            "n_not_found": 0,
+            "median": 0.5,
+            "mean_found": 0.5,
+            "quantiles": {},
+            "found_by": {},
+            "histogram": {"counts": [], "edges": []},
+            "input_l2_median": 5.0,
+        }
+    )
+    rg = dataclasses.replace(_RG, relevant_layers=[2, 3])
+    results = {
+        "linf": _curve("linf", [0.1], [0.95]),
+        "l2": _curve("l2", [0.5], [0.2], fired=["gradients"]),
+        "minimal": minimal,
+        "rg": rg,
+    }
+    result = verdict(1.0, results)
+    assert result.level == "high" and "L2 ε = 0.5" in result.headline
+    assert "At L∞ ε = 0.1 it is 95.0%." in result.text
+    assert "at most 0.5 (10.0% of a typical input's norm)" in result.text
+    assert "masking checks fired (gradients)" in result.text
+    assert "layers 2, 3" in result.text and "vulnscope defend --method pgd" in result.text
+    assert verdict(0.9, {}).level == "unknown"
 
 
 def _validator():  # type: ignore[no-untyped-def]
@@ -268,11 +335,18 @@ def _validator():  # type: ignore[no-untyped-def]
 def test_audit_records_validate_against_the_shipped_schema(digits_cnn, digits_test, tmp_path):
     validator = _validator()
     records = [
-        audit(digits_cnn, digits_test.take(20), model_name="<cnn>", quick=True, out=tmp_path,
-              **SMALL),
-        audit(digits_cnn, digits_test.take(20), model_name="cnn", stages=["l2"],
-              epsilons={"l2": [0.0, 0.5]}, attacks=["apgd-ce", "fgsm"]),
-    ]  # fmt: skip
+        audit(
+            digits_cnn, digits_test.take(20), model_name="<cnn>", quick=True, out=tmp_path, **SMALL
+        ).to_dict(),
+        audit(
+            digits_cnn,
+            digits_test.take(20),
+            model_name="cnn",
+            stages=["l2"],
+            epsilons={"l2": [0.0, 0.5]},
+            attacks=["apgd-ce", "fgsm"],
+        ).to_dict(),
+    ]
     for record in records:
         record = json.loads(json.dumps(record))  # exactly what results.json holds
         assert record["schema_version"] == SCHEMA_VERSION == 3
@@ -286,27 +360,48 @@ def test_audit_records_validate_against_the_shipped_schema(digits_cnn, digits_te
         {**record, "clean_accuracy": 1.5},
         {**record, "settings": {**record["settings"], "stages": ["linf", "l3"]}},
         {**record, "unexpected": 1},
-        {**record, "robustness": {"linf": {**curve, "evaluations": [
-            {**curve["evaluations"][0], "broken_by": {"APGD-CE": -1}}]}}},
+        {
+            **record,
+            "robustness": {
+                "linf": {
+                    **curve,
+                    "evaluations": [{**curve["evaluations"][0], "broken_by": {"APGD-CE": -1}}],
+                }
+            },
+        },
         {**record, "created": "yesterday"},
         {**record, "verdict": {**record["verdict"], "level": "catastrophic"}},
         {**record, "figures": {"spectra": "../../etc/passwd"}},
-    ]  # fmt: skip
+    ]
     for bad in broken:
         assert list(validator.iter_errors(bad)), bad
 
 
 def test_progress_bars_advance_chunk_by_chunk_on_stderr(digits_cnn, digits_test, capsys):
-    audit(digits_cnn, digits_test.take(12), model_name="cnn", quick=True, batch_size=5,
-          stages=["linf", "minimal", "spectra"], epsilons={"linf": [0.05, 0.1]},
-          geometry_samples=4, progress=True)  # fmt: skip
+    audit(
+        digits_cnn,
+        digits_test.take(12),
+        model_name="cnn",
+        quick=True,
+        batch_size=5,
+        stages=["linf", "minimal", "spectra"],
+        epsilons={"linf": [0.05, 0.1]},
+        geometry_samples=4,
+        progress=True,
+    )
     err = capsys.readouterr().err
     assert "linf: 100%" in err and "6/6" in err  # 3 chunks of up to 5 samples, 2 budgets
     assert "linf:  17%" in err  # the bar moves within a chunk, budget by budget
     assert "minimal: 100%" in err and "3/3" in err
     assert "spectra: 100%" in err and "1/1" in err
-    audit(digits_cnn, digits_test.take(12), model_name="cnn", stages=["spectra"],
-          geometry_samples=4, progress=False)  # fmt: skip
+    audit(
+        digits_cnn,
+        digits_test.take(12),
+        model_name="cnn",
+        stages=["spectra"],
+        geometry_samples=4,
+        progress=False,
+    )
     assert capsys.readouterr().err == ""
 
 
@@ -331,15 +426,24 @@ class _Custom(torch.nn.Module):
 
 def test_a_stage_the_model_cannot_take_is_skipped_with_a_warning(digits_test, tmp_path):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), _Custom(),
-                                torch.nn.Linear(32, 10)).eval()  # fmt: skip
-    record = audit(model, digits_test.take(20), model_name="custom", quick=True,
-                   stages=["linf", "amplification", "dangerous"], out=tmp_path,
-                   **SMALL)  # fmt: skip
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 32), _Custom(), torch.nn.Linear(32, 10)
+    ).eval()
+    record = audit(
+        model,
+        digits_test.take(20),
+        model_name="custom",
+        quick=True,
+        stages=["linf", "amplification", "dangerous"],
+        out=tmp_path,
+        **SMALL,
+    ).to_dict()
     assert "amplification" not in record and "amplification" not in record["figures"]
     assert "linf" in record["robustness"] and "dangerous" in record
-    assert any(w.startswith("the amplification stage failed on this model and was skipped: ")
-               for w in record["warnings"])  # fmt: skip
+    assert any(
+        w.startswith("the amplification stage failed on this model and was skipped: ")
+        for w in record["warnings"]
+    )
     assert (tmp_path / "report.html").is_file()
 
 

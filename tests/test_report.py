@@ -35,6 +35,8 @@ STAGE_TITLES = {
     "rg": "Renormalisation-group analysis",
 }
 ATTACKS = ["apgd-ce", "apgd-t", "fab-t", "square"]
+STAGE_NAMES = {"robustness": ["linf", "l2"], "minimal_perturbations": ["minimal"]}
+"""The audit stages that write each section (the others write the section of their name)."""
 
 
 def _curve(epsilons: list[float], accuracy: list[float], norm: str) -> dict[str, Any]:
@@ -55,7 +57,12 @@ def _curve(epsilons: list[float], accuracy: list[float], norm: str) -> dict[str,
         for index, (eps, robust) in enumerate(zip(epsilons, accuracy, strict=True))
         if eps > 0
     ]
-    return {"epsilons": epsilons, "accuracy": accuracy, "evaluations": evaluations}
+    return {
+        "epsilons": epsilons,
+        "accuracy": accuracy,
+        "evaluations": evaluations,
+        "attack_seconds": {},
+    }
 
 
 STAGE_RECORDS: dict[str, Any] = {
@@ -74,6 +81,7 @@ STAGE_RECORDS: dict[str, Any] = {
         "quantiles": {"0.1": 0.05, "0.25": 0.08, "0.5": 0.123456, "0.75": 0.9, "0.9": 1.23456},
         "found_by": {"fab": 90, "deepfool": 6},
         "histogram": {"counts": [3, 5], "edges": [0.0, 0.5, 1.0]},
+        "input_l2_median": 4.0,
     },
     "spectra": {
         "samples": 16,
@@ -191,7 +199,7 @@ def synthetic_record(directory: Path, stages: Sequence[str] = tuple(STAGE_FIGURE
         },
         "settings": {
             "seed": 0,
-            "stages": list(stages),
+            "stages": [name for stage in stages for name in STAGE_NAMES.get(stage, [stage])],
             "quick": True,
             "device": "cpu",
             "batch_size": 512,
@@ -249,6 +257,7 @@ def test_every_string_from_the_record_is_escaped(tmp_path):
     record["verdict"] = {"level": HOSTILE, "headline": HOSTILE, "text": HOSTILE}
     record["settings"]["attacks"] = [*ATTACKS, HOSTILE]
     record["robustness"]["linf"]["evaluations"][0]["warnings"] = [HOSTILE]
+    record["robustness"]["linf"]["evaluations"][0]["stages"][0]["name"] = HOSTILE
     record["amplification"]["blocks"][0] = HOSTILE
     record["rg"]["summary"]["layers"][0]["kind"] = HOSTILE
     record["figures"]["spectra"] = HOSTILE  # not a file: named in a note
@@ -274,14 +283,22 @@ def headings(page: str) -> list[str]:
 def test_sections_follow_the_record_and_absent_stages_are_left_out(tmp_path):
     full = synthetic_record(tmp_path / "full")
     assert headings(render_report(full, tmp_path / "full")) == [
-        "Key figures", *STAGE_TITLES.values(), "Model metadata", "Warnings", "Settings and timing"
-    ]  # fmt: skip
+        "Key figures",
+        *STAGE_TITLES.values(),
+        "Model metadata",
+        "Warnings",
+        "Settings and timing",
+    ]
     record = synthetic_record(tmp_path / "some", stages=["robustness", "spectra"])
     record["model"]["metadata"] = None
     page = render_report(record, tmp_path / "some")
     assert headings(page) == [
-        "Key figures", "Robust accuracy", "Curvature spectra", "Warnings", "Settings and timing"
-    ]  # fmt: skip
+        "Key figures",
+        "Robust accuracy",
+        "Curvature spectra",
+        "Warnings",
+        "Settings and timing",
+    ]
     assert "median minimal L2 perturbation" not in page
     assert "relevant RG layers" not in page
     assert len(embedded_images(page)) == 2
@@ -341,7 +358,7 @@ def test_numbers_are_formatted_as_specified(tmp_path):
     assert row("0", "98.7%", "—", "—", "—", "—") in page
     assert row("0.02", "61.2%", "121", "3", "0", "1") in page
     assert row("0.05", "0.0%", "122", "3", "0", "1") in page
-    assert "<li>ε = 0.02: masking suspected at linf 0.02</li>" in page
+    assert "<li>L∞ ε = 0.02: masking suspected at linf 0.02</li>" in page
     # minimal perturbations, spectra, amplification, dangerous, RG
     assert row("0.9", "1.23") in page
     assert "Mean size of those found: —." in page
@@ -375,3 +392,16 @@ def test_verdict_badge_and_empty_warnings(tmp_path):
         assert f'<span class="badge {level}">{level}</span>' in page
         assert "<strong>Small changes flip most predictions.</strong>" in page
     assert "<h2>Warnings</h2>\n<p>none</p>" in page
+
+
+def test_a_warning_at_several_budgets_is_said_once_with_every_budget(tmp_path):
+    record = synthetic_record(tmp_path, stages=["robustness"])
+    for curve in record["robustness"].values():
+        for evaluation in curve["evaluations"]:
+            evaluation["warnings"] = ["the outputs look like probabilities"]
+    page = render_report(record, tmp_path)
+    assert page.count("the outputs look like probabilities") == 1
+    assert (
+        "<li>L∞ ε = 0.02; L∞ ε = 0.05; L2 ε = 0.5; L2 ε = 1: the outputs look like "
+        "probabilities</li>" in page
+    )

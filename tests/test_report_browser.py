@@ -165,7 +165,7 @@ def test_a_real_audit_report_opens_with_every_figure(browser, digits_cnn, digits
     out = tmp_path / "audit"
     record = audit(digits_cnn, digits_test.take(24), model_name=HOSTILE_NAME, quick=True,
                    stages=["linf", "l2", "minimal", "spectra", "amplification", "dangerous"],
-                   geometry_samples=6, out=out)  # fmt: skip
+                   geometry_samples=6, out=out).to_dict()  # fmt: skip
     screenshot = tmp_path / "audit.png"
     run_browser(browser, tmp_path / "p1", out / "report.html", "--hide-scrollbars",
                 f"--window-size={WIDTH},{HEIGHT}", f"--screenshot={screenshot}")  # fmt: skip

@@ -46,25 +46,39 @@ def evaluate_cascade_chunk(
         correct = int((predict(model, x, batch_size=batch_size) == y).sum())
     else:
         curve = standard_evaluation_curve(
-            model, x, y, norm=norm, epsilons=list(epsilons), seed=seed, attacks=attacks,
-            batch_size=batch_size, on_budget=on_budget, shard=False,
-        )  # fmt: skip
+            model,
+            x,
+            y,
+            norm=norm,
+            epsilons=list(epsilons),
+            seed=seed,
+            attacks=attacks,
+            batch_size=batch_size,
+            on_budget=on_budget,
+            shard=False,
+        )
         for evaluation in curve.evaluations:
             summary = evaluation.to_dict()
-            evaluations.append({
-                "eps": evaluation.eps,
-                "robust": int(evaluation.robust.sum()),
-                "clean": x.shape[0] - summary["broken_by"].get("clean", 0),
-                "broken_by": summary["broken_by"],
-                "stages": summary["stages"],
-                "checks": summary["checks"],
-                "warnings": summary["warnings"],
-                "seconds": {stage.name: round(stage.seconds, 3) for stage in evaluation.stages},
-            })  # fmt: skip
+            evaluations.append(
+                {
+                    "eps": evaluation.eps,
+                    "robust": int(evaluation.robust.sum()),
+                    "clean": x.shape[0] - summary["broken_by"].get("clean", 0),
+                    "broken_by": summary["broken_by"],
+                    "stages": summary["stages"],
+                    "checks": summary["checks"],
+                    "warnings": summary["warnings"],
+                    "seconds": {stage.name: round(stage.seconds, 3) for stage in evaluation.stages},
+                }
+            )
         correct = evaluations[0]["clean"]  # the cascade classified the clean points already
     seconds = round(time.perf_counter() - started, 3)
-    return {"samples": x.shape[0], "correct": correct, "evaluations": evaluations,
-            "seconds": seconds}  # fmt: skip
+    return {
+        "samples": x.shape[0],
+        "correct": correct,
+        "evaluations": evaluations,
+        "seconds": seconds,
+    }
 
 
 def merge_cascade_chunks(
@@ -101,16 +115,18 @@ def merge_cascade_chunks(
             for name, value in part["seconds"].items():
                 seconds[name] = round(seconds.get(name, 0.0) + value, 3)
             messages += [message for message in part["warnings"] if message not in messages]
-        evaluations.append({
-            "norm": norm,
-            "eps": eps,
-            "robust_accuracy": sum(part["robust"] for part in parts) / samples,
-            "clean_accuracy": sum(part["clean"] for part in parts) / samples,
-            "broken_by": broken,
-            "stages": stages,
-            "checks": checks,
-            "warnings": messages,
-        })  # fmt: skip
+        evaluations.append(
+            {
+                "norm": norm,
+                "eps": eps,
+                "robust_accuracy": sum(part["robust"] for part in parts) / samples,
+                "clean_accuracy": sum(part["clean"] for part in parts) / samples,
+                "broken_by": broken,
+                "stages": stages,
+                "checks": checks,
+                "warnings": messages,
+            }
+        )
         stage_seconds[f"{eps:g}"] = seconds
         warnings += [message for message in messages if message not in warnings]
     return {

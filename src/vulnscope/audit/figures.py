@@ -6,7 +6,7 @@ PNG files written atomically).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +21,23 @@ _NORM_LABELS = {"linf": "L∞", "l2": "L2"}
 
 
 def plot_robust_accuracy(
-    robustness: Mapping[str, Mapping[str, Any]], path: str | Path, *, clean: float | None = None
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    clean: float | None = None,
 ) -> Path:
     """Robust accuracy against the budget, one panel per norm.
 
     Args:
-        robustness: the record's ``robustness`` section: per norm ``{"epsilons",
-            "accuracy", "evaluations"}``.
+        curves: per norm, the budgets and the robust accuracy at each.
         path: where to write the PNG.
         clean: the clean accuracy, drawn at budget 0 when the curve does not hold it.
 
     """
-    norms = list(robustness)
+    norms = list(curves)
     figure, axes = new_figure(1, max(1, len(norms)), size=(5.5 * max(1, len(norms)), 4.0))
     for ax, norm in zip(axes[0], norms, strict=False):
-        curve = robustness[norm]
-        epsilons, accuracy = list(curve["epsilons"]), list(curve["accuracy"])
+        epsilons, accuracy = list(curves[norm][0]), list(curves[norm][1])
         if clean is not None and 0.0 not in epsilons:
             epsilons, accuracy = [0.0, *epsilons], [clean, *accuracy]
         ax.plot(epsilons, [100 * a for a in accuracy], "k-o", label="robust (cascade)")
@@ -103,20 +104,28 @@ def plot_dangerous(
         cells = (
             (_image(x[row]), f"class {label}", "gray"),
             (_image(direction[row]), "most dangerous direction", "RdBu_r"),
-            (_image(moved[row]),
-             f"t = {shift:.2f} → {name(int(fisher[row]))}" if np.isfinite(shift)
-             else "no change within L2 4", "gray"),
+            (
+                _image(moved[row]),
+                f"t = {shift:.2f} → {name(int(fisher[row]))}"
+                if np.isfinite(shift)
+                else "no change within L2 4",
+                "gray",
+            ),
             (_image(attacked[row]), f"L∞ {eps:g} → {name(int(adversarial[row]))}", "gray"),
             (_image(attacked[row] - x[row]), "perturbation", "RdBu_r"),
-        )  # fmt: skip
+        )
         for column, (image, caption, colours) in enumerate(cells):
             ax = axes[row, column]
             if colours == "gray":
                 ax.imshow(np.clip(image, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
             else:
                 limit = float(np.abs(image).max()) or 1.0
-                ax.imshow(image if image.ndim == 2 else image.mean(-1), cmap=colours,
-                          vmin=-limit, vmax=limit)  # fmt: skip
+                ax.imshow(
+                    image if image.ndim == 2 else image.mean(-1),
+                    cmap=colours,
+                    vmin=-limit,
+                    vmax=limit,
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(caption, fontsize=8)

@@ -50,9 +50,14 @@ def minimal_chunk(
 
     """
     result = minimal_perturbations(
-        model, x, y, attacks=_attacks(attacks, seed), norm="l2", batch_size=batch_size,
+        model,
+        x,
+        y,
+        attacks=_attacks(attacks, seed),
+        norm="l2",
+        batch_size=batch_size,
         shard=False,  # the audit shares its chunks out itself
-    )  # fmt: skip
+    )
     return {
         "norms": [value if math.isfinite(value) else None for value in result.norms.tolist()],
         "found_by": list(result.found_by),

@@ -28,7 +28,14 @@ class StageProgress:
         from tqdm.auto import tqdm
 
         disable = None if self.enabled is None else not self.enabled
-        with tqdm(total=total, desc=description, unit="step", file=sys.stderr,
-                  disable=disable, leave=True, dynamic_ncols=True,
-                  mininterval=0) as bar:  # fmt: skip
+        with tqdm(
+            total=total,
+            desc=description,
+            unit="step",
+            file=sys.stderr,
+            disable=disable,
+            leave=True,
+            dynamic_ncols=True,
+            mininterval=0,
+        ) as bar:
             yield bar

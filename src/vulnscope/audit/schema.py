@@ -20,13 +20,32 @@ the verdict, the figures, and the settings of every stage.
 
 
 def results_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of ``results.json``, shipped in the package.
+    """The JSON Schema (draft 2020-12) of ``results.json``.
 
-    Validate a record with any JSON Schema validator, e.g.
-    ``jsonschema.validate(record, results_schema())``.
+    The frame (model, data, settings, verdict, ...) and the shared definitions ship in the
+    package; each registered stage adds its section's schema (:attr:`Stage.schema`) at its
+    ``section``, and its name to the stages a record may list. Validate a record with any
+    JSON Schema validator, e.g. ``jsonschema.validate(record, results_schema())``.
     """
+    from vulnscope.audit.stage import registered_stages
+
     text = resources.files("vulnscope").joinpath("schemas/results.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
+    stages = registered_stages()
+    schema["properties"]["settings"]["properties"]["stages"]["items"] = {"enum": list(stages)}
+    for stage in stages.values():
+        node = schema
+        for key in stage.section[:-1]:
+            node = node["properties"].setdefault(
+                key,
+                {
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": False,
+                    "properties": {},
+                },
+            )
+        node["properties"][stage.section[-1]] = json.loads(json.dumps(stage.schema))
     return schema
 
 
@@ -41,8 +60,9 @@ def without_clock(record: Any) -> Any:
     Two audits with the same settings and seed give equal ``without_clock`` records.
     """
     if isinstance(record, dict):
-        return {key: without_clock(value) for key, value in record.items()
-                if key not in CLOCK_FIELDS}  # fmt: skip
+        return {
+            key: without_clock(value) for key, value in record.items() if key not in CLOCK_FIELDS
+        }
     if isinstance(record, list):
         return [without_clock(value) for value in record]
     return record

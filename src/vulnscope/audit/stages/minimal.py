@@ -1,0 +1,203 @@
+"""The audit's ``minimal`` stage: the distribution of minimal L2 perturbations.
+
+The smallest L2 perturbation that changes each decision (Moosavi-Dezfooli, Fawzi and
+Frossard 2016): DeepFool's fast linearised steps, then FAB (Croce and Hein 2020), which
+projects onto the boundary; each point keeps the smaller. Robust accuracy at every L2
+budget is this distribution's survival function. Chunk ``k`` of the data is piece ``k``
+(FAB seeded ``seed + k``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from typing_extensions import override
+
+from vulnscope.audit.codec import IN_MEMORY
+from vulnscope.audit.minimal_stage import merge_minimal_chunks, minimal_chunk
+from vulnscope.audit.stage import (
+    AuditPlan,
+    Piece,
+    Report,
+    ReportSection,
+    Stage,
+    StageVerdict,
+    register_stage,
+)
+from vulnscope.evaluate import MinimalPerturbations, plot_minimal_perturbations
+
+__all__ = ["MINIMAL_ATTACKS", "MinimalChunk", "MinimalResult", "MinimalStage"]
+
+MINIMAL_ATTACKS = ("deepfool", "fab")
+"""The minimal attacks of the full audit; ``--quick`` runs DeepFool alone."""
+
+QUICK_MINIMAL_ATTACKS = ("deepfool",)
+
+
+@dataclass(frozen=True)
+class MinimalChunk:
+    """One chunk's smallest perturbations: a piece of the stage.
+
+    Attributes:
+        norms: per point, the smallest L2 perturbation found (0 for a clean mistake,
+            None where no attack broke it).
+        found_by: per point, the attack that found it (``"clean"``, or None).
+        clean_correct: per point, classified correctly without perturbation.
+        attacks: the attacks' names, in order.
+
+    """
+
+    norms: list[float | None]
+    found_by: list[str | None]
+    clean_correct: list[bool]
+    attacks: list[str]
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of the perturbations found per bin, and the bins' edges."""
+
+    counts: list[int]
+    edges: list[float]
+
+
+@dataclass(frozen=True)
+class MinimalResult:
+    """The record's ``minimal_perturbations`` (``MinimalPerturbations.to_dict``'s layout).
+
+    Attributes:
+        norm: ``"l2"``.
+        attacks: the minimal attacks, in order.
+        n: samples.
+        n_clean_correct: samples classified correctly.
+        n_not_found: correctly classified samples no attack broke.
+        median: median perturbation over the correctly classified (None: not found).
+        mean_found: mean over those an attack broke.
+        quantiles: by quantile (``"0.1"``...), the perturbation size.
+        found_by: samples per attack (``"clean"``, ``"none"``).
+        histogram: of the sizes found.
+        input_l2_median: median L2 norm of the inputs (for scale).
+        distribution: the per-sample result (in memory only).
+
+    """
+
+    norm: str
+    attacks: list[str]
+    n: int
+    n_clean_correct: int
+    n_not_found: int
+    median: float | None
+    mean_found: float | None
+    quantiles: dict[str, float | None]
+    found_by: dict[str, int]
+    histogram: Histogram
+    input_l2_median: float
+    distribution: MinimalPerturbations | None = field(default=None, metadata=IN_MEMORY)
+
+
+class MinimalStage(Stage[MinimalChunk, MinimalResult]):
+    """Minimal L2 perturbations, chunk by chunk (see the module docstring)."""
+
+    name = "minimal"
+    description = "minimal L2 perturbations (DeepFool, FAB)"
+    section = ("minimal_perturbations",)
+    piece_type = MinimalChunk
+    result_type = MinimalResult
+    schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/minimal"}
+
+    @override
+    def pieces(self, plan: AuditPlan) -> list[Piece]:
+        return [
+            Piece(f"{self.name}-{index:05d}", index, start, stop)
+            for index, (start, stop) in enumerate(plan.chunks)
+        ]
+
+    @override
+    def compute(self, piece: Piece, plan: AuditPlan, tick: Callable[[], None]) -> MinimalChunk:
+        x, y = plan.rows(piece.start, piece.stop)
+        attacks = QUICK_MINIMAL_ATTACKS if plan.quick else MINIMAL_ATTACKS
+        return self.decode_piece(
+            minimal_chunk(
+                plan.model,
+                x,
+                y,
+                attacks=attacks,
+                seed=plan.seed + piece.index,
+                batch_size=plan.batch_size,
+            )
+        )
+
+    @override
+    def merge(
+        self, pieces: Sequence[MinimalChunk], plan: AuditPlan, results: Mapping[str, Any]
+    ) -> MinimalResult:
+        merged = merge_minimal_chunks([self.encode(piece) for piece in pieces])
+        section = {
+            **merged.to_dict(),
+            "input_l2_median": float(plan.data.x.flatten(1).norm(dim=1).median()),
+        }
+        result = self.decode_result(section)
+        return MinimalResult(**{**vars(result), "distribution": merged})
+
+    @override
+    def figures(
+        self,
+        result: MinimalResult,
+        plan: AuditPlan,
+        results: Mapping[str, Any],
+        clean_accuracy: float,
+    ) -> dict[str, str]:
+        if plan.directory is None or result.distribution is None:
+            return {}
+        name = "minimal_perturbations.png"
+        plot_minimal_perturbations(result.distribution, plan.directory / name)
+        return {"minimal_perturbations": name}
+
+    @override
+    def verdict(self, result: MinimalResult, clean_accuracy: float) -> StageVerdict:
+        if result.median is None:
+            return StageVerdict()
+        typical = result.input_l2_median
+        share = (
+            f" ({100 * result.median / typical:.1f}% of a typical input's norm)" if typical else ""
+        )
+        return StageVerdict(
+            sentences=(
+                f"Half of the correctly classified inputs change class under an L2 perturbation "
+                f"of at most {result.median:.3g}{share}.",
+            )
+        )
+
+    @override
+    def summary(self, result: MinimalResult) -> list[str]:
+        if result.median is None:
+            return []
+        return [f"median minimal L2 perturbation: {result.median:.3g}"]
+
+    @override
+    def key_figures(self, result: MinimalResult, report: Report) -> list[tuple[str, str]]:
+        return [("median minimal L2 perturbation", report.number(result.median))]
+
+    @override
+    def report(self, result: MinimalResult, report: Report) -> ReportSection:
+        """Quantiles of the smallest L2 perturbation that changes the class, and who found it."""
+        summary = (
+            f"<p>{report.text(result.n)} samples, {report.text(result.n_clean_correct)} "
+            f"correctly classified; no adversarial example found for "
+            f"{report.text(result.n_not_found)}. Mean size of those found: "
+            f"{report.text(report.number(result.mean_found))}.</p>"
+        )
+        quantiles = report.table(
+            ["quantile", "L2 size"], [(q, report.number(v)) for q, v in result.quantiles.items()]
+        )
+        found = report.table(
+            ["attack", "found"], [(a, report.number(n)) for a, n in result.found_by.items()]
+        )
+        return ReportSection(
+            "Minimal perturbations", f"{summary}\n{quantiles}\n{found}", ("minimal_perturbations",)
+        )
+
+
+register_stage(MinimalStage())

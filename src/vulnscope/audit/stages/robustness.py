@@ -1,0 +1,258 @@
+"""Robust accuracy under the standard cascade, as an audit stage for one norm.
+
+Croce and Hein (2020): AutoAttack's cascade (APGD-CE, APGD-T, FAB-T, Square by default),
+each attack run only on the points the ones before it left robust, then the
+gradient-masking checks. The data is cut into chunks by sample index (chunk ``k`` seeded
+``seed + k``); each chunk is a piece whose counts add up across chunks, so the curve is the
+same whichever rank computed which chunk. :mod:`~vulnscope.audit.stages.linf` and
+:mod:`~vulnscope.audit.stages.l2` register one stage each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from typing_extensions import override
+
+from vulnscope.audit.cascade import evaluate_cascade_chunk, merge_cascade_chunks
+from vulnscope.audit.codec import IN_MEMORY, from_json
+from vulnscope.audit.figures import plot_robust_accuracy
+from vulnscope.audit.stage import AuditPlan, Piece, Report, ReportSection, Stage, StageVerdict
+
+__all__ = ["NORM_NAMES", "Robustness", "RobustnessStage"]
+
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+"""How the report and the verdict write each norm."""
+
+
+@dataclass(frozen=True)
+class ChunkEvaluation:
+    """One chunk's cascade at one budget, as counts that add up across chunks."""
+
+    eps: float
+    robust: int
+    clean: int
+    broken_by: dict[str, int]
+    stages: list[dict[str, Any]]
+    checks: dict[str, bool]
+    warnings: list[str]
+    seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CascadeChunk:
+    """One chunk's cascade at every positive budget: a piece of a robustness stage."""
+
+    samples: int
+    correct: int
+    evaluations: list[ChunkEvaluation]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The cascade at one budget, over the whole data (``StandardEvaluation.to_dict``'s layout).
+
+    Attributes:
+        norm: the threat model's norm.
+        eps: the budget.
+        robust_accuracy: fraction classified correctly and broken by no attack.
+        clean_accuracy: fraction classified correctly without perturbation.
+        broken_by: points broken per attack (``"clean"``: misclassified already).
+        stages: what each attack of the cascade did (without its time).
+        checks: each gradient-masking check, and whether it fired.
+        warnings: the messages of the checks that fired.
+
+    """
+
+    norm: str
+    eps: float
+    robust_accuracy: float
+    clean_accuracy: float
+    broken_by: dict[str, int]
+    stages: list[dict[str, Any]]
+    checks: dict[str, bool]
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """The robust-accuracy curve of one norm: the record's ``robustness[norm]``.
+
+    Attributes:
+        epsilons: the budgets as given (0 allowed: clean accuracy).
+        accuracy: robust accuracy at each.
+        evaluations: the cascade at each positive budget.
+        attack_seconds: per budget (``f"{eps:g}"``), seconds per attack.
+        norm: the norm (in memory; the record's key says it).
+
+    """
+
+    epsilons: list[float]
+    accuracy: list[float]
+    evaluations: list[Evaluation]
+    attack_seconds: dict[str, dict[str, float]]
+    norm: str = field(default="", metadata=IN_MEMORY)
+
+    @property
+    def reference(self) -> tuple[float, float] | None:
+        """The middle positive budget and the robust accuracy there."""
+        pairs = [(e, a) for e, a in zip(self.epsilons, self.accuracy, strict=True) if e > 0]
+        return pairs[len(pairs) // 2] if pairs else None
+
+
+class RobustnessStage(Stage[CascadeChunk, Robustness]):
+    """The cascade's robust-accuracy curve under one norm (see the module docstring)."""
+
+    section: ClassVar[tuple[str, ...]]
+    piece_type = CascadeChunk
+    result_type = Robustness
+    schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/curve"}
+    norm: ClassVar[str]
+
+    def _positive(self, plan: AuditPlan) -> list[float]:
+        return sorted({eps for eps in plan.epsilons[self.norm] if eps > 0})
+
+    @override
+    def pieces(self, plan: AuditPlan) -> list[Piece]:
+        steps = max(1, len(self._positive(plan)))
+        return [
+            Piece(f"{self.name}-{index:05d}", index, start, stop, steps)
+            for index, (start, stop) in enumerate(plan.chunks)
+        ]
+
+    @override
+    def compute(self, piece: Piece, plan: AuditPlan, tick: Callable[[], None]) -> CascadeChunk:
+        x, y = plan.rows(piece.start, piece.stop)
+        return self.decode_piece(
+            evaluate_cascade_chunk(
+                plan.model,
+                x,
+                y,
+                norm=self.norm,
+                epsilons=self._positive(plan),
+                seed=plan.seed + piece.index,
+                attacks=plan.attacks,
+                batch_size=plan.batch_size,
+                on_budget=lambda _: tick(),
+            )
+        )
+
+    @override
+    def merge(
+        self, pieces: Sequence[CascadeChunk], plan: AuditPlan, results: Mapping[str, Any]
+    ) -> Robustness:
+        merged = merge_cascade_chunks(
+            [self.encode(piece) for piece in pieces],
+            norm=self.norm,
+            epsilons=self._positive(plan),
+            samples=len(plan.data),
+        )
+        by_eps = {
+            evaluation["eps"]: self.decode_evaluation(evaluation)
+            for evaluation in merged["evaluations"]
+        }
+        budgets = list(plan.epsilons[self.norm])
+        return Robustness(
+            epsilons=budgets,
+            accuracy=[
+                by_eps[eps].robust_accuracy if eps > 0 else merged["clean_accuracy"]
+                for eps in budgets
+            ],
+            evaluations=[by_eps[eps] for eps in budgets if eps > 0],
+            attack_seconds=merged["stage_seconds"],
+            norm=self.norm,
+        )
+
+    @override
+    def decode_result(self, data: Any) -> Robustness:
+        return dataclasses.replace(super().decode_result(data), norm=self.norm)
+
+    def decode_evaluation(self, data: Any) -> Evaluation:
+        """One merged evaluation read into its dataclass."""
+        return from_json(Evaluation, data, where=f"{self.name} evaluation")
+
+    @override
+    def warnings(self, result: Robustness) -> list[str]:
+        found: list[str] = []
+        for evaluation in result.evaluations:
+            found += [text for text in evaluation.warnings if text not in found]
+        return found
+
+    @override
+    def figures(
+        self,
+        result: Robustness,
+        plan: AuditPlan,
+        results: Mapping[str, Any],
+        clean_accuracy: float,
+    ) -> dict[str, str]:
+        """One figure for every norm's curve (each robustness stage redraws it whole)."""
+        if plan.directory is None:
+            return {}
+        curves = {
+            value.norm or name: (value.epsilons, value.accuracy)
+            for name, value in results.items()
+            if isinstance(value, Robustness)
+        }
+        curves[self.norm] = (result.epsilons, result.accuracy)
+        name = "robust_accuracy.png"
+        plot_robust_accuracy(curves, plan.directory / name, clean=clean_accuracy)
+        return {"robust_accuracy": name}
+
+    @override
+    def verdict(self, result: Robustness, clean_accuracy: float) -> StageVerdict:
+        reference = result.reference
+        fired = sorted({name for e in result.evaluations for name, on in e.checks.items() if on})
+        return StageVerdict(
+            reference=None if reference is None else (self.norm, *reference),
+            masking=tuple(fired),
+        )
+
+    @override
+    def summary(self, result: Robustness) -> list[str]:
+        names = list(dict.fromkeys(stage["name"] for e in result.evaluations for stage in e.stages))
+        lines = [
+            f"robust accuracy ({self.norm}) and the points each attack broke:",
+            "  " + f"{'eps':>8}{'robust':>9}" + "".join(f"{name:>10}" for name in names),
+        ]
+        by_eps = {evaluation.eps: evaluation for evaluation in result.evaluations}
+        for eps, robust in zip(result.epsilons, result.accuracy, strict=True):
+            broken = by_eps[eps].broken_by if eps in by_eps else {}
+            cells = "".join(f"{broken.get(name, 0):>10}" for name in names)
+            lines.append("  " + f"{eps:>8g}{robust:>9.1%}" + cells)
+        return lines
+
+    @override
+    def key_figures(self, result: Robustness, report: Report) -> list[tuple[str, str]]:
+        label = NORM_NAMES.get(self.norm, self.norm)
+        return [
+            (f"robust accuracy, {label} ε = {report.number(eps)}", report.percent(accuracy))
+            for eps, accuracy in zip(result.epsilons, result.accuracy, strict=True)
+            if eps > 0  # at eps 0 the curve repeats the clean accuracy
+        ]
+
+    @override
+    def report(self, result: Robustness, report: Report) -> ReportSection:
+        """Robust accuracy per budget and which attack broke how many points."""
+        attacks = list(
+            dict.fromkeys(stage["name"] for e in result.evaluations for stage in e.stages)
+        )
+        by_eps = {evaluation.eps: evaluation for evaluation in result.evaluations}
+        rows = []
+        for eps, accuracy in zip(result.epsilons, result.accuracy, strict=True):
+            broken = by_eps[eps].broken_by if eps in by_eps else None
+            counts = [report.number(broken.get(a)) if broken else "—" for a in attacks]
+            rows.append([report.number(eps), report.percent(accuracy), *counts])
+        header = ["ε", "robust accuracy", *(f"broken by {attack}" for attack in attacks)]
+        label = NORM_NAMES.get(self.norm, self.norm)
+        notes = tuple(
+            (warning, f"{label} ε = {report.number(evaluation.eps)}")
+            for evaluation in result.evaluations
+            for warning in evaluation.warnings
+        )
+        body = f"<h3>{report.text(label)} budgets</h3>\n{report.table(header, rows)}"
+        return ReportSection("Robust accuracy", body, ("robust_accuracy",), notes)
