@@ -9,8 +9,7 @@ import secrets
 import torch
 from torch import Tensor
 
-from vulnscope._validation import check_seed, describe
-from vulnscope.errors import InvalidTypeError
+from vulnscope._validation import check_seed, check_tensor
 
 __all__ = ["make_generator", "resolve_generator", "row_generators", "row_seeds"]
 
@@ -50,8 +49,7 @@ def row_seeds(x: Tensor, seed: int | None) -> list[int]:
     key = check_seed(seed)
     if key is None:
         key = secrets.randbits(63)
-    if not isinstance(x, Tensor):
-        raise InvalidTypeError(f"x must be a torch.Tensor, got {describe(x)}")
+    x = check_tensor(x, "x")
     rows = x.detach().cpu().contiguous().reshape(x.shape[0], math.prod(x.shape[1:]))
     data = rows.view(torch.uint8).numpy() if rows.numel() else rows.numpy()
     prefix = key.to_bytes(16, "little") + str(x.dtype).encode()

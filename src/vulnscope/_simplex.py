@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vulnscope._validation import describe
+from vulnscope._validation import check_finite, check_tensor
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = ["project_to_simplex", "project_unchecked"]
@@ -36,16 +36,12 @@ def project_to_simplex(z: Tensor) -> Tensor:
         tensor([[0.3500, 0.6500, 0.0000]], dtype=torch.float64)
 
     """
-    if not isinstance(z, Tensor):
-        raise InvalidTypeError(f"z must be a torch.Tensor, got {describe(z)}")
+    z = check_tensor(z, "z")
     if z.ndim < 1 or z.shape[-1] < 1:
         raise InvalidArgumentError(f"z must have shape (..., C) with C >= 1, got {tuple(z.shape)}")
     if not (z.is_floating_point() or z.dtype in (torch.int32, torch.int64)):
         raise InvalidTypeError(f"z must hold real numbers, got dtype {z.dtype}")
-    z = z.detach().to(torch.float64)
-    if not bool(torch.isfinite(z).all()):
-        raise InvalidArgumentError("z must be finite, got NaN or infinite entries")
-    return project_unchecked(z)
+    return project_unchecked(check_finite(z.detach().to(torch.float64), "z"))
 
 
 def project_unchecked(z: Tensor) -> Tensor:

@@ -122,10 +122,36 @@ def check_bounds(value: Any, name: str = "bounds") -> tuple[float, float]:
     return low, high
 
 
+def check_tensor(value: Any, name: str, *, of: str = "") -> Tensor:
+    """A ``torch.Tensor`` (``of`` says what it holds in the message: ``" of labels"``)."""
+    if not isinstance(value, Tensor):
+        raise InvalidTypeError(f"{name} must be a torch.Tensor{of}, got {describe(value)}")
+    return value
+
+
+def check_finite(value: Tensor, name: str) -> Tensor:
+    """A tensor without NaN or infinite entries; the message counts those it has."""
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise InvalidArgumentError(f"{name} must be finite, got {bad} NaN or infinite entries")
+    return value
+
+
+def check_batch(value: Any, name: str = "x") -> Tensor:
+    """A floating tensor of shape (B, ...) with B >= 1 (not checked: finiteness, bounds)."""
+    x = check_tensor(value, name)
+    if not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
+        raise InvalidArgumentError(
+            f"{name} must be a floating tensor of shape (B, ...) with B >= 1, "
+            f"got shape {tuple(x.shape)} and dtype {x.dtype}"
+        )
+    return x
+
+
 def check_inputs(x: Any, *, bounds: tuple[float, float], name: str = "x") -> Tensor:
     """A batch of inputs: a floating tensor of shape (N, ...), N >= 1, finite, inside bounds."""
-    if not isinstance(x, Tensor):
-        raise InvalidTypeError(f"{name} must be a torch.Tensor, got {describe(x)}")
+    x = check_tensor(x, name)
     if not x.is_floating_point():
         raise InvalidTypeError(
             f"{name} must have a floating dtype (float32 or float64), got {x.dtype}; "
@@ -140,10 +166,7 @@ def check_inputs(x: Any, *, bounds: tuple[float, float], name: str = "x") -> Ten
         raise InvalidArgumentError(
             f"{name} must hold at least one sample, got shape {tuple(x.shape)}"
         )
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise InvalidArgumentError(f"{name} must be finite, got {bad} NaN or infinite entries")
+    check_finite(x, name)
     low, high = float(x.detach().min()), float(x.detach().max())
     if low < bounds[0] or high > bounds[1]:
         raise InvalidArgumentError(
@@ -155,10 +178,7 @@ def check_inputs(x: Any, *, bounds: tuple[float, float], name: str = "x") -> Ten
 
 def check_labels(y: Any, *, n: int, device: torch.device, name: str = "y") -> Tensor:
     """Class labels: an integer tensor of shape (n,), non-negative; returned as int64."""
-    if not isinstance(y, Tensor):
-        raise InvalidTypeError(
-            f"{name} must be a torch.Tensor of class indices, got {describe(y)}"
-        )
+    y = check_tensor(y, name, of=" of class indices")
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise InvalidTypeError(f"{name} must have an integer dtype (int64), got {y.dtype}")
     if y.shape != (n,):

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from vulnscope._random import row_seeds
-from vulnscope._validation import check_choice, check_int, check_seed, describe
+from vulnscope._validation import check_choice, check_finite, check_int, check_seed, describe
 from vulnscope.cloning.simplex import sum_zero_basis
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.exact import binary_states
@@ -407,12 +407,7 @@ def check_output_vectors(probs: object, num_classes: int, *, name: str = "probs"
             f"{name} must have shape (B, {num_classes}), one output vector of the "
             f"{num_classes} classes per row, got shape {tuple(probs.shape)}"
         )
-    finite = torch.isfinite(probs)
-    if not bool(finite.all()):
-        raise InvalidArgumentError(
-            f"{name} must be finite, got {int((~finite).sum())} NaN or infinite entries"
-        )
-    return probs.detach().to(torch.float64)
+    return check_finite(probs, name).detach().to(torch.float64)
 
 
 def exact_generation_fisher(network: DeepRBM, probs: Tensor) -> Tensor:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from vulnscope._validation import check_int, check_model, describe
-from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
+from vulnscope._validation import check_batch, check_finite, check_int, check_model, describe
+from vulnscope.errors import InvalidArgumentError, ModelError
 
 __all__ = ["BlackBox", "QueryBudgetExceededError"]
 
@@ -132,15 +132,7 @@ class BlackBox:
 
 def _check_queries(x: Any) -> Tensor:
     """A batch of inputs: a finite floating tensor (B, ...) with B >= 1."""
-    if not isinstance(x, Tensor):
-        raise InvalidTypeError(f"x must be a torch.Tensor, got {describe(x)}")
-    if not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
-        raise InvalidArgumentError(
-            f"x must be a floating tensor of shape (B, ...) with B >= 1, got {describe(x)}"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise InvalidArgumentError("x must be finite, got NaN or infinite entries")
-    return x.detach()
+    return check_finite(check_batch(x), "x").detach()
 
 
 def _check_answer(

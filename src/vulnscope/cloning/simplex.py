@@ -23,7 +23,13 @@ import torch
 from torch import Tensor
 
 from vulnscope._simplex import project_to_simplex, project_unchecked
-from vulnscope._validation import check_bool, check_int, check_real, describe
+from vulnscope._validation import (
+    check_bool,
+    check_finite,
+    check_int,
+    check_real,
+    check_tensor,
+)
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = [
@@ -112,17 +118,14 @@ def check_probabilities(probs: Any, name: str = "probs") -> Tensor:
 
     Returns the rows as float64. A row may sum to one within 1e-6 (a float32 softmax).
     """
-    if not isinstance(probs, Tensor):
-        raise InvalidTypeError(f"{name} must be a torch.Tensor, got {describe(probs)}")
+    probs = check_tensor(probs, name)
     if not probs.is_floating_point():
         raise InvalidTypeError(f"{name} must have a floating dtype, got {probs.dtype}")
     if probs.ndim != 2 or probs.shape[1] < 2:
         raise InvalidArgumentError(
             f"{name} must have shape (B, C) with C >= 2 classes, got shape {tuple(probs.shape)}"
         )
-    rows: Tensor = probs.detach().to(torch.float64)
-    if not bool(torch.isfinite(rows).all()):
-        raise InvalidArgumentError(f"{name} must be finite, got NaN or infinite entries")
+    rows = check_finite(probs.detach().to(torch.float64), name)
     if rows.numel() and float(rows.min()) < 0.0:
         raise InvalidArgumentError(
             f"{name} must be non-negative probabilities, got minimum {float(rows.min()):.6g}"
@@ -187,16 +190,13 @@ def perturb_along(
 
     """
     p = check_probabilities(probs)
-    if not isinstance(directions, Tensor):
-        raise InvalidTypeError(f"directions must be a torch.Tensor, got {describe(directions)}")
+    directions = check_tensor(directions, "directions")
     if directions.shape != p.shape:
         raise InvalidArgumentError(
             f"directions must have the shape of probs {tuple(p.shape)}, "
             f"got {tuple(directions.shape)}"
         )
-    d = directions.detach().to(device=p.device, dtype=torch.float64)
-    if not bool(torch.isfinite(d).all()):
-        raise InvalidArgumentError("directions must be finite, got NaN or infinite entries")
+    d = check_finite(directions.detach().to(device=p.device, dtype=torch.float64), "directions")
     value = check_budget(budget, p.shape[1])
     margin = check_real(margin, "margin", minimum=0.0)
     both_signs = check_bool(both_signs, "both_signs")

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vulnscope._validation import check_int, check_logits, check_real
-from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+from vulnscope._validation import check_batch, check_int, check_logits, check_real
+from vulnscope.errors import InvalidTypeError
 from vulnscope.models.seeded import build_seeded
 from vulnscope.models.state import preserved_model_state
 from vulnscope.models.training import train_classifier
@@ -80,8 +80,7 @@ def soft_labels(
     """
     temperature = check_real(temperature, "temperature", minimum=0.0, exclusive=True)
     batch_size = check_int(batch_size, "batch_size")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise InvalidArgumentError("x must be a floating tensor of shape (N, ...)")
+    x = check_batch(x)
     parts = []
     with preserved_model_state(teacher):
         if isinstance(teacher, nn.Module):

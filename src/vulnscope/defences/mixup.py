@@ -24,6 +24,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from vulnscope._validation import (
+    check_batch,
     check_bool,
     check_int,
     check_labels,
@@ -124,7 +125,7 @@ class ManifoldMixup:
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
     ) -> Tensor:
         """The mixed loss of one minibatch with fresh draws from ``generator``."""
-        x = _check_batch(x)
+        x = check_batch(x)
         return self.loss(model, x, y, self.draw(model, x.shape[0], generator))
 
     def eligible_layers(self, model: nn.Module) -> list[str | None]:
@@ -188,7 +189,7 @@ class ManifoldMixup:
 
         """
         model = _check_model(model)
-        x = _check_batch(x)
+        x = check_batch(x)
         n = x.shape[0]
         y = check_labels(y, n=n, device=x.device)
         if not isinstance(draw, MixupDraw):
@@ -239,17 +240,6 @@ def _check_model(model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(f"model must be a torch.nn.Module, got {describe(model)}")
     return model
-
-
-def _check_batch(x: Any) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise InvalidTypeError(f"x must be a torch.Tensor, got {describe(x)}")
-    if not x.is_floating_point() or x.ndim < 2 or x.shape[0] == 0:
-        raise InvalidArgumentError(
-            f"x must be a floating tensor of shape (B, ...) with B >= 1, "
-            f"got shape {tuple(x.shape)} and dtype {x.dtype}"
-        )
-    return x
 
 
 def _forward_mixed(model: nn.Module, x: Tensor, layer: str, lam: float, permutation: Tensor) -> Any:

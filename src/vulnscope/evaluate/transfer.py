@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope._validation import (
+    check_bool,
     check_inputs,
     check_int,
     check_labels,
@@ -196,10 +197,7 @@ def transferability(
     source = check_model(source, "source")
     target = check_model(target, "target")
     attack = _check_attack(attack)
-    if not isinstance(require_source_correct, bool):
-        raise InvalidTypeError(
-            f"require_source_correct must be True or False, got {describe(require_source_correct)}"
-        )
+    require_source_correct = check_bool(require_source_correct, "require_source_correct")
     x = check_inputs(x, bounds=attack.bounds)
     y = check_labels(y, n=x.shape[0], device=x.device)
     source_ok = predicted_class(source, x, name="source") == y

@@ -10,6 +10,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from vulnscope._validation import (
+    check_batch,
     check_int,
     check_labels,
     check_logits,
@@ -17,7 +18,7 @@ from vulnscope._validation import (
     check_seed,
     check_targets,
 )
-from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+from vulnscope.errors import InvalidTypeError
 
 __all__ = ["Objective", "train_classifier"]
 
@@ -82,8 +83,7 @@ def train_classifier(
     """
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise InvalidArgumentError("x must be a floating tensor of shape (N, ...)")
+    x = check_batch(x)
     if isinstance(y, Tensor) and y.is_floating_point() and y.ndim != 1:
         y = _check_probability_targets(model, x, y)
     else:

@@ -12,7 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope._random import resolve_generator
-from vulnscope._validation import check_choice, check_inputs, check_int, check_seed, describe
+from vulnscope._validation import (
+    check_choice,
+    check_finite,
+    check_inputs,
+    check_int,
+    check_seed,
+    check_tensor,
+    describe,
+)
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.rbm.exact import binary_states, push_forward
 from vulnscope.rbm.rbm import RBM, log_conditional, sample_bernoulli
@@ -288,8 +296,7 @@ class DeepRBM(nn.Module):
         return self.sample_down(y, chains=chains, seed=seed, generator=generator).end_probs.mean(1)
 
     def _label_vectors(self, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
-        if not isinstance(y, Tensor):
-            raise InvalidTypeError(f"y must be a torch.Tensor of labels, got {describe(y)}")
+        y = check_tensor(y, "y", of=" of labels")
         dtype = dtype if dtype is not None else self.rbms[0].weight.dtype
         if y.ndim == 1 and not y.is_floating_point():
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
@@ -299,9 +306,7 @@ class DeepRBM(nn.Module):
                 )
             return nn.functional.one_hot(y, self.num_classes).to(dtype)
         if y.ndim == 2 and y.shape[1] == self.num_classes and y.is_floating_point():
-            if not bool(torch.isfinite(y).all()):
-                raise InvalidArgumentError("y must be finite, got NaN or infinite entries")
-            return y.to(dtype)
+            return check_finite(y, "y").to(dtype)
         raise InvalidArgumentError(
             f"y must be (B,) class indices or (B, {self.num_classes}) label vectors, "
             f"got {describe(y)}"
