@@ -149,7 +149,7 @@ def check_batch(value: Any, name: str = "x") -> Tensor:
     return x
 
 
-def check_inputs(x: Any, *, bounds: tuple[float, float], name: str = "x") -> Tensor:
+def check_inputs(x: object, *, bounds: tuple[float, float], name: str = "x") -> Tensor:
     """A batch of inputs: a floating tensor of shape (N, ...), N >= 1, finite, inside bounds."""
     x = check_tensor(x, name)
     if not x.is_floating_point():
@@ -176,7 +176,7 @@ def check_inputs(x: Any, *, bounds: tuple[float, float], name: str = "x") -> Ten
     return x
 
 
-def check_labels(y: Any, *, n: int, device: torch.device, name: str = "y") -> Tensor:
+def check_labels(y: object, *, n: int, device: torch.device, name: str = "y") -> Tensor:
     """Class labels: an integer tensor of shape (n,), non-negative; returned as int64."""
     y = check_tensor(y, name, of=" of class indices")
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
