@@ -2,8 +2,9 @@
 
 Two kinds of job are sharded. The evaluation functions (``standard_evaluation``,
 ``robust_accuracy``, ``minimal_perturbations``) split their fixed chunks of samples over
-the ranks (:class:`Sharding`), each rank runs its own, and every rank receives the whole
-result through two collective sums; nothing is written to disk.
+the ranks (:class:`Sharding`), each rank runs its own, and every rank receives every
+chunk's piece (:meth:`Sharding.exchange`: two collective sums) and merges them in chunk
+order; nothing is written to disk.
 
 A long job (the audit) is a list of named *pieces* (a chunk of samples of one stage, or one
 whole stage), each a deterministic function of the samples it covers and the seed: chunk

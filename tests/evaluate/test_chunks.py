@@ -30,8 +30,8 @@ from vulnscope.evaluate import (
     standard_evaluation,
     standard_evaluation_curve,
 )
-from vulnscope.evaluate.cascade import StageReport
 from vulnscope.evaluate.masking import check_gradients
+from vulnscope.evaluate.pieces import StageReport
 
 SHAPE = (1, 3, 3)
 CHUNK = 3

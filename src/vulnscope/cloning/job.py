@@ -11,10 +11,11 @@ import torch
 
 from vulnscope import __version__
 from vulnscope._io import write_json_atomic
-from vulnscope._validation import check_choice, check_int, check_seed
+from vulnscope._validation import check_bool, check_choice, check_int, check_seed
 from vulnscope.cloning.decoder import ConditionalDecoder
 from vulnscope.cloning.generation_fisher import GenerationPassFisher
 from vulnscope.cloning.plots import plot_clone_damage
+from vulnscope.cloning.presets import DEFAULT_SIZE, QUICK
 from vulnscope.cloning.rbm_clone import DeepRBMCloneTrainer
 from vulnscope.cloning.reverse import MemoizedReverse
 from vulnscope.cloning.simplex import check_budget
@@ -122,13 +123,14 @@ def run_clone(
     out: str | Path,
     *,
     victims: Sequence[str] = VICTIM_CHOICES,
-    budgets: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
-    seeds: int = 5,
+    budgets: Sequence[float] | None = None,
+    seeds: int | None = None,
     defences: Sequence[str] = DEFENCE_NAMES,
     queries: QueryChoice = "train",
     query_budget: int | None = None,
-    epochs: int = 30,
+    epochs: int | None = None,
     cloner: Literal["fine_tune", "eq14"] = "fine_tune",
+    quick: bool = False,
     seed: int = 0,
     resume: bool = True,
 ) -> dict[str, Any]:
@@ -138,7 +140,10 @@ def run_clone(
         out: output directory; finished cells go to ``out/cells`` and are reused by a
             rerun with the same settings (``resume``).
         victims: any of ``"deep-rbm"`` and ``"digits-cnn"``.
-        budgets: L1 budgets of the budgeted defences.
+        budgets: L1 budgets of the budgeted defences (default: those of
+            :data:`~vulnscope.cloning.presets.DEFAULT_SIZE`, or of
+            :data:`~vulnscope.cloning.presets.QUICK` with ``quick``; likewise ``seeds``
+            and ``epochs``).
         seeds: repetitions (clone initialisation and training order, and the defences'
             randomness); intervals need at least 2.
         defences: names from :data:`vulnscope.cloning.study.DEFENCE_NAMES`.
@@ -149,6 +154,8 @@ def run_clone(
             800 for ``"jacobian"``).
         epochs: clone training epochs.
         cloner: how the deep-RBM clone is trained (``"fine_tune"`` or Kenway's ``"eq14"``).
+        quick: a fast pass: the budgets, seeds and epochs not given come from
+            :data:`~vulnscope.cloning.presets.QUICK`.
         seed: seed of the first repetition and of the victims.
         resume: reuse finished cells.
 
@@ -159,9 +166,12 @@ def run_clone(
     victims = [check_choice(v, "victims", VICTIM_CHOICES) for v in victims]
     if not victims:
         raise InvalidArgumentError("victims must name at least one victim, got none")
-    budgets = tuple(check_budget(b, DIGITS_CLASSES, "budgets") for b in budgets)
+    size = QUICK if check_bool(quick, "quick") else DEFAULT_SIZE
+    chosen = size.budgets if budgets is None else budgets
+    budgets = tuple(check_budget(b, DIGITS_CLASSES, "budgets") for b in chosen)
     defences = [check_choice(d, "defences", DEFENCE_NAMES) for d in defences]
-    seeds = check_int(seeds, "seeds")
+    seeds = check_int(size.seeds if seeds is None else seeds, "seeds")
+    epochs = check_int(size.epochs if epochs is None else epochs, "epochs")
     queries = check_choice(queries, "queries", QUERY_CHOICES)  # type: ignore[assignment]
     if query_budget is None and queries == "jacobian":
         query_budget = 800
@@ -171,7 +181,7 @@ def run_clone(
     settings = CloneStudySettings(
         budgets=budgets, seeds=seeds, defences=tuple(defences),
         augmentation="jacobian" if queries == "jacobian" else "none",
-        query_budget=query_budget, epochs=check_int(epochs, "epochs"), base_seed=seed,
+        query_budget=query_budget, epochs=epochs, base_seed=seed,
     )  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Clean accuracy, robust curves, the standard cascade, minimal perturbations, transfer."""
 
 from vulnscope.evaluate.accuracy import accuracy, predict
-from vulnscope.evaluate.cascade import CascadeBudget, CascadeChunk, cascade_chunk
+from vulnscope.evaluate.cascade import cascade_chunk
 from vulnscope.evaluate.cascade_attacks import CASCADE_ATTACKS, DEFAULT_CASCADE, check_cascade
 from vulnscope.evaluate.masking import MaskingCheck, MaskingSymptoms
 from vulnscope.evaluate.minimal import (
@@ -9,7 +9,8 @@ from vulnscope.evaluate.minimal import (
     merge_minimal_chunks,
     minimal_perturbations,
 )
-from vulnscope.evaluate.minimal_chunk import MinimalChunk, minimal_chunk
+from vulnscope.evaluate.minimal_chunk import minimal_chunk
+from vulnscope.evaluate.pieces import CascadeBudget, CascadeChunk, MinimalChunk
 from vulnscope.evaluate.plots import plot_minimal_perturbations
 from vulnscope.evaluate.robust import RobustAccuracyCurve, robust_accuracy
 from vulnscope.evaluate.standard import (

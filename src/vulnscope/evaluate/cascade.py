@@ -1,23 +1,20 @@
-"""One chunk of the standard cascade at every budget: the piece an evaluation is made of.
+"""The standard cascade on one chunk of points at every budget.
 
 Croce and Hein (2020), "Reliable evaluation of adversarial robustness with an ensemble of
 diverse parameter-free attacks" (AutoAttack): each attack runs only on the points every
 attack before it left robust, and a point broken at one budget stays broken (by the same
 example) at the larger ones. :func:`cascade_chunk` runs that cascade on one chunk of
-points and returns a :class:`CascadeChunk`: per point and budget which attack broke it,
-per attack the counts, and the raw masking symptoms of the chunk's clean inputs. Chunks
-are exchanged between ranks or checkpointed as JSON (:meth:`CascadeChunk.to_json`), and
+points and returns a :class:`~vulnscope.evaluate.pieces.CascadeChunk`: per point and
+budget which attack broke it, per attack the counts, and the raw masking symptoms of the
+chunk's clean inputs. Chunks are exchanged between ranks or checkpointed as JSON, and
 :func:`vulnscope.evaluate.standard.merge_cascade_chunks` joins them into one evaluation.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -39,199 +36,16 @@ from vulnscope.attacks import FGSM, Attack
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.evaluate.cascade_attacks import DEFAULT_CASCADE, CascadeAttack, check_cascade
 from vulnscope.evaluate.masking import MaskingSymptoms, masking_symptoms
+from vulnscope.evaluate.pieces import (
+    CLEAN,
+    SINGLE_STEP_CHECK,
+    CascadeBudget,
+    CascadeChunk,
+    StageReport,
+)
 from vulnscope.models.state import preserved_model_state
 
-__all__ = [
-    "CLEAN",
-    "SINGLE_STEP_CHECK",
-    "CascadeBudget",
-    "CascadeChunk",
-    "StageReport",
-    "cascade_chunk",
-]
-
-CLEAN = "clean"
-"""``broken_by`` of a point the model misclassifies without any perturbation."""
-
-SINGLE_STEP_CHECK = "FGSM (check)"
-"""``broken_by`` of a point only the single-step masking check broke."""
-
-
-@dataclass(frozen=True)
-class StageReport:
-    """What one attack of the cascade did.
-
-    Attributes:
-        name: the attack's name.
-        attacked: points it attacked (robust after every attack before it), summed over
-            target classes for a targeted attack.
-        broken: points it broke.
-        forward_evals: model evaluations, counted per sample.
-        gradient_evals: backward passes, counted per sample.
-        seconds: time it took, summed over the chunks (and the ranks of a sharded run).
-
-    """
-
-    name: str
-    attacked: int
-    broken: int
-    forward_evals: int
-    gradient_evals: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields, without the wall time (so that equal runs give equal dicts)."""
-        return {
-            "name": self.name,
-            "attacked": self.attacked,
-            "broken": self.broken,
-            "forward_evals": self.forward_evals,
-            "gradient_evals": self.gradient_evals,
-        }
-
-
-@dataclass(frozen=True)
-class CascadeBudget:
-    """One chunk's cascade at one budget.
-
-    Attributes:
-        eps: the budget.
-        broken_by: (B,) per point, the attack that broke it (at this budget or a smaller
-            one), :data:`CLEAN` for a clean mistake, ``None`` for a point none broke.
-        robust: (B,) per point, broken by no attack and classified correctly at its
-            ``x_adv`` (a randomised model can disagree with itself there).
-        stages: one :class:`StageReport` per attack, in cascade order.
-        single_step_broken: (B,) the points the FGSM check broke; ``None`` when it did
-            not run (a cascade without an iterative white-box attack).
-        single_step_attacked: (B,) the points it attacked (those every attack left
-            robust); ``None`` when it did not run.
-        x_adv: (B, ...) each point's adversarial example, the point itself where none
-            was found; ``None`` for a chunk read back from JSON (it is not serialised).
-
-    """
-
-    eps: float
-    broken_by: tuple[str | None, ...]
-    robust: tuple[bool, ...]
-    stages: tuple[StageReport, ...]
-    single_step_broken: tuple[bool, ...] | None
-    single_step_attacked: tuple[bool, ...] | None
-    x_adv: Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class CascadeChunk:
-    """The cascade on one chunk of B points at every budget: a piece of an evaluation.
-
-    Everything but the adversarial examples is JSON-safe (:meth:`to_json`,
-    :meth:`from_json`, an exact round trip), so a chunk can be exchanged between ranks or
-    saved in a checkpoint, then merged with the others by
-    :func:`~vulnscope.evaluate.merge_cascade_chunks`.
-
-    Attributes:
-        norm: the threat model's norm.
-        attacks: the cascade's attack names, in order.
-        black_box: per attack, whether it uses the model's outputs only.
-        samples: B, the chunk's points.
-        correct: the points the model classifies correctly without perturbation.
-        symptoms: the masking symptoms of the chunk's clean inputs.
-        budgets: one :class:`CascadeBudget` per budget, increasing.
-        seconds: the chunk's wall time.
-
-    """
-
-    norm: str
-    attacks: tuple[str, ...]
-    black_box: tuple[bool, ...]
-    samples: int
-    correct: int
-    symptoms: MaskingSymptoms
-    budgets: tuple[CascadeBudget, ...]
-    seconds: float
-
-    @property
-    def epsilons(self) -> tuple[float, ...]:
-        """The budgets, increasing."""
-        return tuple(budget.eps for budget in self.budgets)
-
-    def tensors(self) -> tuple[Tensor, ...]:
-        """The adversarial examples, (B, ...) per budget; empty if they are not held."""
-        held = [budget.x_adv for budget in self.budgets]
-        return tuple(x for x in held if x is not None) if None not in held else ()
-
-    def to_json(self) -> dict[str, Any]:
-        """The chunk as ints, floats, strings, booleans, None and lists (no ``x_adv``)."""
-        data = dataclasses.asdict(
-            dataclasses.replace(
-                self,
-                budgets=tuple(dataclasses.replace(budget, x_adv=None) for budget in self.budgets),
-            )
-        )
-        for budget in data["budgets"]:
-            del budget["x_adv"]
-        return _lists(data)  # type: ignore[no-any-return]
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], tensors: Sequence[Tensor] = ()) -> CascadeChunk:
-        """The chunk :meth:`to_json` wrote, with ``tensors`` (:meth:`tensors`) if given.
-
-        Raises:
-            InvalidArgumentError: ``data`` is not a chunk's JSON, or ``tensors`` holds
-                neither nothing nor one ``x_adv`` per budget.
-
-        """
-        try:
-            budgets = tuple(
-                CascadeBudget(
-                    eps=float(budget["eps"]),
-                    broken_by=tuple(budget["broken_by"]),
-                    robust=tuple(bool(flag) for flag in budget["robust"]),
-                    stages=tuple(StageReport(**stage) for stage in budget["stages"]),
-                    single_step_broken=_flags(budget["single_step_broken"]),
-                    single_step_attacked=_flags(budget["single_step_attacked"]),
-                )
-                for budget in data["budgets"]
-            )
-            chunk = cls(
-                norm=str(data["norm"]),
-                attacks=tuple(data["attacks"]),
-                black_box=tuple(bool(flag) for flag in data["black_box"]),
-                samples=int(data["samples"]),
-                correct=int(data["correct"]),
-                symptoms=MaskingSymptoms(**data["symptoms"]),
-                budgets=budgets,
-                seconds=float(data["seconds"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidArgumentError(
-                f"data must be a CascadeChunk's to_json(), got one that fails with {error!r}"
-            ) from None
-        if not tensors:
-            return chunk
-        if len(tensors) != len(budgets):
-            raise InvalidArgumentError(
-                f"tensors must hold one x_adv per budget ({len(budgets)}), got {len(tensors)}"
-            )
-        return dataclasses.replace(
-            chunk,
-            budgets=tuple(
-                dataclasses.replace(budget, x_adv=x)
-                for budget, x in zip(budgets, tensors, strict=True)
-            ),
-        )
-
-
-def _lists(value: Any) -> Any:
-    """``value`` with every tuple turned into a list, as JSON reads it back."""
-    if isinstance(value, dict):
-        return {key: _lists(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_lists(item) for item in value]
-    return value
-
-
-def _flags(value: Any) -> tuple[bool, ...] | None:
-    return None if value is None else tuple(bool(flag) for flag in value)
+__all__ = ["cascade_chunk"]
 
 
 def cascade_chunk(

@@ -30,12 +30,8 @@ from vulnscope._validation import (
 from vulnscope.attacks.base import Attack
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.evaluate._chunks import map_chunks
-from vulnscope.evaluate.minimal_chunk import (
-    CLEAN,
-    MinimalChunk,
-    check_minimal_attacks,
-    run_minimal_chunk,
-)
+from vulnscope.evaluate.minimal_chunk import check_minimal_attacks, run_minimal_chunk
+from vulnscope.evaluate.pieces import CLEAN, MinimalChunk
 
 __all__ = [
     "CLEAN",

@@ -1,20 +1,19 @@
-"""The minimal adversarial perturbations of one chunk of points: the piece of a distribution.
+"""The minimal adversarial perturbations of one chunk of points.
 
 Moosavi-Dezfooli, Fawzi and Frossard (2016), "DeepFool: a simple and accurate method to
 fool deep neural networks": the size of the smallest perturbation that changes each
 decision. :func:`minimal_chunk` finds it on one chunk of points with one or more minimal
-attacks (each point keeps the smallest found) and returns a :class:`MinimalChunk`, which
-is exchanged between ranks or checkpointed as JSON and joined with the others by
+attacks (each point keeps the smallest found) and returns a
+:class:`~vulnscope.evaluate.pieces.MinimalChunk`, which is exchanged between ranks or
+checkpointed as JSON and joined with the others by
 :func:`vulnscope.evaluate.minimal.merge_minimal_chunks`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,83 +29,10 @@ from vulnscope._validation import (
 from vulnscope.attacks.base import Attack
 from vulnscope.attacks.deepfool import DeepFool
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+from vulnscope.evaluate.pieces import CLEAN, MinimalChunk
 from vulnscope.evaluate.transfer import predicted_class
 
-__all__ = ["CLEAN", "MinimalChunk", "attack_names", "check_minimal_attacks", "minimal_chunk"]
-
-CLEAN = "clean"
-"""``found_by`` of a point the model misclassifies without any perturbation."""
-
-
-@dataclass(frozen=True)
-class MinimalChunk:
-    """The smallest perturbation found for each of a chunk's B points.
-
-    Everything but the adversarial examples is JSON-safe (:meth:`to_json`,
-    :meth:`from_json`, an exact round trip; ``inf`` is written ``null``).
-
-    Attributes:
-        norm: the norm of ``norms``.
-        attacks: the attacks' names, in the order they ran.
-        norms: (B,) size of the smallest adversarial perturbation found; 0 for a clean
-            mistake, ``inf`` where no attack found one.
-        found_by: (B,) the attack that found it, :data:`CLEAN` for a clean mistake,
-            ``None`` where none did.
-        clean_correct: (B,) the model classifies the unperturbed point correctly.
-        seconds: the chunk's wall time.
-        x_adv: (B, ...) the smallest adversarial example found, the point itself where
-            none; ``None`` for a chunk read back from JSON (it is not serialised).
-
-    """
-
-    norm: str
-    attacks: tuple[str, ...]
-    norms: tuple[float, ...]
-    found_by: tuple[str | None, ...]
-    clean_correct: tuple[bool, ...]
-    seconds: float
-    x_adv: Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
-
-    def tensors(self) -> tuple[Tensor, ...]:
-        """``(x_adv,)`` when the examples are held, else empty."""
-        return () if self.x_adv is None else (self.x_adv,)
-
-    def to_json(self) -> dict[str, Any]:
-        """The chunk as strings, numbers, booleans, None and lists (no ``x_adv``)."""
-        return {
-            "norm": self.norm,
-            "attacks": list(self.attacks),
-            "norms": [value if math.isfinite(value) else None for value in self.norms],
-            "found_by": list(self.found_by),
-            "clean_correct": list(self.clean_correct),
-            "seconds": self.seconds,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], tensors: Sequence[Tensor] = ()) -> MinimalChunk:
-        """The chunk :meth:`to_json` wrote, with ``tensors`` (:meth:`tensors`) if given.
-
-        Raises:
-            InvalidArgumentError: ``data`` is not a chunk's JSON, or ``tensors`` holds
-                more than the one ``x_adv``.
-
-        """
-        if len(tensors) > 1:
-            raise InvalidArgumentError(f"tensors must hold x_adv or nothing, got {len(tensors)}")
-        try:
-            return cls(
-                norm=str(data["norm"]),
-                attacks=tuple(str(name) for name in data["attacks"]),
-                norms=tuple(math.inf if v is None else float(v) for v in data["norms"]),
-                found_by=tuple(data["found_by"]),
-                clean_correct=tuple(bool(flag) for flag in data["clean_correct"]),
-                seconds=float(data["seconds"]),
-                x_adv=tensors[0] if tensors else None,
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidArgumentError(
-                f"data must be a MinimalChunk's to_json(), got one that fails with {error!r}"
-            ) from None
+__all__ = ["attack_names", "check_minimal_attacks", "minimal_chunk"]
 
 
 def attack_names(attacks: Sequence[Attack]) -> tuple[str, ...]:

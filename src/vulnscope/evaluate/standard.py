@@ -39,37 +39,19 @@ from vulnscope._validation import (
 from vulnscope.attacks import Attack
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.evaluate._chunks import map_chunks
-from vulnscope.evaluate.cascade import (
-    CLEAN,
-    SINGLE_STEP_CHECK,
-    CascadeBudget,
-    CascadeChunk,
-    StageReport,
-    run_cascade_chunk,
-)
-from vulnscope.evaluate.cascade_attacks import (
-    CASCADE_ATTACKS,
-    DEFAULT_CASCADE,
-    CascadeAttack,
-    check_cascade,
-)
+from vulnscope.evaluate.cascade import run_cascade_chunk
+from vulnscope.evaluate.cascade_attacks import DEFAULT_CASCADE, check_cascade
 from vulnscope.evaluate.masking import (
     MaskingCheck,
     MaskingSymptoms,
     check_black_box_gap,
     check_single_step_gap,
 )
+from vulnscope.evaluate.pieces import CascadeBudget, CascadeChunk, StageReport
 
 __all__ = [
-    "CASCADE_ATTACKS",
-    "CLEAN",
-    "DEFAULT_CASCADE",
-    "SINGLE_STEP_CHECK",
-    "CascadeAttack",
-    "StageReport",
     "StandardEvaluation",
     "StandardEvaluationCurve",
-    "check_cascade",
     "merge_cascade_chunks",
     "standard_evaluation",
     "standard_evaluation_curve",
@@ -294,8 +276,9 @@ def standard_evaluation_curve(
         norm: ``"linf"`` or ``"l2"``.
         epsilons: budgets, each > 0, any order (the result is sorted).
         seed: seed of every attack.
-        attacks: the cascade, in order: names from :data:`CASCADE_ATTACKS` or configured
-            attacks (see :func:`check_cascade`).
+        attacks: the cascade, in order: names from
+            :data:`~vulnscope.evaluate.CASCADE_ATTACKS` or configured attacks (see
+            :func:`~vulnscope.evaluate.check_cascade`).
         n_target_classes: target classes of the targeted attacks.
         bounds: input bounds.
         batch_size: points per chunk; ``None`` for one chunk of all the points.
@@ -378,7 +361,7 @@ def standard_evaluation(
         norm: ``"linf"`` or ``"l2"``.
         eps: the budget, > 0.
         seed: seed of every attack; the same seed gives the same result.
-        attacks: the cascade, in order: names from :data:`CASCADE_ATTACKS`
+        attacks: the cascade, in order: names from :data:`~vulnscope.evaluate.CASCADE_ATTACKS`
             (``"apgd-ce"``, ``"apgd-t"``, ``"fab-t"``, ``"square"``, ``"apgd-dlr"``,
             ``"fab"``, ``"pgd"``, ``"fgsm"``, ``"deepfool"``, ``"cw"``) or configured
             :class:`~vulnscope.attacks.Attack` objects in ``norm``, whose ``eps`` is
