@@ -146,6 +146,7 @@ def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, t
     ).to_dict()
     assert record["settings"]["stages"] == default_stages(digits_cnn)
     assert default_stages(digits_cnn) == [s for s in STAGES if s != "rg"]
+    assert list(STAGES) == ["linf", "l2", "minimal", "spectra", "amplification", "dangerous", "rg"]
     assert set(record["figures"]) == {
         "robust_accuracy",
         "minimal_perturbations",

@@ -246,6 +246,67 @@ def test_a_stage_registered_here_runs_shards_resumes_and_is_reported(toy, tmp_pa
     assert "<h2>Toy stage</h2>" in (out / "report.html").read_text()
 
 
+class _EntryPoint:
+    """Stands for an installed package's entry point in ``vulnscope.audit_stages``."""
+
+    def __init__(self, name: str, value: str, target: Any) -> None:
+        self.name, self.value, self._target = name, value, target
+
+    def load(self) -> Any:
+        if isinstance(self._target, Exception):
+            raise self._target
+        return self._target
+
+
+def test_an_installed_package_s_stage_registers_through_its_entry_point(monkeypatch):
+    import importlib.metadata
+
+    from vulnscope.audit import stage as registry
+    from vulnscope.errors import PluginError
+
+    def points(target: Any) -> Any:
+        return lambda group: (
+            [_EntryPoint("toy", "toy_package:ToyStage", target)] * (group == registry.PLUGIN_GROUP)
+        )
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", points(ToyStage))
+    try:
+        assert list(registered_stages())[-1] == "toy"
+        assert isinstance(registered_stages()["toy"], ToyStage)
+    finally:
+        unregister_stage("toy")
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", points(ModuleNotFoundError("toy_x")))
+    with pytest.raises(PluginError, match=r"'toy' \(toy_package:ToyStage\) .* toy_x"):
+        registered_stages()
+
+
+def test_a_stage_is_checked_when_it_registers(toy):
+    from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+
+    with pytest.raises(InvalidArgumentError, match="stage 'toy' is registered already"):
+        register_stage(ToyStage())
+    with pytest.raises(InvalidTypeError, match="stage must be a Stage instance, got the class ToyStage"):
+        register_stage(ToyStage)  # type: ignore[arg-type]
+
+    class Shouting(ToyStage):
+        name = "Toy"
+
+    with pytest.raises(InvalidArgumentError, match="lower-case identifier, got 'Toy'"):
+        register_stage(Shouting())
+
+    class Reader(ToyStage):
+        name = "reader"
+        reads = ("later",)
+
+    with pytest.raises(InvalidArgumentError, match="reads 'later', which is not registered"):
+        register_stage(Reader())
+    with pytest.raises(InvalidArgumentError, match="before: unknown stage 'nowhere'"):
+        register_stage(Reader(), before="nowhere")
+    assert "reader" not in registered_stages()
+
+
 if __name__ == "__main__":  # one rank of a sharded audit (see _workers)
     register_stage(ToyStage())
     _audit(Path(sys.argv[1]), Path(sys.argv[2]), resume=sys.argv[3] == "resume")

@@ -7,6 +7,7 @@ lines. A user error is one line on stderr and a non-zero exit, never a traceback
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -69,8 +70,9 @@ def _named_list(kind: str, choices: Callable[[], Sequence[str]]) -> Callable[[st
                 f"unknown {kind} {shown}; choose a comma-separated list from {', '.join(known)}"
             )
         if len(set(names)) != len(names):
-            raise argparse.ArgumentTypeError(f"a{'n' if kind[0] in 'aeiou' else ''} {kind} "
-                                             f"is listed twice in {text!r}")  # fmt: skip
+            raise argparse.ArgumentTypeError(
+                f"a{'n' if kind[0] in 'aeiou' else ''} {kind} is listed twice in {text!r}"
+            )
         return names
 
     return parse
@@ -116,40 +118,75 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vulnscope {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_audit(commands)
+    _add_rg(commands)
+    _add_diagnose(commands)
+    _add_clone(commands)
+    _add_defend(commands)
+    return parser
+
+
+def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of the core function a command runs: the CLI shows the same."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def _joined(values: Sequence[Any]) -> str:
+    """``0.1,0.25`` or ``linf,l2``: how a comma-separated option shows its values."""
+    return ",".join(f"{value:g}" if isinstance(value, float) else str(value) for value in values)
+
+
+def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from vulnscope.audit import DEFAULT_BATCH_SIZE, DEFAULT_EPSILONS, QUICK, STAGES
+    from vulnscope.audit.stages.minimal import QUICK_MINIMAL_ATTACKS
+    from vulnscope.evaluate import CASCADE_ATTACKS, DEFAULT_CASCADE
+
     audit = commands.add_parser(
         "audit",
         help="the full audit of a model: results.json, report.html and figures",
         description="Audit a classifier (the embedded digits CNN when no model is given): "
-        "clean accuracy, robust accuracy under the standard cascade (APGD-CE, APGD-T, "
-        "FAB-T, Square) for L-inf and L2, minimal perturbations, input Fisher and Hessian "
-        "spectra, layer amplification, the dangerous (Fisher) perturbation, and the RG "
-        "analysis of a deep RBM; writes results.json, a self-contained report.html and the "
+        "clean accuracy, then each stage that applies to the model: "
+        + "; ".join(STAGES.values())
+        + f". The robust accuracy runs the cascade {_joined(DEFAULT_CASCADE)} on the "
+        "points still robust. Writes results.json, a self-contained report.html and the "
         "figures to --out.",
     )
     _add_model_and_data_arguments(audit)
     audit.add_argument(
-        "--stages", type=_stage_list,
-        help="comma-separated stages to run, from linf,l2,minimal,spectra,amplification,"
-        "dangerous,rg (default: all that apply to the model)",
-    )  # fmt: skip
-    audit.add_argument(
-        "--quick", action="store_true",
-        help="a fast first look: the first 100 samples, APGD-CE and APGD-DLR, "
-        "DeepFool alone, 16 geometry inputs",
-    )  # fmt: skip
-    audit.add_argument(
-        "--linf-eps", type=_eps_list, help="comma-separated L-inf budgets (default "
-        "0.05,0.1,0.2; for inputs in [0, 1])",
-    )  # fmt: skip
-    audit.add_argument(
-        "--l2-eps", type=_eps_list, help="comma-separated L2 budgets (default 0.25,0.5,1)"
+        "--stages",
+        type=_stage_list,
+        help=f"comma-separated stages to run, from {_joined(list(STAGES))} "
+        "(default: all that apply to the model)",
     )
+    audit.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a fast first look: the first {QUICK.samples} samples, "
+        f"{_joined(QUICK.attacks)}, minimal perturbations by "
+        f"{_joined(QUICK_MINIMAL_ATTACKS)} alone, {QUICK.geometry_samples} geometry inputs",
+    )
+    audit.add_argument(
+        "--linf-eps",
+        type=_eps_list,
+        help=f"comma-separated L-inf budgets (default {_joined(DEFAULT_EPSILONS['linf'])}; "
+        "for inputs in [0, 1])",
+    )
+    audit.add_argument(
+        "--l2-eps",
+        type=_eps_list,
+        help=f"comma-separated L2 budgets (default {_joined(DEFAULT_EPSILONS['l2'])})",
+    )
+    others = [name for name in CASCADE_ATTACKS if name not in DEFAULT_CASCADE]
     audit.add_argument(
         "--attacks",
         type=_attack_list,
         default=None,
         help="comma-separated cascade, run in order on the points still robust (default "
-        "apgd-ce,apgd-t,fab-t,square; also apgd-dlr, fab, pgd, fgsm, deepfool, cw)",
+        f"{_joined(DEFAULT_CASCADE)}; also {', '.join(others)})",
     )
     audit.add_argument(
         "--out", default="vulnscope-audit", type=Path, help="output directory (default %(default)s)"
@@ -157,23 +194,34 @@ def _build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
     audit.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT samples")
     audit.add_argument(
-        "--batch-size", type=_positive_int, default=512,
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
         help="samples per attack call and per checkpointed chunk (default %(default)s)",
-    )  # fmt: skip
+    )
     audit.add_argument("--device", help="where to run: cpu (default), cuda, cuda:1, mps")
     audit.add_argument(
-        "--workers", type=_workers, default="auto",
+        "--workers",
+        type=_workers,
+        default="auto",
         help="processes sharing the audit on this machine, with the same results for any "
         "number (default 'auto': on the CPU, one per usable core, or per OMP_NUM_THREADS "
         "cores when set, at most one per piece of work; 1 on a GPU; 1: this process "
         "alone); under torchrun, its ranks are the workers",
-    )  # fmt: skip
+    )
     audit.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="continue an interrupted audit from OUT/.checkpoint (same options)",
-    )  # fmt: skip
+    )
     audit.set_defaults(handler=_run_audit)
 
+
+def _add_rg(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from vulnscope.rg import OPERATOR_CHOICES
+    from vulnscope.rg.job import run_rg
+
+    defaults = _defaults(run_rg)
     rg = commands.add_parser(
         "rg",
         help="renormalisation-group analysis of a deep RBM on the digits; writes rg.json",
@@ -182,23 +230,57 @@ def _build_parser() -> argparse.ArgumentParser:
         "Fisher information and its dangerous directions, the class-change distances, and "
         "a study against depth; write rg.json and PNG figures.",
     )
-    rg.add_argument("--depth", type=_positive_int, default=4, help="RBMs in the network (>= 2)")
-    rg.add_argument("--width", type=_positive_int, default=64, help="units per hidden layer")
     rg.add_argument(
-        "--operators", default="pairs",
-        choices=("singles", "pairs", "correlation", "triples", "complete"),
+        "--depth",
+        type=_positive_int,
+        default=defaults["depth"],
+        help="RBMs in the network, >= 2 (default %(default)s)",
+    )
+    rg.add_argument(
+        "--width",
+        type=_positive_int,
+        default=defaults["width"],
+        help="units per hidden layer (default %(default)s)",
+    )
+    rg.add_argument(
+        "--operators",
+        default=defaults["operators"],
+        choices=OPERATOR_CHOICES,
         help="operator set of the hidden levels (default %(default)s)",
-    )  # fmt: skip
-    rg.add_argument("--samples", type=_positive_int, default=10_000, help="chains per input")
-    rg.add_argument("--limit", type=_positive_int, default=20, help="test images analysed")
+    )
     rg.add_argument(
-        "--depths", type=_depth_list, default=[2, 3, 4, 5, 6],
-        help="depths of the depth study, comma-separated ('' to skip; default 2,3,4,5,6)",
-    )  # fmt: skip
-    rg.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+        "--samples",
+        type=_positive_int,
+        default=defaults["samples"],
+        help="chains per input (default %(default)s)",
+    )
+    rg.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=defaults["limit"],
+        help="test images analysed (default %(default)s)",
+    )
+    rg.add_argument(
+        "--depths",
+        type=_depth_list,
+        default=list(defaults["depths"]),
+        help="depths of the depth study, comma-separated ('' to skip; default "
+        f"{_joined(defaults['depths'])})",
+    )
+    rg.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=defaults["seed"],
+        help="seed (default %(default)s)",
+    )
     rg.add_argument("--out", default="vulnscope-rg", type=Path, help="output directory")
     rg.set_defaults(handler=_run_rg)
 
+
+def _add_diagnose(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from vulnscope.diagnostics.job import run_diagnostics
+
+    defaults = _defaults(run_diagnostics)
     diagnose = commands.add_parser(
         "diagnose",
         help="geometry diagnostics of a model; writes diagnostics.json and figures",
@@ -209,19 +291,47 @@ def _build_parser() -> argparse.ArgumentParser:
         "directions, layer amplification and decision-boundary sections.",
     )
     _add_model_and_data_arguments(diagnose)
-    diagnose.add_argument("--samples", type=_positive_int, default=64, help="inputs analysed")
-    diagnose.add_argument("--k", type=_positive_int, default=5, help="eigenpairs per spectrum")
     diagnose.add_argument(
-        "--max-distance", type=_positive_float, default=3.0,
-        help="largest L2 distance searched for a class change (default %(default)s)",
-    )  # fmt: skip
-    diagnose.add_argument(
-        "--sections", type=_non_negative_int, default=4, help="decision-boundary sections drawn"
+        "--samples",
+        type=_positive_int,
+        default=defaults["samples"],
+        help="inputs analysed (default %(default)s)",
     )
-    diagnose.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+    diagnose.add_argument(
+        "--k",
+        type=_positive_int,
+        default=defaults["k"],
+        help="eigenpairs per spectrum (default %(default)s)",
+    )
+    diagnose.add_argument(
+        "--max-distance",
+        type=_positive_float,
+        default=defaults["max_distance"],
+        help="largest L2 distance searched for a class change (default %(default)s)",
+    )
+    diagnose.add_argument(
+        "--sections",
+        type=_non_negative_int,
+        default=defaults["sections"],
+        help="decision-boundary sections drawn (default %(default)s)",
+    )
+    diagnose.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=defaults["seed"],
+        help="seed (default %(default)s)",
+    )
     diagnose.add_argument("--out", default="vulnscope-diagnose", type=Path, help="output directory")
     diagnose.set_defaults(handler=_run_diagnose)
 
+
+def _add_clone(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from vulnscope.cloning.job import QUERY_CHOICES, VICTIM_CHOICES, run_clone
+    from vulnscope.cloning.presets import DEFAULT_SIZE, QUICK
+    from vulnscope.cloning.rbm_clone import CLONE_METHODS
+    from vulnscope.cloning.study import DEFENCE_NAMES
+
+    defaults = _defaults(run_clone)
     clone = commands.add_parser(
         "clone",
         help="extraction attacks against output defences; writes clone.json and a figure",
@@ -233,37 +343,66 @@ def _build_parser() -> argparse.ArgumentParser:
         "on it. Finished cells are kept in OUT/cells and reused by a rerun.",
     )
     clone.add_argument(
-        "--victims", type=_choice_list(("deep-rbm", "digits-cnn")),
-        default=["deep-rbm", "digits-cnn"], help="comma-separated (default deep-rbm,digits-cnn)",
-    )  # fmt: skip
+        "--victims",
+        type=_choice_list(VICTIM_CHOICES),
+        default=list(defaults["victims"]),
+        help=f"comma-separated (default {_joined(defaults['victims'])})",
+    )
     clone.add_argument(
-        "--defences", type=_choice_list(_DEFENCES), default=list(_DEFENCES),
-        help="comma-separated, from " + ",".join(_DEFENCES) + " (default all)",
-    )  # fmt: skip
+        "--defences",
+        type=_choice_list(DEFENCE_NAMES),
+        default=list(defaults["defences"]),
+        help=f"comma-separated, from {_joined(DEFENCE_NAMES)} (default all)",
+    )
+    # budgets, seeds and epochs default to None: run_clone takes them from its preset
     clone.add_argument(
-        "--budgets", type=_budget_list, default=[0.1, 0.25, 0.5, 1.0],
-        help="mean L1 budgets, comma-separated (default 0.1,0.25,0.5,1)",
-    )  # fmt: skip
-    clone.add_argument("--seeds", type=_positive_int, default=5, help="repetitions (default 5)")
+        "--budgets",
+        type=_budget_list,
+        help=f"mean L1 budgets, comma-separated (default {_joined(DEFAULT_SIZE.budgets)})",
+    )
     clone.add_argument(
-        "--queries", default="train", choices=("train", "disjoint", "jacobian"),
+        "--seeds", type=_positive_int, help=f"repetitions (default {DEFAULT_SIZE.seeds})"
+    )
+    clone.add_argument(
+        "--queries",
+        default=defaults["queries"],
+        choices=QUERY_CHOICES,
         help="the attacker's inputs (default %(default)s)",
-    )  # fmt: skip
+    )
     clone.add_argument("--query-budget", type=_positive_int, help="queries the attacker may make")
-    clone.add_argument("--epochs", type=_positive_int, default=30, help="clone training epochs")
     clone.add_argument(
-        "--cloner", default="fine_tune", choices=("fine_tune", "eq14"),
+        "--epochs",
+        type=_positive_int,
+        help=f"clone training epochs (default {DEFAULT_SIZE.epochs})",
+    )
+    clone.add_argument(
+        "--cloner",
+        default=defaults["cloner"],
+        choices=CLONE_METHODS,
         help="how the deep-RBM clone is trained (default %(default)s)",
-    )  # fmt: skip
+    )
     clone.add_argument(
-        "--quick", action="store_true",
-        help="a fast pass: 2 seeds, budgets 0.25,1, 10 epochs (overrides those options)",
-    )  # fmt: skip
+        "--quick",
+        action="store_true",
+        help=f"a fast pass: {QUICK.seeds} seeds, budgets {_joined(QUICK.budgets)}, "
+        f"{QUICK.epochs} epochs, where those options are not given",
+    )
     clone.add_argument("--fresh", action="store_true", help="recompute finished cells")
-    clone.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+    clone.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=defaults["seed"],
+        help="seed (default %(default)s)",
+    )
     clone.add_argument("--out", default="vulnscope-clone", type=Path, help="output directory")
     clone.set_defaults(handler=_run_clone)
 
+
+def _add_defend(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from vulnscope.defences.digits import DEFENCE_METHODS, defend_digits
+    from vulnscope.models.cache import PRETRAINED
+
+    defaults = _defaults(defend_digits)
     defend = commands.add_parser(
         "defend",
         help="train a defended digits CNN and save it as a TorchScript model file",
@@ -272,30 +411,44 @@ def _build_parser() -> argparse.ArgumentParser:
         "Mixup, or MagNet's detectors and reformer) and save it as a TorchScript file that "
         "'vulnscope audit --model FILE' reads.",
     )
-    defend.add_argument("--method", required=True, choices=_DEFEND_METHODS, help="the defence")
+    defend.add_argument("--method", required=True, choices=DEFENCE_METHODS, help="the defence")
     defend.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
     defend.add_argument(
-        "--eps", type=_positive_float, default=0.1,
+        "--eps",
+        type=_positive_float,
+        default=defaults["eps"],
         help="Linf radius of pgd, fgsm and trades training (default %(default)s)",
-    )  # fmt: skip
-    defend.add_argument("--epochs", type=_positive_int, help="training epochs (default 30)")
-    defend.add_argument(
-        "--dropout", type=_probability, default=0.0,
-        help="dropout on every activation while training, in [0, 1) (default 0)",
-    )  # fmt: skip
-    defend.add_argument(
-        "--temperature", type=_positive_float, default=100.0,
-        help="distillation temperature (default %(default)s)",
-    )  # fmt: skip
-    defend.add_argument(
-        "--beta", type=_positive_float, default=6.0, help="TRADES weight (default %(default)s)"
     )
-    defend.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+    defend.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help=f"training epochs (default {PRETRAINED['digits-cnn'][1].epochs})",
+    )
+    defend.add_argument(
+        "--dropout",
+        type=_probability,
+        default=defaults["dropout"],
+        help="dropout on every activation while training, in [0, 1) (default %(default)s)",
+    )
+    defend.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=defaults["temperature"],
+        help="distillation temperature (default %(default)s)",
+    )
+    defend.add_argument(
+        "--beta",
+        type=_positive_float,
+        default=defaults["beta"],
+        help="TRADES weight (default %(default)s)",
+    )
+    defend.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=defaults["seed"],
+        help="seed (default %(default)s)",
+    )
     defend.set_defaults(handler=_run_defend)
-    return parser
-
-
-_DEFEND_METHODS = ("pgd", "fgsm", "trades", "distill", "cure", "parseval", "mixup", "magnet")
 
 
 def _probability(text: str) -> float:
@@ -306,12 +459,6 @@ def _probability(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return value
-
-
-_DEFENCES = (
-    "none", "fisher", "fisher_eigenvector", "random", "mad", "reverse_sigmoid", "rounding",
-    "label_only",
-)  # fmt: skip
 
 
 def _choice_list(choices: Sequence[str]) -> Any:
@@ -336,24 +483,27 @@ def _budget_list(text: str) -> list[float]:
 
 def _add_model_and_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="digits-cnn",
+        "--model",
+        default="digits-cnn",
         help="'digits-cnn' (default), 'digits-mlp', 'digits-rbm' (a deep RBM: adds the RG "
         "stage), 'package.module:factory', a TorchScript file, a torch.export program (.pt2), "
         "or an ONNX model (.onnx; needs pip install 'vulnscope[onnx]')",
-    )  # fmt: skip
+    )
     parser.add_argument("--weights", help="weights for --model: .safetensors or a torch state dict")
     parser.add_argument(
-        "--mean", type=_float_list,
+        "--mean",
+        type=_float_list,
         help="per-channel mean the model normalises its input with, e.g. 0.485,0.456,0.406 "
         "(applied inside the model, so budgets stay in pixel units)",
-    )  # fmt: skip
+    )
     parser.add_argument("--std", type=_float_list, help="per-channel std, with --mean")
     parser.add_argument(
-        "--data", default="digits",
+        "--data",
+        default="digits",
         help="'digits' (the embedded test split, default), an .npz file with arrays x "
         "and y, 'IMAGES,LABELS' IDX files, or a folder with one sub-folder of images per "
         "class",
-    )  # fmt: skip
+    )
 
 
 def _float_list(text: str) -> list[float]:
@@ -386,23 +536,39 @@ def _run_rg(args: argparse.Namespace) -> int:
     from vulnscope.rg.job import run_rg
 
     record = run_rg(
-        args.out, depth=args.depth, width=args.width, operators=args.operators,
-        samples=args.samples, limit=args.limit, depths=args.depths, seed=args.seed,
-    )  # fmt: skip
+        args.out,
+        depth=args.depth,
+        width=args.width,
+        operators=args.operators,
+        samples=args.samples,
+        limit=args.limit,
+        depths=args.depths,
+        seed=args.seed,
+    )
     summary = record["analysis"]["summary"]
-    print(f"deep RBM, depth {args.depth}, width {args.width}: test accuracy "
-          f"{record['network']['test_accuracy_sampled']:.1%} (sampled pass)")  # fmt: skip
+    print(
+        f"deep RBM, depth {args.depth}, width {args.width}: test accuracy "
+        f"{record['network']['test_accuracy_sampled']:.1%} (sampled pass)"
+    )
     for row in summary["layers"]:
-        print(f"  T^({row['layer']}): leading {row['kind']} {row['leading_mean']:.3g} "
-              f"± {row['leading_stderr_over_inputs']:.2g}")  # fmt: skip
+        print(
+            f"  T^({row['layer']}): leading {row['kind']} {row['leading_mean']:.3g} "
+            f"± {row['leading_stderr_over_inputs']:.2g}"
+        )
     distances = summary["class_change_distance_median"]
-    print("  median L2 distance to a class change: " + ", ".join(
-        f"{name} {value:.3g}" if value is not None else f"{name} none"
-        for name, value in distances.items()))  # fmt: skip
+    print(
+        "  median L2 distance to a class change: "
+        + ", ".join(
+            f"{name} {value:.3g}" if value is not None else f"{name} none"
+            for name, value in distances.items()
+        )
+    )
     for row in record.get("depth_study", {}).get("rows", []):
-        print(f"  depth {row['depth']}: accuracy {row['test_accuracy']:.1%}, "
-              f"||P|| {row['product_norm_mean']:.3g}, distance along v1 "
-              f"{row['class_change_distance_median']['fisher']}")  # fmt: skip
+        print(
+            f"  depth {row['depth']}: accuracy {row['test_accuracy']:.1%}, "
+            f"||P|| {row['product_norm_mean']:.3g}, distance along v1 "
+            f"{row['class_change_distance_median']['fisher']}"
+        )
     print(f"wrote {args.out / 'rg.json'}")
     return 0
 
@@ -458,16 +624,29 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     model, data = _load_model_and_data(args)
     args.out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
     record = run_diagnostics(
-        model, data, args.out, model_name=args.model, samples=args.samples, k=args.k,
-        max_distance=args.max_distance, sections=args.sections, seed=args.seed,
-    )  # fmt: skip
+        model,
+        data,
+        args.out,
+        model_name=args.model,
+        samples=args.samples,
+        k=args.k,
+        max_distance=args.max_distance,
+        sections=args.sections,
+        seed=args.seed,
+    )
     fisher, hessian = record["fisher"], record["hessian"]
-    print(f"{args.model} on {record['data']['source']} ({record['data']['samples']} inputs): "
-          f"clean accuracy {record['clean_accuracy']:.1%}")  # fmt: skip
-    print(f"  input Fisher: median top eigenvalue {fisher['eigenvalue_median'][0]:.3g}, "
-          f"median trace {fisher['trace_median']:.3g}")  # fmt: skip
-    print(f"  input Hessian: median top |eigenvalue| {abs(hessian['eigenvalue_median'][0]):.3g}, "
-          f"median Frobenius norm {hessian['frobenius_median']:.3g}")  # fmt: skip
+    print(
+        f"{args.model} on {record['data']['source']} ({record['data']['samples']} inputs): "
+        f"clean accuracy {record['clean_accuracy']:.1%}"
+    )
+    print(
+        f"  input Fisher: median top eigenvalue {fisher['eigenvalue_median'][0]:.3g}, "
+        f"median trace {fisher['trace_median']:.3g}"
+    )
+    print(
+        f"  input Hessian: median top |eigenvalue| {abs(hessian['eigenvalue_median'][0]):.3g}, "
+        f"median Frobenius norm {hessian['frobenius_median']:.3g}"
+    )
     distances = record["class_change_distance"]
     found = ", ".join(
         f"{name} {row['median']:.3g}" if row["median"] is not None else f"{name} none"
@@ -476,12 +655,16 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     print(f"  median L2 distance to a class change: {found} (up to {args.max_distance:g})")
     bracketed = record["curvature_bounds"]["bracketed_fraction"]
     if bracketed is not None:
-        print(f"  curvature bounds (quadratic model) bracket the measured distance for "
-              f"{bracketed:.0%} of the inputs")  # fmt: skip
+        print(
+            f"  curvature bounds (quadratic model) bracket the measured distance for "
+            f"{bracketed:.0%} of the inputs"
+        )
     if "amplification" in record:
         growth = record["amplification"]
-        print(f"  growth to the logits: along v1 {growth['growth_fisher_median'][-1]:.3g}x, "
-              f"random {growth['growth_random_median'][-1]:.3g}x")  # fmt: skip
+        print(
+            f"  growth to the logits: along v1 {growth['growth_fisher_median'][-1]:.3g}x, "
+            f"random {growth['growth_random_median'][-1]:.3g}x"
+        )
     print(f"wrote {args.out / 'diagnostics.json'}")
     return 0
 
@@ -489,14 +672,21 @@ def _run_diagnose(args: argparse.Namespace) -> int:
 def _run_clone(args: argparse.Namespace) -> int:
     from vulnscope.cloning.job import run_clone
 
-    if args.quick:
-        args.seeds, args.budgets, args.epochs = 2, [0.25, 1.0], 10
     args.out.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
     record = run_clone(
-        args.out, victims=args.victims, budgets=args.budgets, seeds=args.seeds,
-        defences=args.defences, queries=args.queries, query_budget=args.query_budget,
-        epochs=args.epochs, cloner=args.cloner, seed=args.seed, resume=not args.fresh,
-    )  # fmt: skip
+        args.out,
+        victims=args.victims,
+        budgets=args.budgets,
+        seeds=args.seeds,
+        defences=args.defences,
+        queries=args.queries,
+        query_budget=args.query_budget,
+        epochs=args.epochs,
+        cloner=args.cloner,
+        quick=args.quick,
+        seed=args.seed,
+        resume=not args.fresh,
+    )
     _print_clone_table(record)
     print(f"wrote {args.out / 'clone.json'} and {args.out / record['figures']['clone_damage']}")
     return 0
@@ -511,16 +701,30 @@ def _print_clone_table(record: dict[str, Any]) -> None:
 
     seeds = record["settings"]["seeds"]
     for victim, about in record["victims"].items():
-        print(f"{victim}: victim test accuracy {about['test_accuracy']:.1%}; "
-              f"means over {seeds} seeds ± 95% interval")  # fmt: skip
-        print(f"  {'defence':<22}{'mean L1':>13}{'top-1 kept':>13}{'clone acc':>13}"
-              f"{'agreement':>13}{'transfer':>13}")  # fmt: skip
+        print(
+            f"{victim}: victim test accuracy {about['test_accuracy']:.1%}; "
+            f"means over {seeds} seeds ± 95% interval"
+        )
+        print(
+            f"  {'defence':<22}{'mean L1':>13}{'top-1 kept':>13}{'clone acc':>13}"
+            f"{'agreement':>13}{'transfer':>13}"
+        )
         for row in record["rows"]:
             if row["victim"] != victim:
                 continue
-            print(f"  {row['key']:<22}" + "".join(cell(row[m]) for m in (
-                "mean_l1", "top1_agreement", "clone_accuracy", "clone_agreement",
-                "transfer_rate")))  # fmt: skip
+            print(
+                f"  {row['key']:<22}"
+                + "".join(
+                    cell(row[m])
+                    for m in (
+                        "mean_l1",
+                        "top1_agreement",
+                        "clone_accuracy",
+                        "clone_agreement",
+                        "transfer_rate",
+                    )
+                )
+            )
 
     def difference(value: dict[str, Any]) -> str:
         if value["ci_low"] is None:
@@ -528,10 +732,12 @@ def _print_clone_table(record: dict[str, Any]) -> None:
         return f"{value['mean']:+.3f} [{value['ci_low']:+.3f}, {value['ci_high']:+.3f}]"
 
     for row in record["fisher_vs_random"]:
-        print(f"  {row['victim']} budget {row['budget']:g}, {row['defence']} minus random: "
-              f"clone accuracy "
-              f"{difference(row['clone_accuracy'])}, transfer "
-              f"{difference(row['transfer_rate'])}")  # fmt: skip
+        print(
+            f"  {row['victim']} budget {row['budget']:g}, {row['defence']} minus random: "
+            f"clone accuracy "
+            f"{difference(row['clone_accuracy'])}, transfer "
+            f"{difference(row['transfer_rate'])}"
+        )
 
 
 def _run_defend(args: argparse.Namespace) -> int:
@@ -544,9 +750,14 @@ def _run_defend(args: argparse.Namespace) -> int:
         raise VulnscopeError(f"--out {args.out} is a directory; give the model file to write")
     args.out.parent.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
     defended = defend_digits(
-        args.method, eps=args.eps, epochs=args.epochs, dropout=args.dropout,
-        temperature=args.temperature, beta=args.beta, seed=args.seed,
-    )  # fmt: skip
+        args.method,
+        eps=args.eps,
+        epochs=args.epochs,
+        dropout=args.dropout,
+        temperature=args.temperature,
+        beta=args.beta,
+        seed=args.seed,
+    )
     test = load_digits("test")
     clean = accuracy(defended.model, test.x, test.y)
     metadata = {"method": args.method, "settings": defended.settings, "test_accuracy": clean}

@@ -17,6 +17,7 @@ __all__ = [
     "MissingFileError",
     "ModelError",
     "PeerLostError",
+    "PluginError",
     "SingularMatrixError",
     "VulnscopeError",
     "VulnscopeWarning",
@@ -84,6 +85,10 @@ class PeerLostError(VulnscopeError, ConnectionError):
     A ``ConnectionError``: this rank learns of it as a collective whose peer went away
     (the process group's transport reports the connection closed or reset).
     """
+
+
+class PluginError(VulnscopeError, ImportError):
+    """An installed package's audit stage cannot be loaded or registered."""
 
 
 class VulnscopeWarning(UserWarning):

@@ -33,9 +33,10 @@ from torch import Tensor
 
 from vulnscope.audit.codec import from_json, to_json
 from vulnscope.data.dataset import ImageData
-from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+from vulnscope.errors import InvalidArgumentError, InvalidTypeError, PluginError
 
 __all__ = [
+    "PLUGIN_GROUP",
     "STAGES",
     "AuditPlan",
     "Piece",
@@ -293,7 +294,8 @@ def register_stage(stage: Stage[Any, Any], *, before: str | None = None) -> Stag
 
     """
     if not isinstance(stage, Stage):
-        raise InvalidTypeError(f"stage must be a Stage instance, got {type(stage).__name__}")
+        got = f"the class {stage.__name__}" if isinstance(stage, type) else type(stage).__name__
+        raise InvalidTypeError(f"stage must be a Stage instance, got {got}")
     _load_builtin()  # a plug-in's stage comes after the built-in ones
     name = getattr(stage, "name", "")
     if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
@@ -347,6 +349,35 @@ STAGES: Mapping[str, str] = _Descriptions()
 """The audit's stages, in the order they run, and what each measures."""
 
 
+PLUGIN_GROUP = "vulnscope.audit_stages"
+"""Entry-point group of installed packages' stages: each entry point names a :class:`Stage`
+instance (or subclass), registered after the built-in ones, e.g. in ``pyproject.toml``::
+
+    [project.entry-points."vulnscope.audit_stages"]
+    occlusion = "my_package.stages:OcclusionStage"
+"""
+
+_loaded = False
+
+
 def _load_builtin() -> None:
+    """Register the built-in stages, then the installed packages' ones (once)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # first: the built-in modules call register_stage as they import
     # the built-in stages register themselves when their package is imported
     import vulnscope.audit.stages  # noqa: F401
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=PLUGIN_GROUP):
+        try:
+            loaded = point.load()
+            stage = loaded() if isinstance(loaded, type) else loaded
+        except Exception as error:
+            raise PluginError(
+                f"the audit stage {point.name!r} ({point.value}) of an installed package "
+                f"cannot be loaded: {type(error).__name__}: {error}"
+            ) from None
+        if getattr(stage, "name", None) not in _REGISTRY:
+            register_stage(stage)

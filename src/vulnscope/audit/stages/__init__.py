@@ -1,14 +1,15 @@
 """The audit's built-in stages, one file each, registered in the order they run.
 
-Importing this package registers them; :func:`vulnscope.audit.register_stage` adds more.
+Importing this package registers them in :data:`BUILTIN` order (the order the audit runs
+them, and each stage after those it reads); :func:`vulnscope.audit.register_stage` adds more.
 """
 
-from vulnscope.audit.stages import (  # noqa: F401  (each module registers its stage)
-    amplification,
-    dangerous,
-    l2,
-    linf,
-    minimal,
-    rg,
-    spectra,
-)
+from importlib import import_module
+
+__all__ = ["BUILTIN"]
+
+BUILTIN = ("linf", "l2", "minimal", "spectra", "amplification", "dangerous", "rg")
+"""The built-in stages' modules (and names), in the order they run."""
+
+for _module in BUILTIN:
+    import_module(f"{__name__}.{_module}")  # each module registers its stage
