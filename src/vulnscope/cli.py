@@ -140,7 +140,7 @@ def _joined(values: Sequence[Any]) -> str:
     return ",".join(f"{value:g}" if isinstance(value, float) else str(value) for value in values)
 
 
-def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_audit(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     from vulnscope.audit import DEFAULT_BATCH_SIZE, DEFAULT_EPSILONS, QUICK, STAGES
     from vulnscope.audit.stages.minimal import QUICK_MINIMAL_ATTACKS
     from vulnscope.evaluate import CASCADE_ATTACKS, DEFAULT_CASCADE
@@ -217,7 +217,7 @@ def _add_audit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     audit.set_defaults(handler=_run_audit)
 
 
-def _add_rg(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_rg(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     from vulnscope.rg import OPERATOR_CHOICES
     from vulnscope.rg.job import run_rg
 
@@ -277,7 +277,7 @@ def _add_rg(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rg.set_defaults(handler=_run_rg)
 
 
-def _add_diagnose(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_diagnose(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     from vulnscope.diagnostics.job import run_diagnostics
 
     defaults = _defaults(run_diagnostics)
@@ -325,7 +325,7 @@ def _add_diagnose(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     diagnose.set_defaults(handler=_run_diagnose)
 
 
-def _add_clone(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_clone(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     from vulnscope.cloning.job import QUERY_CHOICES, VICTIM_CHOICES, run_clone
     from vulnscope.cloning.presets import DEFAULT_SIZE, QUICK
     from vulnscope.cloning.rbm_clone import CLONE_METHODS
@@ -398,7 +398,7 @@ def _add_clone(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     clone.set_defaults(handler=_run_clone)
 
 
-def _add_defend(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_defend(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     from vulnscope.defences.digits import DEFENCE_METHODS, defend_digits
     from vulnscope.models.cache import PRETRAINED
 

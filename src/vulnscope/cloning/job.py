@@ -11,11 +11,11 @@ import torch
 
 from vulnscope import __version__
 from vulnscope._io import write_json_atomic
-from vulnscope._validation import check_bool, check_choice, check_int, check_seed
+from vulnscope._validation import check_choice, check_int, check_seed
 from vulnscope.cloning.decoder import ConditionalDecoder
 from vulnscope.cloning.generation_fisher import GenerationPassFisher
 from vulnscope.cloning.plots import plot_clone_damage
-from vulnscope.cloning.presets import DEFAULT_SIZE, QUICK
+from vulnscope.cloning.presets import study_size
 from vulnscope.cloning.rbm_clone import DeepRBMCloneTrainer
 from vulnscope.cloning.reverse import MemoizedReverse
 from vulnscope.cloning.simplex import check_budget
@@ -166,12 +166,11 @@ def run_clone(
     victims = [check_choice(v, "victims", VICTIM_CHOICES) for v in victims]
     if not victims:
         raise InvalidArgumentError("victims must name at least one victim, got none")
-    size = QUICK if check_bool(quick, "quick") else DEFAULT_SIZE
-    chosen = size.budgets if budgets is None else budgets
-    budgets = tuple(check_budget(b, DIGITS_CLASSES, "budgets") for b in chosen)
+    size = study_size(budgets=budgets, seeds=seeds, epochs=epochs, quick=quick)
+    budgets = tuple(check_budget(b, DIGITS_CLASSES, "budgets") for b in size.budgets)
     defences = [check_choice(d, "defences", DEFENCE_NAMES) for d in defences]
-    seeds = check_int(size.seeds if seeds is None else seeds, "seeds")
-    epochs = check_int(size.epochs if epochs is None else epochs, "epochs")
+    seeds = check_int(size.seeds, "seeds")
+    epochs = check_int(size.epochs, "epochs")
     queries = check_choice(queries, "queries", QUERY_CHOICES)  # type: ignore[assignment]
     if query_budget is None and queries == "jacobian":
         query_budget = 800

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from vulnscope._cache import CACHE_ENV, cache_dir, recipe_digest
 from vulnscope._io import write_bytes_atomic
+from vulnscope._threads import fixed_threads
 from vulnscope._validation import check_choice, check_seed
 from vulnscope.errors import VulnscopeWarning
 from vulnscope.models.digits import DigitsCNN, DigitsMLP
@@ -44,8 +45,9 @@ class Recipe:
     lr: float
     weight_decay: float
     revision: int = 1
-    """Raised when the code that builds or trains the model changes its numbers (2: the
-    CNN's feature maps run channels-last), so that stale cached weights are not reused."""
+    """Raised when the code that builds or trains the model changes its numbers (CNN 2:
+    its feature maps run channels-last; CNN 3, MLP 2: trained on one intra-op thread,
+    :func:`vulnscope._threads.fixed_threads`), so that stale cached weights are not reused."""
 
     def key(self, seed: int) -> str:
         """File stem of the cached weights: readable, plus a hash of every field."""
@@ -55,11 +57,11 @@ class Recipe:
 PRETRAINED: dict[str, tuple[Callable[[], nn.Module], Recipe]] = {
     "digits-cnn": (
         DigitsCNN,
-        Recipe("cnn", "digits", epochs=30, batch_size=64, lr=2e-3, weight_decay=0.0, revision=2),
+        Recipe("cnn", "digits", epochs=30, batch_size=64, lr=2e-3, weight_decay=0.0, revision=3),
     ),
     "digits-mlp": (
         DigitsMLP,
-        Recipe("mlp", "digits", epochs=40, batch_size=64, lr=2e-3, weight_decay=0.0),
+        Recipe("mlp", "digits", epochs=40, batch_size=64, lr=2e-3, weight_decay=0.0, revision=2),
     ),
 }
 """Names of the reference models, each with its architecture and training recipe."""
@@ -71,19 +73,22 @@ def train_recipe(
     """A fresh model from ``factory``, built under ``seed``, trained on ``(x, y)`` by ``recipe``.
 
     How :func:`pretrained` trains its reference models; other experiments (e.g. networks
-    trained on parts of the data) call it to train theirs exactly alike.
+    trained on parts of the data) call it to train theirs exactly alike. Training runs
+    on one intra-op thread (:func:`vulnscope._threads.fixed_threads`), so the weights are
+    the same at any ``torch.set_num_threads`` and on any number of cores.
     """
     model = build_seeded(factory, seed)
-    return train_classifier(
-        model,
-        x,
-        y,
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        weight_decay=recipe.weight_decay,
-        seed=seed,
-    )
+    with fixed_threads():
+        return train_classifier(
+            model,
+            x,
+            y,
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            weight_decay=recipe.weight_decay,
+            seed=seed,
+        )
 
 
 def _train(name: str, seed: int) -> nn.Module:
