@@ -24,12 +24,17 @@ def test_pieces_survive_a_resume_with_the_same_settings_only(tmp_path) -> None:
     store.save("a", {"value": 3})
     again = Checkpoints(tmp_path / "c", {"seed": 1, "eps": [0.1]}, resume=True)
     assert again.load("a") == {"value": 3} and "a" in again and "b" not in again
-    with pytest.raises(CheckpointError, match=r"other settings \(eps, seed\)"):
-        Checkpoints(tmp_path / "c", {"seed": 2, "eps": [0.2]}, resume=True)
+    with pytest.raises(CheckpointError) as refused:
+        Checkpoints(tmp_path / "c", {"seed": 2, "eps": [0.2], "new": 1}, resume=True)
+    assert str(refused.value) == (
+        f"the checkpoint in {tmp_path / 'c'} was made with other settings (eps: [0.1] there, "
+        "[0.2] now; new: absent there, 1 now; seed: 1 there, 2 now); rerun with the same "
+        "options, or with --fresh to start over"
+    )
     fresh = Checkpoints(tmp_path / "c", {"seed": 2}, resume=False)  # without resume: discarded
     assert fresh.load("a") is None and "a" not in fresh
     (tmp_path / "c" / "b.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match=r"b\.json: is damaged"):
+    with pytest.raises(CheckpointError, match=r"b\.json: is damaged .*--fresh to start over"):
         fresh.load("b")
     Checkpoints.discard_directory(tmp_path / "c")
     assert not (tmp_path / "c").exists()
@@ -57,7 +62,7 @@ def test_an_interrupted_audit_resumes_to_the_uninterrupted_result(
                "attacks": ["apgd-ce", "fgsm"], "batch_size": 10, "seed": 3,
                "stages": ["linf", "l2", "minimal", "spectra", "dangerous"],
                "geometry_samples": 8}  # fmt: skip
-    reference = audit(digits_cnn, data, out=tmp_path / "reference", **options)
+    reference = audit(digits_cnn, data, out=tmp_path / "reference", **options).to_dict()
     counting = _Interrupting(digits_cnn, stop=10**9)
     audit(counting, data, **options)
     per_run = counting.calls
@@ -69,7 +74,7 @@ def test_an_interrupted_audit_resumes_to_the_uninterrupted_result(
     assert "linf-00000.json" in finished and "dangerous.json" not in finished, finished
     assert not (tmp_path / "out" / "results.json").exists()
     resumed_model = _Interrupting(digits_cnn, stop=10**9)
-    resumed = audit(resumed_model, data, out=tmp_path / "out", resume=True, **options)
+    resumed = audit(resumed_model, data, out=tmp_path / "out", resume=True, **options).to_dict()
     assert without_clock(resumed) == without_clock(reference)
     assert resumed_model.calls < per_run  # the finished chunks were not recomputed
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == json.loads(
@@ -88,10 +93,11 @@ def test_an_interrupted_audit_resumes_to_the_uninterrupted_result(
     retrained = copy.deepcopy(digits_cnn)
     with torch.no_grad():
         next(retrained.parameters()).add_(1e-3)
-    with pytest.raises(CheckpointError, match=r"other settings \(model_digest\)"):
+    digests = r"model_digest: \"[0-9a-f]+… there, \"[0-9a-f]+… now\)"
+    with pytest.raises(CheckpointError, match=r"other settings \(" + digests):
         audit(retrained, data, out=tmp_path / "ck", resume=True, **options)
     other = ImageData(data.x.flip(0), data.y.flip(0), data.num_classes, data.source)
-    with pytest.raises(CheckpointError, match=r"other settings \(data_digest\)"):
+    with pytest.raises(CheckpointError, match=r"other settings \(data_digest: "):
         audit(digits_cnn, other, out=tmp_path / "ck", resume=True, **options)
 
 

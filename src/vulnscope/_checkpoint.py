@@ -3,20 +3,63 @@
 A job that is killed (Ctrl-C, SIGKILL, a lost machine) leaves every finished piece on
 disk and never half a file; rerun with ``resume=True`` it skips them. A manifest holds
 the job's settings, and a checkpoint made with other settings is refused rather than
-mixed into the result.
+mixed into the result, or silently recomputed: the refusal names each setting that
+differs, with the value stored and the value given, and says how to start over
+(:data:`FRESH_FLAG` on the command line, ``resume=False`` in Python). Every resumable
+job (the audit, ``rg``, ``clone``) follows this one rule.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from vulnscope._io import write_json_atomic
 from vulnscope.errors import CheckpointError
 
-__all__ = ["CheckpointError", "Checkpoints"]
+__all__ = ["FRESH_FLAG", "CheckpointError", "Checkpoints", "describe_changes", "tensor_digest"]
+
+FRESH_FLAG = "--fresh"
+"""The command-line flag of every subcommand that discards a checkpoint and starts over."""
+
+_START_OVER = f"rerun with the same options, or with {FRESH_FLAG} to start over"
+_SHOWN_CHARACTERS = 24
+"""Longer stored values (digests, long lists) are shortened in the refusal's one line."""
+
+
+def tensor_digest(tensors: Sequence[Tensor]) -> str:
+    """SHA-256 of the tensors' shapes, dtypes and bytes: the identity of a model or data set."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= _SHOWN_CHARACTERS else text[: _SHOWN_CHARACTERS - 1] + "…"
+
+
+def describe_changes(stored: dict[str, Any], given: dict[str, Any]) -> str:
+    """Each setting that differs, as ``name: stored there, given now``, joined by ``; ``.
+
+    A setting present on one side only shows as ``absent`` on the other.
+    """
+    changed = sorted(key for key in set(stored) | set(given) if stored.get(key) != given.get(key))
+    return "; ".join(
+        f"{key}: {_shown(stored[key]) if key in stored else 'absent'} there, "
+        f"{_shown(given[key]) if key in given else 'absent'} now"
+        for key in changed
+    )
 
 
 class Checkpoints:
@@ -26,8 +69,14 @@ class Checkpoints:
         directory: where the pieces live (created on demand).
         settings: everything that determines the pieces' content (JSON-ready); stored as
             the manifest.
-        resume: keep the pieces a previous run with the same settings finished; without
-            it, any previous checkpoint in ``directory`` is discarded.
+        resume: keep the pieces a previous run with the same settings finished (a
+            previous run with other settings is refused with a :class:`CheckpointError`
+            naming them); without it, any previous checkpoint in ``directory`` is
+            discarded: the job starts fresh.
+
+    Raises:
+        CheckpointError: with ``resume``, when the manifest in ``directory`` holds other
+            settings, or is damaged.
 
     """
 
@@ -42,16 +91,12 @@ class Checkpoints:
                 stored = json.loads(manifest.read_text("utf-8"))
             except (OSError, ValueError) as error:
                 raise CheckpointError(
-                    f"{manifest}: is damaged ({error}); rerun without --resume"
+                    f"{manifest}: is damaged ({error}); rerun with {FRESH_FLAG} to start over"
                 ) from None
             if stored != self.settings:
-                changed = sorted(
-                    key for key in set(stored) | set(self.settings)
-                    if stored.get(key) != self.settings.get(key)
-                )  # fmt: skip
                 raise CheckpointError(
                     f"the checkpoint in {self.directory} was made with other settings "
-                    f"({', '.join(changed)}); rerun with the same options, or without --resume"
+                    f"({describe_changes(stored, self.settings)}); {_START_OVER}"
                 )
         else:
             if self.directory.exists():
@@ -73,7 +118,9 @@ class Checkpoints:
         try:
             piece: dict[str, Any] = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError) as error:
-            raise CheckpointError(f"{path}: is damaged ({error}); rerun without --resume") from None
+            raise CheckpointError(
+                f"{path}: is damaged ({error}); delete it, or rerun with {FRESH_FLAG} to start over"
+            ) from None
         return piece
 
     def save(self, name: str, piece: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from vulnscope._checkpoint import CheckpointError
 from vulnscope._statistics import mean_interval
 from vulnscope.cli import main
 from vulnscope.cloning import study
@@ -56,16 +57,24 @@ def _tiny_victim() -> Victim:
     x = torch.rand(160, 6, generator=generator)
     y = teacher(x).argmax(1).detach()
     return Victim(
-        name="tiny", model=teacher.eval(), architecture=lambda: nn.Linear(6, 3),
-        train_x=x[:120], test_x=x[120:], test_y=y[120:], reverse=CountingFisher(),
+        name="tiny",
+        model=teacher.eval(),
+        architecture=lambda: nn.Linear(6, 3),
+        train_x=x[:120],
+        test_x=x[120:],
+        test_y=y[120:],
+        reverse=CountingFisher(),
         transfer_eps=0.2,
-    )  # fmt: skip
+    )
 
 
 SETTINGS = CloneStudySettings(
-    budgets=(0.2, 0.6), seeds=2, defences=("none", "fisher", "random", "label_only"),
-    epochs=3, transfer_steps=3,
-)  # fmt: skip
+    budgets=(0.2, 0.6),
+    seeds=2,
+    defences=("none", "fisher", "random", "label_only"),
+    epochs=3,
+    transfer_steps=3,
+)
 
 
 def test_cells_are_written_then_reloaded_without_recomputing(tmp_path, monkeypatch):
@@ -73,10 +82,15 @@ def test_cells_are_written_then_reloaded_without_recomputing(tmp_path, monkeypat
     cells = clone_study(victim, SETTINGS, tmp_path)
     specs = defence_grid(SETTINGS.defences, SETTINGS.budgets)
     assert [s.key for s in specs] == [
-        "none", "fisher-b0.2", "fisher-b0.6", "random-b0.2", "random-b0.6", "label_only",
-    ]  # fmt: skip
+        "none",
+        "fisher-b0.2",
+        "fisher-b0.6",
+        "random-b0.2",
+        "random-b0.6",
+        "label_only",
+    ]
     assert len(cells) == len(specs) * 2
-    assert len(list(tmp_path.glob("tiny-*-seed*.json"))) == len(cells)
+    assert len(list((tmp_path / "tiny").glob("*-seed*.json"))) == len(cells)
     for cell in cells:
         assert cell["utility"]["top1_agreement"] == 1.0  # every defence here keeps the class
         if cell["defence"] in ("fisher", "random"):
@@ -89,36 +103,71 @@ def test_cells_are_written_then_reloaded_without_recomputing(tmp_path, monkeypat
     again = clone_study(victim, SETTINGS, tmp_path)
     assert calls == [] and again == cells
     # a smaller grid of the same settings reuses its cells too
-    subset = clone_study(victim, dataclasses.replace(SETTINGS, defences=("none",), seeds=1),
-                         tmp_path)  # fmt: skip
+    subset = clone_study(
+        victim, dataclasses.replace(SETTINGS, defences=("none",), seeds=1), tmp_path
+    )
     assert calls == [] and subset == cells[:1]
-    # other settings do not reuse the cells
-    with pytest.raises(TypeError):  # the stub returns None: it was called
-        clone_study(victim, CloneStudySettings(**{**SETTINGS.__dict__, "epochs": 4}), tmp_path)
 
 
-def test_a_damaged_cell_file_is_recomputed(tmp_path):
+def test_cells_made_with_other_settings_are_refused_by_name_not_recomputed(tmp_path, monkeypatch):
+    settings = CloneStudySettings(
+        budgets=(0.2,), seeds=1, defences=("none",), epochs=2, transfer_steps=2
+    )
     victim = _tiny_victim()
-    settings = CloneStudySettings(budgets=(0.2,), seeds=1, defences=("none",), epochs=2,
-                                  transfer_steps=2)  # fmt: skip
     first = clone_study(victim, settings, tmp_path)
-    path = next(tmp_path.glob("tiny-none-seed0.json"))
+    calls = []
+    monkeypatch.setattr(study, "run_cell", lambda *a: calls.append(a) or first[0])
+    with pytest.raises(CheckpointError) as refused:
+        clone_study(victim, dataclasses.replace(settings, epochs=3), tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and "epochs: 2 there, 3 now" in message and "--fresh" in message
+    assert calls == []  # nothing was recomputed, nothing overwritten
+    # another victim with the same name (other weights) is not this checkpoint's either
+    retrained = _tiny_victim()
+    with torch.no_grad():
+        retrained.model.weight.add_(1e-3)
+    with pytest.raises(CheckpointError, match="model_digest: "):
+        clone_study(retrained, settings, tmp_path)
+    # starting fresh discards the old cells and recomputes them
+    assert (
+        clone_study(victim, dataclasses.replace(settings, epochs=3), tmp_path, resume=False)
+        == first
+    )
+    assert len(calls) == 1
+
+
+def test_a_damaged_cell_file_is_refused_by_name(tmp_path):
+    victim = _tiny_victim()
+    settings = CloneStudySettings(
+        budgets=(0.2,), seeds=1, defences=("none",), epochs=2, transfer_steps=2
+    )
+    clone_study(victim, settings, tmp_path)
+    path = tmp_path / "tiny" / "none-seed0.json"
     path.write_text("{ not json", encoding="utf-8")
-    assert clone_study(victim, settings, tmp_path) == first
-    assert json.loads(path.read_text(encoding="utf-8"))["digest"] == first[0]["digest"]
+    with pytest.raises(CheckpointError, match=r"none-seed0\.json: is damaged .*--fresh"):
+        clone_study(victim, settings, tmp_path)
 
 
 def _fake_cells() -> list[dict]:
     cells = []
     for seed, (fisher_acc, random_acc) in enumerate([(0.7, 0.8), (0.72, 0.79), (0.69, 0.81)]):
         for defence, accuracy in (("fisher", fisher_acc), ("random", random_acc)):
-            cells.append({
-                "victim": "v", "defence": defence, "key": f"{defence}-b0.5", "budget": 0.5,
-                "decimals": None, "seed": seed,
-                "utility": {"top1_agreement": 1.0, "mean_l1": 0.5, "mean_kl": 0.1},
-                "clone": {"accuracy": accuracy, "agreement": accuracy,
-                          "transfer_rate": 1 - accuracy},
-            })  # fmt: skip
+            cells.append(
+                {
+                    "victim": "v",
+                    "defence": defence,
+                    "key": f"{defence}-b0.5",
+                    "budget": 0.5,
+                    "decimals": None,
+                    "seed": seed,
+                    "utility": {"top1_agreement": 1.0, "mean_l1": 0.5, "mean_kl": 0.1},
+                    "clone": {
+                        "accuracy": accuracy,
+                        "agreement": accuracy,
+                        "transfer_rate": 1 - accuracy,
+                    },
+                }
+            )
     return cells
 
 
@@ -203,8 +252,14 @@ def test_run_clone_refuses_bad_arguments_before_any_work(tmp_path):
 
 
 def test_run_clone_writes_the_record_and_figure(tmp_path, digits_cnn):
-    record = run_clone(tmp_path, victims=["digits-cnn"], budgets=[0.5], seeds=2,
-                       defences=["none", "random", "label_only"], epochs=1)  # fmt: skip
+    record = run_clone(
+        tmp_path,
+        victims=["digits-cnn"],
+        budgets=[0.5],
+        seeds=2,
+        defences=["none", "random", "label_only"],
+        epochs=1,
+    )
     saved = json.loads((tmp_path / "clone.json").read_text(encoding="utf-8"))
     assert saved == record
     assert (tmp_path / "clone_damage.png").is_file()

@@ -137,8 +137,8 @@ def run_clone(
     """Run the cloning study and write ``clone.json`` and ``clone_damage.png`` to ``out``.
 
     Args:
-        out: output directory; finished cells go to ``out/cells`` and are reused by a
-            rerun with the same settings (``resume``).
+        out: output directory; finished cells go to ``out/cells/<victim>`` and are reused
+            by a rerun with the same settings (``resume``).
         victims: any of ``"deep-rbm"`` and ``"digits-cnn"``.
         budgets: L1 budgets of the budgeted defences (default: those of
             :data:`~vulnscope.cloning.presets.DEFAULT_SIZE`, or of
@@ -157,7 +157,9 @@ def run_clone(
         quick: a fast pass: the budgets, seeds and epochs not given come from
             :data:`~vulnscope.cloning.presets.QUICK`.
         seed: seed of the first repetition and of the victims.
-        resume: reuse finished cells.
+        resume: reuse finished cells; cells made with settings that change a cell are
+            refused (:class:`vulnscope._checkpoint.CheckpointError`, naming them).
+            ``False`` discards them and starts over (the CLI's ``--fresh``).
 
     Returns:
         The record written to ``out/clone.json``.

@@ -10,16 +10,16 @@ For one victim, each defence at each budget and each seed (one cell):
    and the clone's test accuracy, agreement with the victim, and transfer rate of PGD
    examples crafted on it.
 
-Cells are independent and each is written to its own file as soon as it is done, so a
-long study resumes where it stopped. Over seeds, every figure becomes a mean with a
-Student-t confidence interval; Fisher poisoning is compared with the random perturbation
-by paired differences (the same seed trains both clones from the same initialisation).
+Cells are independent and each is written to its own checkpoint file as soon as it is
+done, so a long study resumes where it stopped; a rerun whose settings would change a
+finished cell is refused, naming the setting (:class:`vulnscope._checkpoint.Checkpoints`).
+Over seeds, every figure becomes a mean with a Student-t confidence interval; Fisher
+poisoning is compared with the random perturbation by paired differences (the same seed
+trains both clones from the same initialisation).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vulnscope._io import write_json_atomic
+from vulnscope._checkpoint import Checkpoints, tensor_digest
 from vulnscope._statistics import mean_interval
 from vulnscope._validation import check_choice
 from vulnscope.cloning.defence import OutputDefence, Undefended
@@ -142,7 +142,7 @@ class Victim:
 
 @dataclass(frozen=True)
 class CloneStudySettings:
-    """Settings shared by every cell (part of each cell file's digest)."""
+    """Settings shared by every cell (those that change a cell are its checkpoint's manifest)."""
 
     budgets: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
     seeds: int = 5
@@ -154,16 +154,25 @@ class CloneStudySettings:
     transfer_steps: int = 20
     base_seed: int = 0
 
-    def digest(self, victim: Victim) -> str:
-        """Hash of what a cell's result depends on: a cell is reused only if it is equal.
+    def cell_settings(self, victim: Victim) -> dict[str, Any]:
+        """What a cell's result depends on: a finished cell is reused only if it is equal.
 
         The grid (budgets, seeds, defences) only chooses which cells exist, so a rerun
-        with more seeds or another defence reuses every cell it shares.
+        with more seeds or another defence reuses every cell it shares. The victim counts
+        by its weights and its attacker's and tester's inputs (its seed, the threat
+        model), its clone trainer and its reverse model.
         """
         grid = ("budgets", "seeds", "defences", "rounding_decimals", "base_seed")
         record = {k: v for k, v in asdict(self).items() if k not in grid}
-        record |= {"victim": victim.name, "eps": victim.transfer_eps}
-        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+        queries = victim.queries_x if victim.queries_x is not None else victim.train_x
+        return record | {
+            "victim": victim.name,
+            "transfer_eps": victim.transfer_eps,
+            "trainer": repr(victim.trainer) if victim.trainer is not None else None,
+            "reverse": type(victim.reverse).__name__ if victim.reverse is not None else None,
+            "model_digest": tensor_digest(list(victim.model.state_dict().values())),
+            "data_digest": tensor_digest([victim.train_x, queries, victim.test_x, victim.test_y]),
+        }
 
 
 def build_defence(spec: DefenceSpec, victim: Victim, seed: int) -> OutputDefence:
@@ -241,22 +250,29 @@ def clone_study(
 ) -> list[dict[str, Any]]:
     """Run (or, with ``resume``, reload) every cell of ``victim``'s study.
 
-    Each finished cell is written atomically to ``cell_dir`` with the settings' digest;
-    a rerun with the same settings reloads it instead of recomputing it.
+    Each finished cell is written atomically to ``cell_dir/<victim name>``, beside a
+    manifest of :meth:`CloneStudySettings.cell_settings`; a rerun with the same settings
+    reloads it instead of recomputing it.
+
+    Raises:
+        CheckpointError: with ``resume``, when the finished cells were made with settings
+            that change a cell (the message names each one); ``resume=False`` discards
+            them and starts over.
+
     """
-    cell_dir = Path(cell_dir)
-    digest = settings.digest(victim)
+    store = Checkpoints(Path(cell_dir) / victim.name, settings.cell_settings(victim),
+                        resume=resume)  # fmt: skip
     specs = defence_grid(settings.defences, settings.budgets, decimals=settings.rounding_decimals)
     cells: list[dict[str, Any]] = []
     total = len(specs) * settings.seeds
     for offset in range(settings.seeds):
         seed = settings.base_seed + offset
         for spec in specs:
-            path = cell_dir / f"{victim.name}-{spec.key}-seed{seed}.json"
-            cell = _load_cell(path, digest) if resume else None
+            name = f"{spec.key}-seed{seed}"
+            cell = store.load(name)
             if cell is None:
-                cell = run_cell(victim, spec, seed, settings) | {"digest": digest}
-                write_json_atomic(path, cell)
+                cell = run_cell(victim, spec, seed, settings)
+                store.save(name, cell)
             cells.append(cell)
             logger.info("%s: cell %d of %d (%s, seed %d): clone accuracy %.3f",
                         victim.name, len(cells), total, spec.key, seed,
@@ -264,16 +280,6 @@ def clone_study(
             if on_cell is not None:
                 on_cell(cell)
     return cells
-
-
-def _load_cell(path: Path, digest: str) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        cell: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return cell if cell.get("digest") == digest else None
 
 
 METRICS: dict[str, tuple[str, str]] = {
