@@ -303,3 +303,13 @@ def test_a_chunk_without_budgets_is_just_its_clean_pass():
     assert chunk.budgets == () and chunk.samples == 4
     assert chunk.correct == int((model(x[:4]).argmax(1) == y[:4]).sum()) == 3
     assert not math.isnan(chunk.seconds)
+
+
+def test_labels_out_of_range_are_refused_before_any_chunk_runs():
+    model, x, y = _problem()
+    seen = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(len(output)))
+    y[-1] = 9  # in the last chunk, which under torchrun another rank would run
+    with pytest.raises(InvalidArgumentError, match=r"class indices < 4 .* got maximum 9"):
+        standard_evaluation(model, x, y, eps=0.1, attacks=["apgd-ce"], batch_size=CHUNK)
+    assert seen == [1]  # one point's logits, to count the classes; no chunk ran

@@ -30,6 +30,8 @@ from vulnscope._validation import (
     check_inputs,
     check_int,
     check_labels,
+    check_labels_in_range,
+    check_logits,
     check_model,
     check_model_matches_inputs,
     check_norm,
@@ -48,6 +50,7 @@ from vulnscope.evaluate.masking import (
     check_single_step_gap,
 )
 from vulnscope.evaluate.pieces import CascadeBudget, CascadeChunk, StageReport
+from vulnscope.models.state import preserved_model_state
 
 __all__ = [
     "StandardEvaluation",
@@ -306,6 +309,10 @@ def standard_evaluation_curve(
     y = check_labels(y, n=x.shape[0], device=x.device)
     size = max(x.shape[0], 1) if batch_size is None else check_int(batch_size, "batch_size")
     check_model_matches_inputs(model, x)
+    # Bad labels are refused here, on every rank alike, rather than by the rank whose
+    # chunk holds them while the others wait for its piece.
+    with preserved_model_state(model), torch.no_grad():
+        check_labels_in_range(y, check_logits(model(x[:1]), 1).shape[1])
     chunks = torch.arange(x.shape[0], device=x.device).split(size)
 
     def compute(k: int) -> CascadeChunk:
