@@ -18,7 +18,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert len(commands) == 2
     install_and_audit, install_and_test = commands
     assert install_and_audit.endswith("vulnscope audit") and '".[test]"' not in install_and_audit
-    assert install_and_test.endswith("python -m pytest") and '".[test]"' in install_and_test
+    assert install_and_test.endswith("python -m pytest -n auto") and '".[test]"' in install_and_test
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert install_and_test in ci_lines
 
