@@ -274,6 +274,7 @@ def _add_rg(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
         help="seed (default %(default)s)",
     )
     rg.add_argument("--out", default="vulnscope-rg", type=Path, help="output directory")
+    _add_fresh_argument(rg, "the depths an interrupted run finished (kept in OUT/.checkpoint)")
     rg.set_defaults(handler=_run_rg)
 
 
@@ -387,7 +388,7 @@ def _add_clone(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
         help=f"a fast pass: {QUICK.seeds} seeds, budgets {_joined(QUICK.budgets)}, "
         f"{QUICK.epochs} epochs, where those options are not given",
     )
-    clone.add_argument("--fresh", action="store_true", help="recompute finished cells")
+    _add_fresh_argument(clone, "the finished cells (kept in OUT/cells)")
     clone.add_argument(
         "--seed",
         type=_non_negative_int,
@@ -532,9 +533,22 @@ def _depth_list(text: str) -> list[int]:
     return values
 
 
+def _add_fresh_argument(parser: argparse.ArgumentParser, kept: str) -> None:
+    """The one flag of every resumable subcommand that discards its checkpoint."""
+    from vulnscope._checkpoint import FRESH_FLAG
+
+    parser.add_argument(
+        FRESH_FLAG,
+        action="store_true",
+        help=f"start over: discard {kept}; without it a rerun with the same options "
+        "continues from them, and one with other options is refused",
+    )
+
+
 def _run_rg(args: argparse.Namespace) -> int:
     from vulnscope.rg.job import run_rg
 
+    args.interrupted_hint = "rerun the same command to continue from the finished depths"
     record = run_rg(
         args.out,
         depth=args.depth,
@@ -544,6 +558,7 @@ def _run_rg(args: argparse.Namespace) -> int:
         limit=args.limit,
         depths=args.depths,
         seed=args.seed,
+        resume=not args.fresh,
     )
     summary = record["analysis"]["summary"]
     print(

@@ -9,8 +9,21 @@ from vulnscope.rbm.pretrained import binarized_digits, pretrained_deep_rbm
 
 def test_rg_command_writes_the_record_and_figures(tmp_path, capsys):
     out = tmp_path / "rg"
-    args = ["rg", "--depth", "3", "--width", "8", "--samples", "1500", "--limit", "3",
-            "--depths", "2,3", "--out", str(out)]  # fmt: skip
+    args = [
+        "rg",
+        "--depth",
+        "3",
+        "--width",
+        "8",
+        "--samples",
+        "1500",
+        "--limit",
+        "3",
+        "--depths",
+        "2,3",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "T^(2)" in printed and "depth 2:" in printed and "rg.json" in printed
@@ -56,3 +69,59 @@ def test_cached_network_reaches_the_accuracy_target_and_reloads(tmp_path):
     assert float(accuracy) >= 0.92
     again = pretrained_deep_rbm(depth=4, width=64, seed=0)
     torch.testing.assert_close(again.rbms[0].weight, network.rbms[0].weight)
+
+
+def test_an_interrupted_rg_run_resumes_its_depths_and_refuses_other_settings_by_name(
+    tmp_path, capsys, monkeypatch
+):
+    from vulnscope.rg import job
+
+    out = tmp_path / "rg"
+    args = [
+        "rg",
+        "--depth",
+        "2",
+        "--width",
+        "8",
+        "--samples",
+        "1500",
+        "--limit",
+        "2",
+        "--depths",
+        "2,3",
+        "--out",
+        str(out),
+    ]
+
+    def interrupted(*arguments, **options):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:  # stop once every depth is finished
+        patched.setattr(job, "plot_depth_study", interrupted)
+        assert main(args) == 130
+    assert sorted(p.name for p in (out / ".checkpoint").iterdir()) == [
+        "depth-2.json",
+        "depth-3.json",
+        "manifest.json",
+    ]
+    assert "rerun the same command to continue" in capsys.readouterr().err
+    # other settings: refused in one line that names the setting and offers --fresh
+    changed = [*args[:6], "1600", *args[7:]]
+    assert main(changed) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "samples: 1500 there, 1600 now" in err and "--fresh" in err
+    # the same settings: the finished depths are read back, not recomputed
+    with monkeypatch.context() as patched:
+        patched.setattr(job, "depth_study", interrupted)
+        assert main(args) == 0
+    assert [
+        row["depth"] for row in json.loads((out / "rg.json").read_text())["depth_study"]["rows"]
+    ] == [2, 3]
+    assert not (out / ".checkpoint").exists()
+    # --fresh starts over with the other settings, whatever the checkpoint holds
+    with monkeypatch.context() as patched:
+        patched.setattr(job, "plot_depth_study", interrupted)
+        assert main(args) == 130
+    assert main([*changed[:-3], "2", *changed[-2:], "--fresh"]) == 0
+    record = json.loads((out / "rg.json").read_text())
+    assert record["settings"]["samples"] == 1600 and record["settings"]["depths"] == [2]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,10 +45,14 @@ def plot_layers(report: RGReport, path: str | Path) -> Path:
     return save_png(figure, path)
 
 
-def plot_depth_study(study: DepthStudy, path: str | Path) -> Path:
-    """Leading eigenvalue per layer, ||P|| and class-change distances against depth."""
+def plot_depth_study(study: DepthStudy | Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Leading eigenvalue per layer, ||P|| and class-change distances against depth.
+
+    ``study`` is a :class:`DepthStudy` or its rows (``DepthStudy.to_dict()["rows"]``, as a
+    checkpoint or ``rg.json`` holds them).
+    """
     figure, axes = new_figure(1, 3, size=(14.0, 4.0))
-    rows = study.to_dict()["rows"]
+    rows = study.to_dict()["rows"] if isinstance(study, DepthStudy) else list(study)
     depths = [row["depth"] for row in rows]
     ax = axes[0][0]
     for row in rows:
