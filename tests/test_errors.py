@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 
@@ -44,10 +45,13 @@ def test_every_library_error_also_subclasses_a_builtin_more_specific_than_except
 
 @pytest.mark.parametrize(("error", "builtin", "old_home"), MOVED)
 def test_the_cli_prints_them_in_one_line(error, builtin, old_home, monkeypatch, tmp_path, capsys):
+    from vulnscope.defences import digits
+
+    @functools.wraps(digits.defend_digits)  # the parser reads the defaults from its signature
     def fail(*args, **kwargs):
         raise error("the cause, in one line")
 
-    monkeypatch.setattr("vulnscope.defences.digits.defend_digits", fail)
+    monkeypatch.setattr(digits, "defend_digits", fail)
     status = main(["defend", "--method", "pgd", "--out", str(tmp_path / "model.pt")])
     assert status == 1
     assert capsys.readouterr().err == "vulnscope: error: the cause, in one line\n"

@@ -20,9 +20,11 @@ from vulnscope.rbm.layerwise import train_layerwise_kl
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rbm.training import fine_tune, greedy_pretrain
 
-__all__ = ["DeepRBMCloneTrainer"]
+__all__ = ["CLONE_METHODS", "DeepRBMCloneTrainer"]
 
 CloneMethod = Literal["fine_tune", "eq14"]
+CLONE_METHODS: tuple[str, ...] = ("fine_tune", "eq14")
+"""How a deep-RBM clone is trained (see :class:`DeepRBMCloneTrainer`)."""
 
 
 class DeepRBMCloneTrainer:
@@ -67,7 +69,7 @@ class DeepRBMCloneTrainer:
         sweeps: int = 2,
         epochs_per_layer: int = 5,
     ) -> None:
-        self.method = check_choice(method, "method", ("fine_tune", "eq14"))
+        self.method = check_choice(method, "method", CLONE_METHODS)
         self.pretrain_epochs = check_int(pretrain_epochs, "pretrain_epochs")
         self.epochs = check_int(epochs, "epochs")
         self.sweeps = check_int(sweeps, "sweeps")
