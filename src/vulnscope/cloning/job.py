@@ -85,14 +85,27 @@ def digits_cnn_victim(
             clean = torch.softmax(model(train.x).double(), -1)
         reverse = ConditionalDecoder.fit(train.x, clean, seed=seed)
     query_x, test_x, test_y = _split_for_queries(train.x, test.x, test.y, queries)
-    return Victim("digits-cnn", model, DigitsCNN, train.x, test_x, test_y, reverse=reverse,
-                  transfer_eps=0.2, queries_x=query_x)  # fmt: skip
+    return Victim(
+        "digits-cnn",
+        model,
+        DigitsCNN,
+        train.x,
+        test_x,
+        test_y,
+        reverse=reverse,
+        transfer_eps=0.2,
+        queries_x=query_x,
+    )
 
 
 def deep_rbm_victim(
-    *, seed: int = 0, depth: int = 4, width: int = 64, queries: QueryChoice = "train",
+    *,
+    seed: int = 0,
+    depth: int = 4,
+    width: int = 64,
+    queries: QueryChoice = "train",
     cloner: Literal["fine_tune", "eq14"] = "fine_tune",
-) -> Victim:  # fmt: skip
+) -> Victim:
     """The cached deep RBM classifier of the binarised digits, cloned as a deep RBM.
 
     Fisher poisoning uses the network's own generation pass (Kenway 2018b).
@@ -114,9 +127,18 @@ def deep_rbm_victim(
         GenerationPassFisher(network, operators="singles", samples=4000, seed=seed)
     )
     query_x, test_x, test_y = _split_for_queries(train.x, test.x, test.y, queries)
-    return Victim("deep-rbm", network, architecture, train.x, test_x, test_y,
-                  trainer=DeepRBMCloneTrainer(method=cloner), reverse=reverse,
-                  transfer_eps=0.2, queries_x=query_x)  # fmt: skip
+    return Victim(
+        "deep-rbm",
+        network,
+        architecture,
+        train.x,
+        test_x,
+        test_y,
+        trainer=DeepRBMCloneTrainer(method=cloner),
+        reverse=reverse,
+        transfer_eps=0.2,
+        queries_x=query_x,
+    )
 
 
 def run_clone(
@@ -180,10 +202,14 @@ def run_clone(
         query_budget = check_int(query_budget, "query_budget")
     seed = check_seed(seed) or 0
     settings = CloneStudySettings(
-        budgets=budgets, seeds=seeds, defences=tuple(defences),
+        budgets=budgets,
+        seeds=seeds,
+        defences=tuple(defences),
         augmentation="jacobian" if queries == "jacobian" else "none",
-        query_budget=query_budget, epochs=epochs, base_seed=seed,
-    )  # fmt: skip
+        query_budget=query_budget,
+        epochs=epochs,
+        base_seed=seed,
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
@@ -199,8 +225,9 @@ def run_clone(
             )
         )
         with torch.no_grad():
-            accuracy = float((victim.model(victim.test_x).argmax(1) == victim.test_y)
-                             .double().mean())  # fmt: skip
+            accuracy = float(
+                (victim.model(victim.test_x).argmax(1) == victim.test_y).double().mean()
+            )
         described[name] = {
             "test_accuracy": accuracy,
             "queries": int(victim.queries_x.shape[0]) if victim.queries_x is not None else None,
@@ -219,10 +246,16 @@ def run_clone(
     ]
     figure = plot_clone_damage(rows, out / "clone_damage.png")
     recorded_settings = {
-        "victims": victims, "budgets": list(budgets), "seeds": seeds,
-        "defences": list(defences), "queries": queries, "query_budget": query_budget,
-        "epochs": epochs, "cloner": cloner, "seed": seed,
-    }  # fmt: skip
+        "victims": victims,
+        "budgets": list(budgets),
+        "seeds": seeds,
+        "defences": list(defences),
+        "queries": queries,
+        "query_budget": query_budget,
+        "epochs": epochs,
+        "cloner": cloner,
+        "seed": seed,
+    }
     record: dict[str, Any] = {
         "schema_version": CLONE_SCHEMA_VERSION,
         "vulnscope_version": __version__,

@@ -58,9 +58,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFENCE_NAMES: tuple[str, ...] = (
-    "none", "fisher", "fisher_eigenvector", "random", "mad", "reverse_sigmoid", "rounding",
+    "none",
+    "fisher",
+    "fisher_eigenvector",
+    "random",
+    "mad",
+    "reverse_sigmoid",
+    "rounding",
     "label_only",
-)  # fmt: skip
+)
 """Defences the study knows, in the order of its tables."""
 
 _BUDGETED = ("fisher", "fisher_eigenvector", "random", "mad", "reverse_sigmoid")
@@ -182,8 +188,13 @@ def build_defence(spec: DefenceSpec, victim: Victim, seed: int) -> OutputDefence
         return Undefended(model)
     if spec.name in ("fisher", "fisher_eigenvector"):
         search: FisherSearch = "l1" if spec.name == "fisher" else "eigenvector"
-        return FisherPoisoning(model, spec.budget, reverse=victim.reverse, seed=seed,  # type: ignore[arg-type]
-                               search=search)  # fmt: skip
+        return FisherPoisoning(
+            model,
+            spec.budget,
+            reverse=victim.reverse,
+            seed=seed,  # type: ignore[arg-type]
+            search=search,
+        )
     if spec.name == "random":
         return RandomPoisoning(model, spec.budget, seed=seed)  # type: ignore[arg-type]
     if spec.name == "mad":
@@ -217,13 +228,19 @@ def run_cell(
     utility = legitimate_utility(defence, victim.test_x)
     queries = victim.queries_x if victim.queries_x is not None else victim.train_x
     extraction = extract(
-        defence, queries, victim.architecture, query_budget=settings.query_budget,
-        augmentation=settings.augmentation, epochs=settings.epochs,  # type: ignore[arg-type]
-        trainer=victim.trainer, seed=CLONE_SEED_OFFSET + seed,
+        defence,
+        queries,
+        victim.architecture,
+        query_budget=settings.query_budget,
+        augmentation=settings.augmentation,
+        epochs=settings.epochs,  # type: ignore[arg-type]
+        trainer=victim.trainer,
+        seed=CLONE_SEED_OFFSET + seed,
         test=(victim.test_x, victim.test_y),
-        reference=victim.model, transfer_eps=victim.transfer_eps,
+        reference=victim.model,
+        transfer_eps=victim.transfer_eps,
         transfer_steps=settings.transfer_steps,
-    )  # fmt: skip
+    )
     measurement = extraction.measurement
     if measurement is None:  # unreachable: extract measures whenever test is given
         raise InvalidArgumentError("the extraction returned no measurement")
@@ -260,8 +277,7 @@ def clone_study(
             them and starts over.
 
     """
-    store = Checkpoints(Path(cell_dir) / victim.name, settings.cell_settings(victim),
-                        resume=resume)  # fmt: skip
+    store = Checkpoints(Path(cell_dir) / victim.name, settings.cell_settings(victim), resume=resume)
     specs = defence_grid(settings.defences, settings.budgets, decimals=settings.rounding_decimals)
     cells: list[dict[str, Any]] = []
     total = len(specs) * settings.seeds
@@ -274,9 +290,15 @@ def clone_study(
                 cell = run_cell(victim, spec, seed, settings)
                 store.save(name, cell)
             cells.append(cell)
-            logger.info("%s: cell %d of %d (%s, seed %d): clone accuracy %.3f",
-                        victim.name, len(cells), total, spec.key, seed,
-                        cell["clone"]["accuracy"])  # fmt: skip
+            logger.info(
+                "%s: cell %d of %d (%s, seed %d): clone accuracy %.3f",
+                victim.name,
+                len(cells),
+                total,
+                spec.key,
+                seed,
+                cell["clone"]["accuracy"],
+            )
             if on_cell is not None:
                 on_cell(cell)
     return cells
@@ -302,9 +324,13 @@ def summarise_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (victim, key), members in groups.items():
         first = members[0]
         row: dict[str, Any] = {
-            "victim": victim, "defence": first["defence"], "key": key,
-            "budget": first["budget"], "decimals": first["decimals"], "seeds": len(members),
-        }  # fmt: skip
+            "victim": victim,
+            "defence": first["defence"],
+            "key": key,
+            "budget": first["budget"],
+            "decimals": first["decimals"],
+            "seeds": len(members),
+        }
         for metric, (part, name) in METRICS.items():
             row[metric] = mean_interval([m[part][name] for m in members]).to_dict()
         rows.append(row)
@@ -324,9 +350,10 @@ def paired_comparison(
     pairs = sorted({(c["victim"], c["budget"]) for c in cells if c["defence"] == first})
     for victim, budget in pairs:
         seeds = sorted(
-            s for (v, d, b, s) in index if v == victim and d == first and b == budget
-            and (victim, second, budget, s) in index
-        )  # fmt: skip
+            s
+            for (v, d, b, s) in index
+            if v == victim and d == first and b == budget and (victim, second, budget, s) in index
+        )
         if not seeds:
             continue
         row: dict[str, Any] = {"victim": victim, "budget": budget, "seeds": len(seeds)}
@@ -339,8 +366,9 @@ def paired_comparison(
             ]
             interval = mean_interval(differences)
             row[metric] = interval.to_dict() | {
-                "beyond_ci": bool(math.isfinite(interval.half_width) and (
-                    interval.high < 0 or interval.low > 0)),
-            }  # fmt: skip
+                "beyond_ci": bool(
+                    math.isfinite(interval.half_width) and (interval.high < 0 or interval.low > 0)
+                ),
+            }
         rows.append(row)
     return rows
