@@ -277,3 +277,35 @@ def test_defence_specs_have_readable_keys():
     assert DefenceSpec("mad", budget=0.25).key == "mad-b0.25"
     with pytest.raises(InvalidArgumentError, match="defence must be one of"):
         defence_grid(["fisher", "bogus"], [0.1])
+
+
+def test_clone_rerun_with_other_settings_is_refused_in_one_line_until_fresh(
+    tmp_path, capsys, digits_cnn
+):
+    args = [
+        "clone",
+        "--victims",
+        "digits-cnn",
+        "--defences",
+        "none",
+        "--budgets",
+        "0.5",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    capsys.readouterr()
+    other = [*args[:-2], "--queries", "disjoint", *args[-2:]]
+    assert main(other) == 1
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert err.startswith("vulnscope: error: the checkpoint in ")
+    assert "data_digest: " in err and err.endswith(
+        "rerun with the same options, or with --fresh to start over"
+    )
+    assert main([*other, "--fresh"]) == 0
+    saved = json.loads((tmp_path / "clone.json").read_text(encoding="utf-8"))
+    assert saved["settings"]["queries"] == "disjoint"
