@@ -14,13 +14,10 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from vulnscope import __version__
 from vulnscope.errors import VulnscopeError
-
-if TYPE_CHECKING:
-    from vulnscope.audit import AuditResult
 
 __all__ = ["main"]
 
@@ -595,20 +592,27 @@ def _run_rg(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(result: AuditResult) -> None:
+def _print_summary(record: dict[str, Any]) -> None:
     print(
-        f"{result.model.name} on {result.data.source} ({result.data.samples} samples): "
-        f"clean accuracy {result.clean_accuracy:.1%}"
+        f"{record['model']['name']} on {record['data']['source']} "
+        f"({record['data']['samples']} samples): clean accuracy {record['clean_accuracy']:.1%}"
     )
-    from vulnscope.audit import registered_stages
-
-    stages = registered_stages()
-    for name, value in result.results.items():
-        for line in stages[name].summary(value):
-            print(line)
-    for warning in result.warnings:
+    names = record["settings"]["attacks"]
+    for norm, curve in record.get("robustness", {}).items():
+        print(f"robust accuracy ({norm}) and the points each attack broke:")
+        print("  " + f"{'eps':>8}{'robust':>9}" + "".join(f"{name:>10}" for name in names))
+        evaluations = {evaluation["eps"]: evaluation for evaluation in curve["evaluations"]}
+        for eps, robust in zip(curve["epsilons"], curve["accuracy"], strict=True):
+            broken = evaluations[eps]["broken_by"] if eps in evaluations else {}
+            cells = "".join(f"{broken.get(name, 0):>10}" for name in names)
+            print("  " + f"{eps:>8g}{robust:>9.1%}" + cells)
+    minimal = record.get("minimal_perturbations")
+    if minimal is not None and minimal["median"] is not None:
+        print(f"median minimal L2 perturbation: {minimal['median']:.3g}")
+    for warning in record["warnings"]:
         print(f"warning: {warning}")
-    print(f"verdict: {result.verdict.headline}")
+    verdict = record["verdict"]
+    print(f"verdict: {verdict['headline']}")
 
 
 def _load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -795,15 +799,14 @@ def _workers(text: str) -> int | None:
 def _run_audit(args: argparse.Namespace) -> int:
     import torch
 
-    from vulnscope import launch
     from vulnscope.audit import audit
-    from vulnscope.distributed import PeerLostError, check_local_gpus, rank_and_world
+    from vulnscope.distributed import check_local_gpus, rank_and_world
 
     model, data = _load_model_and_data(args)  # in the launcher too: fail once, warm the cache
     if args.limit is not None:
         data = data.take(args.limit)
     args.interrupted_hint = "rerun with --resume to continue from the finished chunks"
-    workers, threads = args.workers, None
+    workers = args.workers
     if "WORLD_SIZE" in os.environ:  # under torchrun: every local rank got this --device
         try:
             device: torch.device | None = torch.device(args.device or "cpu")
@@ -812,49 +815,28 @@ def _run_audit(args: argparse.Namespace) -> int:
         local = os.environ.get("LOCAL_WORLD_SIZE", "")
         if device is not None and local.isdigit():
             check_local_gpus(device, int(local))
-    else:
+    elif workers is None or workers > 1:
         from vulnscope.audit import audit_pieces
+        from vulnscope.launch import auto_workers, run_local_workers
 
         # checked here, so that a misfit fails once, before any worker starts
         pieces = audit_pieces(model, data, stages=args.stages, quick=args.quick,
                               batch_size=args.batch_size, device=args.device)  # fmt: skip
-        limit = launch.worker_limit(pieces)
-        if workers is None:
-            workers = launch.auto_workers(pieces, device=args.device)
-        elif workers > limit:
-            cores = launch.usable_cores()
-            print(f"vulnscope: --workers {workers} capped to {limit} ({pieces} piece"
-                  f"{'s' * (pieces != 1)} of work, {cores} usable core{'s' * (cores != 1)})",
-                  file=sys.stderr)  # fmt: skip
-            workers = limit
-        if torch.device(args.device or "cpu").type == "cpu":
-            # threads that do not follow the workers: the same record for any number
-            threads = launch.worker_threads(pieces)
+        workers = auto_workers(pieces, device=args.device) if workers is None else workers
         if workers > 1:
             check_local_gpus(torch.device(args.device or "cpu"), workers)
             # rank 0 has the terminal: its bars, its summary, its errors
-            return launch.run_local_workers(args.argv, workers, threads=threads,
-                                            resume_hint=args.interrupted_hint)  # fmt: skip
+            return run_local_workers(args.argv, workers, resume_hint=args.interrupted_hint)
     epsilons = {norm: values for norm, values in (("linf", args.linf_eps),
                                                   ("l2", args.l2_eps)) if values}  # fmt: skip
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)  # and back after: main() may run in a caller's process
-    try:
-        result = audit(
-            model, data, model_name=args.model, stages=args.stages, quick=args.quick,
-            epsilons=epsilons, attacks=args.attacks,
-            seed=args.seed, batch_size=args.batch_size, device=args.device, out=args.out,
-            resume=args.resume, progress=None, model_metadata=_model_metadata(args.model),
-        )  # fmt: skip
-    except PeerLostError:
-        if launch.launched():  # the launcher names the worker that stopped first
-            return launch.LOST_PEER_STATUS
-        raise
-    finally:
-        torch.set_num_threads(previous)
+    record = audit(
+        model, data, model_name=args.model, stages=args.stages, quick=args.quick,
+        epsilons=epsilons, attacks=args.attacks,
+        seed=args.seed, batch_size=args.batch_size, device=args.device, out=args.out,
+        resume=args.resume, progress=None, model_metadata=_model_metadata(args.model),
+    )  # fmt: skip
     if rank_and_world()[0] == 0:  # under torchrun, audit() joined the process group
-        _print_summary(result)
+        _print_summary(record)
         print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
     return 0
 
