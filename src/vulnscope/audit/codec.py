@@ -3,7 +3,8 @@
 Stage results and pieces are frozen dataclasses whose fields are JSON's own kinds (``int``,
 ``float``, ``str``, ``bool``, ``None``), lists, tuples, string-keyed dicts and other such
 dataclasses. :func:`to_json` writes one as the dict ``results.json`` and the checkpoint
-hold; :func:`from_json` reads it back into the same type, guided by the type hints, so a
+hold; :func:`from_json` reads it back into the same type, guided by the type hints (a type
+with its own ``to_json``/``from_json`` methods reads and writes itself), so a
 piece that went through a checkpoint equals the one that did not (Python writes floats
 with enough digits to read back exactly). A field whose metadata says
 ``{"json": False}`` stays in memory only and comes back as its default.
@@ -33,7 +34,12 @@ def _written(field: dataclasses.Field[Any]) -> bool:
 
 
 def to_json(value: Any) -> Any:
-    """``value`` as JSON-ready lists, dicts and scalars (dataclasses by field, in order)."""
+    """``value`` as JSON-ready lists, dicts and scalars (dataclasses by field, in order).
+
+    A value with its own ``to_json()`` method (the evaluation's pieces, say) writes itself.
+    """
+    if callable(getattr(value, "to_json", None)) and not isinstance(value, type):
+        return value.to_json()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             field.name: to_json(getattr(value, field.name))
@@ -66,6 +72,11 @@ def _read(kind: Any, data: Any, where: str) -> Any:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if kind is Any:
         return data
+    if isinstance(kind, type) and callable(getattr(kind, "from_json", None)):
+        try:  # a type that reads itself (and names what is wrong in its own words)
+            return getattr(kind, "from_json")(data)  # noqa: B009
+        except (ValueError, TypeError, KeyError) as error:
+            raise DataError(f"{where}: {error}") from None
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         if not isinstance(data, Mapping):
             raise DataError(f"{where}: expected an object, got {type(data).__name__}")

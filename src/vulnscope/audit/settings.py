@@ -52,8 +52,8 @@ DEFAULT_BATCH_SIZE = 512
 GEOMETRY_SAMPLES = 64
 """Inputs of the stages that run on a sample of the data (spectra, amplification...)."""
 
-CHECKPOINT_LAYOUT = 2
-"""Version of the checkpoint's piece files (2: typed pieces under ``"piece"``)."""
+CHECKPOINT_LAYOUT = 3
+"""Version of the checkpoint's piece files (3: the evaluation's chunk pieces)."""
 
 
 @dataclass(frozen=True)

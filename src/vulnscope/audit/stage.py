@@ -367,8 +367,9 @@ def _load_builtin() -> None:
         return
     _loaded = True  # first: the built-in modules call register_stage as they import
     # the built-in stages register themselves when their package is imported
-    import vulnscope.audit.stages  # noqa: F401
     from importlib.metadata import entry_points
+
+    import vulnscope.audit.stages  # noqa: F401
 
     for point in entry_points(group=PLUGIN_GROUP):
         try:

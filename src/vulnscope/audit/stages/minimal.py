@@ -9,14 +9,15 @@ budget is this distribution's survival function. Chunk ``k`` of the data is piec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from typing_extensions import override
 
+from vulnscope.attacks import FAB, Attack, DeepFool
 from vulnscope.audit.codec import IN_MEMORY
-from vulnscope.audit.minimal_stage import merge_minimal_chunks, minimal_chunk
 from vulnscope.audit.stage import (
     AuditPlan,
     Piece,
@@ -26,33 +27,28 @@ from vulnscope.audit.stage import (
     StageVerdict,
     register_stage,
 )
-from vulnscope.evaluate import MinimalPerturbations, plot_minimal_perturbations
+from vulnscope.evaluate import (
+    MinimalChunk,
+    MinimalPerturbations,
+    merge_minimal_chunks,
+    minimal_chunk,
+    plot_minimal_perturbations,
+)
 
-__all__ = ["MINIMAL_ATTACKS", "MinimalChunk", "MinimalResult", "MinimalStage"]
+__all__ = ["MINIMAL_ATTACKS", "QUICK_MINIMAL_ATTACKS", "MinimalResult", "MinimalStage"]
 
 MINIMAL_ATTACKS = ("deepfool", "fab")
 """The minimal attacks of the full audit; ``--quick`` runs DeepFool alone."""
 
 QUICK_MINIMAL_ATTACKS = ("deepfool",)
+"""The minimal attacks of ``--quick``."""
 
 
-@dataclass(frozen=True)
-class MinimalChunk:
-    """One chunk's smallest perturbations: a piece of the stage.
-
-    Attributes:
-        norms: per point, the smallest L2 perturbation found (0 for a clean mistake,
-            None where no attack broke it).
-        found_by: per point, the attack that found it (``"clean"``, or None).
-        clean_correct: per point, classified correctly without perturbation.
-        attacks: the attacks' names, in order.
-
-    """
-
-    norms: list[float | None]
-    found_by: list[str | None]
-    clean_correct: list[bool]
-    attacks: list[str]
+def _attacks(names: Sequence[str], seed: int) -> list[Attack]:
+    """The minimal attacks by name, FAB seeded with ``seed``."""
+    return [
+        DeepFool(norm="l2") if name == "deepfool" else FAB(norm="l2", seed=seed) for name in names
+    ]
 
 
 @dataclass(frozen=True)
@@ -117,29 +113,19 @@ class MinimalStage(Stage[MinimalChunk, MinimalResult]):
     @override
     def compute(self, piece: Piece, plan: AuditPlan, tick: Callable[[], None]) -> MinimalChunk:
         x, y = plan.rows(piece.start, piece.stop)
-        attacks = QUICK_MINIMAL_ATTACKS if plan.quick else MINIMAL_ATTACKS
-        return self.decode_piece(
-            minimal_chunk(
-                plan.model,
-                x,
-                y,
-                attacks=attacks,
-                seed=plan.seed + piece.index,
-                batch_size=plan.batch_size,
-            )
-        )
+        names = QUICK_MINIMAL_ATTACKS if plan.quick else MINIMAL_ATTACKS
+        return minimal_chunk(plan.model, x, y, attacks=_attacks(names, plan.seed + piece.index))
 
     @override
     def merge(
         self, pieces: Sequence[MinimalChunk], plan: AuditPlan, results: Mapping[str, Any]
     ) -> MinimalResult:
-        merged = merge_minimal_chunks([self.encode(piece) for piece in pieces])
+        merged = merge_minimal_chunks(pieces)
         section = {
             **merged.to_dict(),
             "input_l2_median": float(plan.data.x.flatten(1).norm(dim=1).median()),
         }
-        result = self.decode_result(section)
-        return MinimalResult(**{**vars(result), "distribution": merged})
+        return dataclasses.replace(self.decode_result(section), distribution=merged)
 
     @override
     def figures(

@@ -17,39 +17,15 @@ from typing import Any, ClassVar
 
 from typing_extensions import override
 
-from vulnscope.audit.cascade import evaluate_cascade_chunk, merge_cascade_chunks
 from vulnscope.audit.codec import IN_MEMORY, from_json
 from vulnscope.audit.figures import plot_robust_accuracy
 from vulnscope.audit.stage import AuditPlan, Piece, Report, ReportSection, Stage, StageVerdict
+from vulnscope.evaluate import CascadeChunk, cascade_chunk, merge_cascade_chunks
 
 __all__ = ["NORM_NAMES", "Robustness", "RobustnessStage"]
 
 NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 """How the report and the verdict write each norm."""
-
-
-@dataclass(frozen=True)
-class ChunkEvaluation:
-    """One chunk's cascade at one budget, as counts that add up across chunks."""
-
-    eps: float
-    robust: int
-    clean: int
-    broken_by: dict[str, int]
-    stages: list[dict[str, Any]]
-    checks: dict[str, bool]
-    warnings: list[str]
-    seconds: dict[str, float]
-
-
-@dataclass(frozen=True)
-class CascadeChunk:
-    """One chunk's cascade at every positive budget: a piece of a robustness stage."""
-
-    samples: int
-    correct: int
-    evaluations: list[ChunkEvaluation]
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -127,43 +103,35 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
     @override
     def compute(self, piece: Piece, plan: AuditPlan, tick: Callable[[], None]) -> CascadeChunk:
         x, y = plan.rows(piece.start, piece.stop)
-        return self.decode_piece(
-            evaluate_cascade_chunk(
-                plan.model,
-                x,
-                y,
-                norm=self.norm,
-                epsilons=self._positive(plan),
-                seed=plan.seed + piece.index,
-                attacks=plan.attacks,
-                batch_size=plan.batch_size,
-                on_budget=lambda _: tick(),
-            )
+        return cascade_chunk(
+            plan.model,
+            x,
+            y,
+            norm=self.norm,
+            epsilons=self._positive(plan),
+            seed=plan.seed + piece.index,
+            attacks=plan.attacks,
+            on_budget=lambda _: tick(),
         )
 
     @override
     def merge(
         self, pieces: Sequence[CascadeChunk], plan: AuditPlan, results: Mapping[str, Any]
     ) -> Robustness:
-        merged = merge_cascade_chunks(
-            [self.encode(piece) for piece in pieces],
-            norm=self.norm,
-            epsilons=self._positive(plan),
-            samples=len(plan.data),
-        )
-        by_eps = {
-            evaluation["eps"]: self.decode_evaluation(evaluation)
-            for evaluation in merged["evaluations"]
-        }
+        clean = sum(piece.correct for piece in pieces) / sum(piece.samples for piece in pieces)
+        curve = merge_cascade_chunks(pieces)
+        by_eps = {evaluation.eps: evaluation for evaluation in curve.evaluations}
         budgets = list(plan.epsilons[self.norm])
         return Robustness(
             epsilons=budgets,
-            accuracy=[
-                by_eps[eps].robust_accuracy if eps > 0 else merged["clean_accuracy"]
-                for eps in budgets
+            accuracy=[by_eps[eps].robust_accuracy if eps > 0 else clean for eps in budgets],
+            evaluations=[
+                self.decode_evaluation(by_eps[eps].to_dict()) for eps in budgets if eps > 0
             ],
-            evaluations=[by_eps[eps] for eps in budgets if eps > 0],
-            attack_seconds=merged["stage_seconds"],
+            attack_seconds={
+                f"{e.eps:g}": {stage.name: round(stage.seconds, 3) for stage in e.stages}
+                for e in curve.evaluations
+            },
             norm=self.norm,
         )
 
