@@ -80,7 +80,7 @@ def test_attacks_benchmark_runs_every_section(tmp_path, digits_cnn, isolated_cac
     out = tmp_path / "figures.json"
     script = ROOT / "benchmarks" / "attacks_vs_peers.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--repeats", "1", "--samples", "12", "--cw-steps", "5",
+        [sys.executable, str(script), "--repeats", "1", "--samples", "6", "--cw-steps", "5",
          "--cw-searches", "2", "--cascade-norms", "linf", "--json", str(out)],
         capture_output=True,
         text=True,
@@ -102,7 +102,7 @@ def test_attacks_benchmark_runs_every_section(tmp_path, digits_cnn, isolated_cac
 def test_defences_speed_benchmark_runs(digits_cnn, isolated_cache):
     script = ROOT / "benchmarks" / "defences_speed.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--rounds", "1", "--epochs", "1", "--samples", "128"],
+        [sys.executable, str(script), "--rounds", "1", "--epochs", "1", "--samples", "64"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -169,8 +169,10 @@ def test_an_onnx_model_audits_like_the_original(tmp_path, digits_cnn) -> None:  
     records = []
     for model in (str(path), "digits-cnn"):
         out = tmp_path / model.replace("/", "_")
+        # one process: the two pieces would otherwise start a worker group per audit
         command = ["audit", "--model", model, "--limit", "30", "--stages", "linf,dangerous",
-                   "--attacks", "apgd-ce", "--linf-eps", "0.1", "--out", str(out)]  # fmt: skip
+                   "--attacks", "apgd-ce", "--linf-eps", "0.1", "--workers", "1",
+                   "--out", str(out)]  # fmt: skip
         assert main(command) == 0
         records.append(json.loads((out / "results.json").read_text()))
     onnx, original = records
