@@ -263,9 +263,7 @@ def fit_threshold(scores: Tensor, fpr: float) -> Tensor:
 
     """
     if not isinstance(scores, Tensor) or scores.ndim != 1 or scores.shape[0] == 0:
-        raise InvalidArgumentError(
-            f"scores must be a non-empty 1-D tensor, got {describe(scores)}"
-        )
+        raise InvalidArgumentError(f"scores must be a non-empty 1-D tensor, got {describe(scores)}")
     fpr = check_real(fpr, "fpr", minimum=0.0)
     if fpr >= 1.0:
         raise InvalidArgumentError(f"fpr must be in [0, 1), got {fpr}")
