@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from vulnscope._cache import cache_dir, recipe_digest
+from vulnscope._threads import fixed_threads
 from vulnscope._validation import check_choice, check_int, check_seed
 from vulnscope.data.dataset import ImageData
 from vulnscope.errors import DataError, VulnscopeWarning
@@ -33,6 +34,10 @@ class DeepRBMRecipe:
     fine_tune: str = "straight_through"
     fine_tune_epochs: int = 60
     fine_tune_lr: float = 1e-2
+    revision: int = 2
+    """Raised when the code that trains the network changes its weights (2: trained on one
+    intra-op thread, :func:`vulnscope._threads.fixed_threads`), so that stale cached
+    weights are not reused."""
 
     def key(self, depth: int, width: int, seed: int) -> str:
         """File stem of the cached weights: readable, plus a hash of the recipe."""
@@ -86,19 +91,25 @@ def pretrained_deep_rbm(
     train = binarized_digits("train")
     network = DeepRBM([train.x[0].numel()] + [width] * (depth - 1), train.num_classes, seed=seed)
     logger.info("training a deep RBM (depth %d, width %d, seed %d)", depth, width, seed)
-    greedy_pretrain(
-        network, train.x, train.y, epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr, seed=seed
-    )
-    if method != "none":
-        fine_tune(
+    with fixed_threads():  # the same weights at any thread count, on any machine
+        greedy_pretrain(
             network,
             train.x,
             train.y,
-            method=method,  # type: ignore[arg-type]
-            epochs=recipe.fine_tune_epochs,
-            lr=recipe.fine_tune_lr,
+            epochs=recipe.pretrain_epochs,
+            lr=recipe.pretrain_lr,
             seed=seed,
         )
+        if method != "none":
+            fine_tune(
+                network,
+                train.x,
+                train.y,
+                method=method,  # type: ignore[arg-type]
+                epochs=recipe.fine_tune_epochs,
+                lr=recipe.fine_tune_lr,
+                seed=seed,
+            )
     network.eval()
     if use_cache:
         save_deep_rbm(
