@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -99,6 +100,8 @@ def init_from_environment(device: torch.device) -> bool:
     return True
 
 
+_logger = logging.getLogger(__name__)
+
 _peer_lost = False
 """Set once a collective found a rank gone: the group is then left to the exit."""
 
@@ -166,10 +169,16 @@ def check_local_gpus(device: torch.device, processes: int) -> None:
 
 
 def _lost_peer(error: RuntimeError, after: str) -> PeerLostError:
+    """The error a rank raises when a collective finds a peer gone.
+
+    The transport's own words (gloo's file and line, "Connection closed by peer") say
+    nothing a user can act on: they go to the debug log, and the message says what
+    happened and what to do.
+    """
     global _peer_lost
     _peer_lost = True
-    cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return PeerLostError(f"another worker stopped before this one finished ({cause}){after}")
+    _logger.debug("the process group's transport: %s", str(error).strip())
+    return PeerLostError(f"another worker stopped before this one finished{after}")
 
 
 class Sharding:
@@ -310,11 +319,19 @@ def barrier() -> None:
 
 
 def shared_token() -> str:
-    """A random token drawn by rank 0 and sent to every rank: names one launch."""
+    """A random token drawn by rank 0 and sent to every rank: names one launch.
+
+    Raises:
+        PeerLostError: a rank stopped before the exchange.
+
+    """
     value = torch.tensor([secrets.randbits(62)], dtype=torch.int64)
     if rank_and_world()[1] > 1:
         sent = _for_the_group(value)
-        dist.broadcast(sent, src=0)
+        try:
+            dist.broadcast(sent, src=0)
+        except RuntimeError as error:  # gloo and NCCL report a lost peer as a RuntimeError
+            raise _lost_peer(error, "") from None
         value.copy_(sent)
     return f"{int(value.item()):016x}"
 

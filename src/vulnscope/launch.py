@@ -6,13 +6,17 @@ gloo process group on the loopback interface (the environment torchrun sets: ``R
 the cores as intra-op threads, and watches them. Rank 0 keeps the terminal (progress
 bars, the summary); the others print nothing unless they fail. When one stops with an
 error, the others are stopped at once (on Linux they also die with this process), and
-the finished pieces stay in the checkpoint for ``--resume``.
+the finished pieces stay in the checkpoint for ``--resume``. The user reads one line: the
+error of the worker that failed first. The others then fail too, since their peer is
+gone; a worker started here says so by its exit status alone (:data:`LOST_PEER_STATUS`),
+so neither their words nor the transport's reach the terminal.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,12 +30,27 @@ from vulnscope._validation import check_int
 from vulnscope.errors import WorkerFailedError
 
 __all__ = [
+    "LAUNCHED",
+    "LOST_PEER_STATUS",
     "WorkerFailedError",
     "auto_workers",
     "default_threads",
+    "launched",
     "run_local_workers",
     "usable_cores",
+    "worker_limit",
+    "worker_threads",
 ]
+
+LAUNCHED = "VULNSCOPE_LAUNCHED"
+"""The environment variable :func:`run_local_workers` sets in every worker it starts."""
+
+LOST_PEER_STATUS = 75
+"""A started worker's exit status when it stopped only because another worker had gone.
+
+``EX_TEMPFAIL`` of ``sysexits.h`` (a rerun may succeed): the launcher then reports the
+worker that failed first, not this one.
+"""
 
 _POLL_SECONDS = 0.1
 _GRACE_SECONDS = 5.0
@@ -75,6 +94,33 @@ def auto_workers(pieces: int, *, device: str | None = None) -> int:
     return max(min(usable_cores() // (_environment_threads() or 1), pieces), 1)
 
 
+def worker_limit(pieces: int) -> int:
+    """The most worker processes a job of ``pieces`` pieces can use.
+
+    One per usable core and one per piece: a worker beyond either only waits for work, or
+    slows the others down by sharing their cores.
+    """
+    return max(min(usable_cores(), check_int(pieces, "pieces")), 1)
+
+
+def worker_threads(pieces: int) -> int:
+    """Intra-op threads of each worker of a job of ``pieces`` pieces, for any number of them.
+
+    A model's float32 results can depend on the number of threads (MKL's matrix products
+    split their sums among the threads for small batches, so a value moves by an ulp), so
+    the threads must not follow the number of workers for the record to be the same with
+    1 or K: ``OMP_NUM_THREADS`` when it is set, else the usable cores shared among as many
+    workers as :func:`auto_workers` starts on the CPU. Fewer workers than that leave cores
+    idle rather than change the result.
+    """
+    return _environment_threads() or max(usable_cores() // worker_limit(pieces), 1)
+
+
+def launched() -> bool:
+    """Whether this process is a worker that :func:`run_local_workers` started."""
+    return os.environ.get(LAUNCHED) == "1"
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -91,6 +137,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 def _describe(code: int) -> str:
+    if code == LOST_PEER_STATUS:
+        return "lost its connection to the other workers"
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
@@ -99,13 +147,26 @@ def _describe(code: int) -> str:
     return f"exited with status {code}"
 
 
-def _last_line(path: Path) -> str:
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s*")
+"""What torch.distributed puts before each line of a rank's traceback."""
+
+_ERROR_PREFIX = "vulnscope: error: "
+
+
+def _cause(path: Path) -> str:
+    """A worker's own one-line error, from its stderr in ``path``.
+
+    Its last ``vulnscope: error:`` line, else its last line (a traceback ends with the
+    exception's type and message), without those prefixes or torch's ``[rankN]:``.
+    """
     try:
-        lines = [line.strip() for line in path.read_text("utf-8", "replace").splitlines()]
+        text = path.read_text("utf-8", "replace")
     except OSError:
         return ""
+    lines = [_RANK_PREFIX.sub("", line).strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
-    return lines[-1] if lines else ""
+    errors = [line for line in lines if line.startswith(_ERROR_PREFIX)]
+    return (errors or lines or [""])[-1].removeprefix(_ERROR_PREFIX)
 
 
 def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -136,12 +197,14 @@ def run_local_workers(
         resume_hint: appended to the error when a worker fails.
 
     Returns:
-        0 when every worker succeeded; rank 0's exit status when it failed with an error
-        (which it printed on the terminal).
+        0 when every worker succeeded; rank 0's exit status when it failed first with an
+        error (which it printed on the terminal).
 
     Raises:
-        WorkerFailedError: another worker failed, or rank 0 was killed; the message names
-            it, how it stopped and its last line of error output.
+        WorkerFailedError: another worker failed first, or rank 0 was killed; the message
+            names it, how it stopped and its own one-line error. Workers that stopped only
+            because a peer had gone (:data:`LOST_PEER_STATUS`) are named only when no
+            other failure shows within a few seconds.
 
     """
     workers = check_int(workers, "workers")
@@ -155,6 +218,7 @@ def run_local_workers(
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(_free_port()),
         "OMP_NUM_THREADS": str(threads),
+        LAUNCHED: "1",
     }
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     processes: list[subprocess.Popen[bytes]] = []
@@ -170,22 +234,28 @@ def run_local_workers(
                         stdout=subprocess.DEVNULL if quiet else None,
                         stderr=stderr if quiet else None, preexec_fn=preexec,
                     ))  # fmt: skip
+            lost_since: float | None = None
             while True:
                 codes = [process.poll() for process in processes]
+                if all(code == 0 for code in codes):
+                    return 0
                 failed = [(rank, code) for rank, code in enumerate(codes) if code]
-                if failed:
+                first = [(rank, code) for rank, code in failed if code != LOST_PEER_STATUS]
+                if failed and lost_since is None:
+                    lost_since = time.monotonic()
+                waited = 0.0 if lost_since is None else time.monotonic() - lost_since
+                # A peer is lost because another worker stopped: wait a little for that one.
+                if first or (failed and waited > _GRACE_SECONDS):
                     _stop(processes)
-                    rank, code = failed[0]
-                    if rank == 0 and code > 0:
+                    rank, code = (first or failed)[0]
+                    if rank == 0 and code > 0 and code != LOST_PEER_STATUS:
                         return code  # its error is on the terminal already
-                    cause = _last_line(errors[rank]).removeprefix("vulnscope: error: ")
+                    cause = _cause(errors[rank]) if code != LOST_PEER_STATUS else ""
                     raise WorkerFailedError(
                         f"worker {rank} of {workers} {_describe(code)}"
                         + (f": {cause}" if cause else "")
                         + (f"; {resume_hint}" if resume_hint else "")
                     )
-                if all(code == 0 for code in codes):
-                    return 0
                 time.sleep(_POLL_SECONDS)
         except BaseException:
             _stop(processes)
