@@ -177,7 +177,8 @@ def test_the_cli_refuses_more_gpu_workers_than_gpus_before_starting_any(
 ):
     _pretend_gpus(monkeypatch, 1)
     monkeypatch.setattr(launch, "run_local_workers", lambda *_, **__: pytest.fail("started"))
-    base = ["audit", "--limit", "20", "--stages", "linf", "--out", str(tmp_path / "out")]
+    two_pieces = ["--limit", "20", "--batch-size", "10", "--stages", "linf"]
+    base = ["audit", *two_pieces, "--out", str(tmp_path / "out")]
     assert main([*base, "--device", "cuda", "--workers", "2"]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "needs a GPU for each of the 2 processes" in error
@@ -292,19 +293,65 @@ def test_auto_workers_fill_the_cores_at_most_one_per_piece(
     assert auto_workers(pieces, device=device) == workers
 
 
+@pytest.mark.parametrize(
+    ("cores", "threads", "pieces", "limit", "each"),
+    [(2, None, 1, 1, 2), (2, None, 13, 2, 1), (16, None, 4, 4, 4), (16, "2", 4, 4, 2),
+     (1, None, 5, 1, 1)],
+)  # fmt: skip
+def test_workers_are_capped_by_cores_and_pieces_and_their_threads_by_neither_count(
+    monkeypatch, cores, threads, pieces, limit, each
+):
+    """Each worker gets the threads ``auto`` would give it, whatever ``--workers`` says, so
+    the record does not follow the number of workers; ``limit`` workers fit the cores."""
+    monkeypatch.setattr(launch, "usable_cores", lambda: cores)
+    if threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    assert launch.worker_limit(pieces) == limit
+    assert launch.worker_threads(pieces) == each
+    if threads is None:
+        assert limit * each <= cores
+
+
 def test_the_cli_shares_an_audit_among_auto_workers_by_default(monkeypatch, tmp_path, digits_cnn):
+    launched = []
+    monkeypatch.setattr(launch, "usable_cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launch, "run_local_workers",
+                        lambda arguments, workers, **_: launched.append(workers) or 0)  # fmt: skip
+    base = ["audit", "--limit", "20", "--out", str(tmp_path / "out")]
+    assert main([*base, "--stages", "linf,minimal"]) == 0  # two pieces
+    assert main([*base, "--workers", "3", "--stages", "linf", "--batch-size", "5"]) == 0  # as asked
+    assert launched == [2, 3]
+    # one piece: nothing to share, so this process runs it
+    assert main([*base, "--stages", "linf", "--attacks", "fgsm"]) == 0
+    assert launched == [2, 3]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["timing"]["workers"] == 1
+
+
+def test_more_workers_than_the_cores_and_pieces_allow_are_capped_in_one_line(
+    monkeypatch, tmp_path, capsys, digits_cnn
+):
+    """``--workers 99`` on 2 cores: as many workers as there are pieces and cores, said in
+    one line, instead of 99 processes that wait or share the cores."""
     launched = []
     monkeypatch.setattr(launch, "usable_cores", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(launch, "run_local_workers",
                         lambda arguments, workers, **_: launched.append(workers) or 0)  # fmt: skip
     base = ["audit", "--limit", "20", "--out", str(tmp_path / "out")]
-    assert main([*base, "--stages", "linf,minimal"]) == 0  # two pieces
-    assert main([*base, "--workers", "3", "--stages", "linf"]) == 0  # as asked
-    assert launched == [2, 3]
-    # one piece: nothing to share, so this process runs it
-    assert main([*base, "--stages", "linf", "--attacks", "fgsm"]) == 0
-    assert launched == [2, 3]
+    assert main([*base, "--stages", "linf", "--batch-size", "5", "--workers", "5"]) == 0
+    assert launched == [2]  # four pieces, two cores
+    assert capsys.readouterr().err.splitlines() == [
+        "vulnscope: --workers 5 capped to 2 (4 pieces of work, 2 usable cores)"
+    ]
+    # the issue's command: one piece, so this process runs it alone
+    assert main([*base, "--quick", "--stages", "linf", "--attacks", "fgsm", "--workers", "99"]) == 0
+    assert launched == [2]
+    assert "vulnscope: --workers 99 capped to 1 (1 piece of work, 2 usable cores)" in (
+        capsys.readouterr().err.splitlines()
+    )
     assert json.loads((tmp_path / "out" / "results.json").read_text())["timing"]["workers"] == 1
 
 
@@ -317,7 +364,8 @@ def test_two_and_three_workers_give_the_single_process_record(isolated_cache, tm
         assert done.stdout.count("wrote ") == 1  # one summary, from rank 0
         got = _record(out)
         assert not (out / ".checkpoint").exists()
-        assert got["timing"]["workers"] == workers and reference["timing"]["workers"] == 1
+        ran = min(workers, launch.usable_cores())  # no more workers than cores
+        assert got["timing"]["workers"] == ran and reference["timing"]["workers"] == 1
         assert without_clock(got) == without_clock(reference)
 
 
@@ -493,7 +541,8 @@ def test_the_launcher_names_the_worker_that_failed(tmp_path, isolated_cache, ran
     (tmp_path / "factory.py").write_text(_FACTORY.format(rank=rank, action=action))
     done = subprocess.run(
         [sys.executable, "-m", "vulnscope", "audit", "--model", "factory:build", "--limit",
-         "4", "--stages", "linf", "--workers", "2", "--out", str(tmp_path / "out")],
+         "4", "--batch-size", "2", "--stages", "linf", "--workers", "2", "--out",
+         str(tmp_path / "out")],
         env=_environment(isolated_cache), cwd=tmp_path, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
@@ -503,3 +552,53 @@ def test_the_launcher_names_the_worker_that_failed(tmp_path, isolated_cache, ran
         f"vulnscope: error: {expected}; rerun with --resume to continue from the finished chunks"
     ), done.stderr
     assert "Traceback" not in done.stderr
+
+
+_FAILS_IN_RANK_ONE = """
+import os
+
+import torch
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)  # the same weights in every process
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1  # past the launcher's checks: the process group has formed
+        if os.environ.get("RANK") == "1" and self.calls > 3:
+            raise ValueError("rank one's model broke")
+        return self.net(x)
+
+
+def build():
+    return Model()
+"""
+
+
+@pytest.mark.skipif(launch.usable_cores() < 2, reason="two workers need two cores")
+def test_a_worker_s_failure_is_its_own_line_alone_without_the_transport_s_words(
+    tmp_path, isolated_cache
+):
+    """Worker 1's model raises while worker 0 waits for it in a collective: the user reads
+    worker 1's error, not worker 0's lost connection nor gloo's message about it."""
+    (tmp_path / "factory.py").write_text(_FAILS_IN_RANK_ONE)
+    done = subprocess.run(
+        [sys.executable, "-m", "vulnscope", "audit", "--model", "factory:build", "--limit",
+         "8", "--batch-size", "4", "--stages", "linf", "--workers", "2", "--out",
+         str(tmp_path / "out")],
+        env=_environment(isolated_cache), cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == [
+        "vulnscope: error: worker 1 of 2 exited with status 1: ValueError: rank one's model "
+        "broke; rerun with --resume to continue from the finished chunks"
+    ], done.stderr
+    assert done.stderr.strip().splitlines()[-1] == errors[0]
+    for transport in ("gloo", "pair.cc", "Connection", "GLHF", "another worker", "Traceback"):
+        assert transport not in done.stderr, done.stderr

@@ -799,14 +799,15 @@ def _workers(text: str) -> int | None:
 def _run_audit(args: argparse.Namespace) -> int:
     import torch
 
+    from vulnscope import launch
     from vulnscope.audit import audit
-    from vulnscope.distributed import check_local_gpus, rank_and_world
+    from vulnscope.distributed import PeerLostError, check_local_gpus, rank_and_world
 
     model, data = _load_model_and_data(args)  # in the launcher too: fail once, warm the cache
     if args.limit is not None:
         data = data.take(args.limit)
     args.interrupted_hint = "rerun with --resume to continue from the finished chunks"
-    workers = args.workers
+    workers, threads = args.workers, None
     if "WORLD_SIZE" in os.environ:  # under torchrun: every local rank got this --device
         try:
             device: torch.device | None = torch.device(args.device or "cpu")
@@ -815,28 +816,49 @@ def _run_audit(args: argparse.Namespace) -> int:
         local = os.environ.get("LOCAL_WORLD_SIZE", "")
         if device is not None and local.isdigit():
             check_local_gpus(device, int(local))
-    elif workers is None or workers > 1:
+    else:
         from vulnscope.audit import audit_pieces
-        from vulnscope.launch import auto_workers, run_local_workers
 
         # checked here, so that a misfit fails once, before any worker starts
         pieces = audit_pieces(model, data, stages=args.stages, quick=args.quick,
                               batch_size=args.batch_size, device=args.device)  # fmt: skip
-        workers = auto_workers(pieces, device=args.device) if workers is None else workers
+        limit = launch.worker_limit(pieces)
+        if workers is None:
+            workers = launch.auto_workers(pieces, device=args.device)
+        elif workers > limit:
+            cores = launch.usable_cores()
+            print(f"vulnscope: --workers {workers} capped to {limit} ({pieces} piece"
+                  f"{'s' * (pieces != 1)} of work, {cores} usable core{'s' * (cores != 1)})",
+                  file=sys.stderr)  # fmt: skip
+            workers = limit
+        if torch.device(args.device or "cpu").type == "cpu":
+            # threads that do not follow the workers: the same record for any number
+            threads = launch.worker_threads(pieces)
         if workers > 1:
             check_local_gpus(torch.device(args.device or "cpu"), workers)
             # rank 0 has the terminal: its bars, its summary, its errors
-            return run_local_workers(args.argv, workers, resume_hint=args.interrupted_hint)
+            return launch.run_local_workers(args.argv, workers, threads=threads,
+                                            resume_hint=args.interrupted_hint)  # fmt: skip
     epsilons = {norm: values for norm, values in (("linf", args.linf_eps),
                                                   ("l2", args.l2_eps)) if values}  # fmt: skip
-    record = audit(
-        model, data, model_name=args.model, stages=args.stages, quick=args.quick,
-        epsilons=epsilons, attacks=args.attacks,
-        seed=args.seed, batch_size=args.batch_size, device=args.device, out=args.out,
-        resume=args.resume, progress=None, model_metadata=_model_metadata(args.model),
-    )  # fmt: skip
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)  # and back after: main() may run in a caller's process
+    try:
+        result = audit(
+            model, data, model_name=args.model, stages=args.stages, quick=args.quick,
+            epsilons=epsilons, attacks=args.attacks,
+            seed=args.seed, batch_size=args.batch_size, device=args.device, out=args.out,
+            resume=args.resume, progress=None, model_metadata=_model_metadata(args.model),
+        )  # fmt: skip
+    except PeerLostError:
+        if launch.launched():  # the launcher names the worker that stopped first
+            return launch.LOST_PEER_STATUS
+        raise
+    finally:
+        torch.set_num_threads(previous)
     if rank_and_world()[0] == 0:  # under torchrun, audit() joined the process group
-        _print_summary(record)
+        _print_summary(result)
         print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}")
     return 0
 
