@@ -5,8 +5,10 @@ disk and never half a file; rerun with ``resume=True`` it skips them. A manifest
 the job's settings, and a checkpoint made with other settings is refused rather than
 mixed into the result, or silently recomputed: the refusal names each setting that
 differs, with the value stored and the value given, and says how to start over
-(:data:`FRESH_FLAG` on the command line, ``resume=False`` in Python). Every resumable
-job (the audit, ``rg``, ``clone``) follows this one rule.
+(:data:`FRESH_FLAG` on the command line, ``resume=False`` in Python). Every job that
+keeps finished work follows this one rule: the audit's chunks and stages, ``rg``'s
+depths, ``clone``'s cells, and the model file ``defend`` would replace
+(:func:`check_same_settings`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from torch import Tensor
 from vulnscope._io import write_json_atomic
 from vulnscope.errors import CheckpointError
 
-__all__ = ["FRESH_FLAG", "CheckpointError", "Checkpoints", "describe_changes", "tensor_digest"]
+__all__ = [
+    "FRESH_FLAG",
+    "CheckpointError",
+    "Checkpoints",
+    "check_same_settings",
+    "describe_changes",
+    "tensor_digest",
+]
 
 FRESH_FLAG = "--fresh"
 """The command-line flag of every subcommand that discards a checkpoint and starts over."""
@@ -62,6 +71,22 @@ def describe_changes(stored: dict[str, Any], given: dict[str, Any]) -> str:
     )
 
 
+def check_same_settings(what: str, stored: dict[str, Any], given: dict[str, Any]) -> None:
+    """Refuse to continue ``what`` (finished work made with ``stored``) with other settings.
+
+    Raises:
+        CheckpointError: when the settings (as JSON reads them back) differ, in one line
+            naming each one, with its stored and given value, and :data:`FRESH_FLAG`.
+
+    """
+    given = json.loads(json.dumps(given))
+    if stored != given:
+        raise CheckpointError(
+            f"{what} was made with other settings ({describe_changes(stored, given)}); "
+            f"{_START_OVER}"
+        )
+
+
 class Checkpoints:
     """The finished pieces of one job in a directory.
 
@@ -93,11 +118,7 @@ class Checkpoints:
                 raise CheckpointError(
                     f"{manifest}: is damaged ({error}); rerun with {FRESH_FLAG} to start over"
                 ) from None
-            if stored != self.settings:
-                raise CheckpointError(
-                    f"the checkpoint in {self.directory} was made with other settings "
-                    f"({describe_changes(stored, self.settings)}); {_START_OVER}"
-                )
+            check_same_settings(f"the checkpoint in {self.directory}", stored, self.settings)
         else:
             if self.directory.exists():
                 shutil.rmtree(self.directory)

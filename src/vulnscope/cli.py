@@ -449,6 +449,7 @@ def _add_defend(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
         default=defaults["seed"],
         help="seed (default %(default)s)",
     )
+    _add_fresh_argument(defend, "the model OUT holds, trained with other options")
     defend.set_defaults(handler=_run_defend)
 
 
@@ -768,15 +769,25 @@ def _run_defend(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise VulnscopeError(f"--out {args.out} is a directory; give the model file to write")
     args.out.parent.mkdir(parents=True, exist_ok=True)  # fail before the work, not after it
-    defended = defend_digits(
-        args.method,
-        eps=args.eps,
-        epochs=args.epochs,
-        dropout=args.dropout,
-        temperature=args.temperature,
-        beta=args.beta,
-        seed=args.seed,
-    )
+    options = {
+        "eps": args.eps,
+        "epochs": args.epochs,
+        "dropout": args.dropout,
+        "temperature": args.temperature,
+        "beta": args.beta,
+        "seed": args.seed,
+    }
+    stored = None if args.fresh else _defended_record(args.out)
+    if stored is not None:  # the finished model: kept when asked again, never replaced
+        from vulnscope._checkpoint import FRESH_FLAG, check_same_settings
+        from vulnscope.defences.digits import defence_settings
+
+        given = {"method": args.method} | defence_settings(args.method, **options)
+        check_same_settings(str(args.out), stored, given)
+        print(f"{args.method}: {args.out} already holds this model; {FRESH_FLAG} retrains it")
+        print(f"audit it with: vulnscope audit --model {args.out}")
+        return 0
+    defended = defend_digits(args.method, **options)
     test = load_digits("test")
     clean = accuracy(defended.model, test.x, test.y)
     metadata = {"method": args.method, "settings": defended.settings, "test_accuracy": clean}
@@ -784,6 +795,22 @@ def _run_defend(args: argparse.Namespace) -> int:
     print(f"{args.method}: test accuracy {clean:.1%}; wrote {args.out}")
     print(f"audit it with: vulnscope audit --model {args.out}")
     return 0
+
+
+def _defended_record(path: Path) -> dict[str, Any] | None:
+    """The method and settings of a model file ``vulnscope defend`` wrote (else None)."""
+    if not path.is_file():
+        return None
+    from vulnscope.models.saving import torchscript_metadata
+
+    try:
+        metadata = torchscript_metadata(path)
+    except VulnscopeError:
+        return None  # not a model file of ours: replaced, as before
+    settings = metadata.get("settings")
+    if not isinstance(settings, dict) or "method" not in metadata:
+        return None
+    return {"method": metadata["method"], **settings}
 
 
 def _workers(text: str) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -133,3 +134,33 @@ def test_method_none_is_exactly_the_reference_recipe() -> None:
         reference.state_dict().items(), defended.state_dict().items(), strict=True
     ):
         assert torch.equal(p, q), name
+
+
+def test_defend_keeps_its_model_refuses_other_options_by_name_and_retrains_with_fresh(
+    tmp_path, capsys, monkeypatch
+):
+    from vulnscope.defences import digits
+
+    out = tmp_path / "fgsm.pt"
+    args = ["defend", "--method", "fgsm", "--epochs", "1", "--out", str(out)]
+    assert main(args) == 0
+    trained = out.read_bytes()
+    capsys.readouterr()
+
+    @functools.wraps(defend_digits)  # the parser reads its defaults from the signature
+    def untrainable(*arguments, **options):
+        raise AssertionError("the finished model was retrained")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(digits, "defend_digits", untrainable)
+        assert main(args) == 0  # the same options: the model on disk is the one asked for
+        assert "already holds this model; --fresh retrains it" in capsys.readouterr().out
+        assert main([*args[:4], "2", *args[5:]]) == 1  # other options: refused, not replaced
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error == (
+        f"vulnscope: error: {out} was made with other settings (epochs: 1 there, 2 now); "
+        "rerun with the same options, or with --fresh to start over"
+    )
+    assert out.read_bytes() == trained
+    assert main([*args[:4], "2", *args[5:], "--fresh"]) == 0
+    assert torchscript_metadata(out)["settings"]["epochs"] == 2

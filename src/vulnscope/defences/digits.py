@@ -31,7 +31,14 @@ from vulnscope.models.digits import DigitsCNN
 from vulnscope.models.seeded import build_seeded
 from vulnscope.models.training import Objective, train_classifier
 
-__all__ = ["DEFENCE_METHODS", "MAGNET_FPR", "MAGNET_VALIDATION", "DefendedModel", "defend_digits"]
+__all__ = [
+    "DEFENCE_METHODS",
+    "MAGNET_FPR",
+    "MAGNET_VALIDATION",
+    "DefendedModel",
+    "defence_settings",
+    "defend_digits",
+]
 
 DEFENCE_METHODS = (
     "none",
@@ -112,55 +119,46 @@ def defend_digits(
     """
     from vulnscope.data.digits import load_digits  # the data package imports scikit-learn
 
+    settings = defence_settings(
+        method,
+        eps=eps,
+        epochs=epochs,
+        dropout=dropout,
+        temperature=temperature,
+        beta=beta,
+        cure_h=cure_h,
+        cure_gamma=cure_gamma,
+        parseval_beta=parseval_beta,
+        mixup_alpha=mixup_alpha,
+        seed=seed,
+    )
     method = check_choice(method, "method", DEFENCE_METHODS)
-    seed = check_seed(seed) or 0
+    epochs, dropout, seed = settings["epochs"], settings["dropout"], settings["seed"]
     recipe = PRETRAINED["digits-cnn"][1]
-    epochs = recipe.epochs if epochs is None else check_int(epochs, "epochs")
-    dropout = check_real(dropout, "dropout", minimum=0.0)
-    if dropout >= 1.0:
-        raise InvalidArgumentError(f"dropout must be in [0, 1), got {dropout}")
-    if method == "distill" and dropout > 0.0:
-        raise InvalidArgumentError("dropout is not an option of method 'distill'")
-    eps = check_real(eps, "eps", minimum=0.0, exclusive=True)
-    settings: dict[str, Any] = {
-        "epochs": epochs,
-        "dropout": dropout,
-        "seed": seed,
-        "lr": recipe.lr,
-        "batch_size": recipe.batch_size,
-    }
     train = load_digits("train")
     x, y = train.x, train.y
     objective: Objective | None = None
     after_step = None
-    if method in ("pgd", "fgsm", "trades"):
-        settings["eps"] = eps
     if method == "pgd":
-        objective, settings["steps"] = pgd_training(eps), 10
+        objective = pgd_training(settings["eps"])
     elif method == "fgsm":
-        objective = fast_fgsm_training(eps)
+        objective = fast_fgsm_training(settings["eps"])
     elif method == "trades":
-        objective, settings["beta"] = TRADES(eps=eps, beta=beta), beta
+        objective = TRADES(eps=settings["eps"], beta=beta)
     elif method == "cure":
         objective = CURE(h=cure_h, gamma=cure_gamma)
-        settings.update(h=cure_h, gamma=cure_gamma)
     elif method == "parseval":
-        parseval_beta = check_real(parseval_beta, "parseval_beta", minimum=0.0, exclusive=True)
-        if parseval_beta >= 1.0:
-            raise InvalidArgumentError(f"parseval_beta must be in (0, 1), got {parseval_beta}")
-        settings["parseval_beta"] = parseval_beta
 
         def after_step(model: nn.Module) -> None:
-            parseval_retraction(model, beta=parseval_beta)
+            parseval_retraction(model, beta=settings["parseval_beta"])
 
     elif method == "mixup":
-        objective, settings["alpha"] = ManifoldMixup(alpha=mixup_alpha), mixup_alpha
+        objective = ManifoldMixup(alpha=mixup_alpha)
     elif method == "magnet":
         x, y = train.x[:-MAGNET_VALIDATION], train.y[:-MAGNET_VALIDATION]
     generator = torch.Generator().manual_seed(seed ^ 0xD20)
 
     if method == "distill":
-        settings["temperature"] = temperature
         distilled = defensive_distillation(
             DigitsCNN,
             x,
@@ -188,17 +186,76 @@ def defend_digits(
         )
     if method != "magnet":
         return DefendedModel(classifier, method, settings)
-    autoencoder_epochs = AUTOENCODER_EPOCHS if epochs == recipe.epochs else epochs
     autoencoder = train_autoencoder(
         DigitsAutoencoder(channels=16, seed=seed),
         x,
         noise=0.1,
-        epochs=autoencoder_epochs,
+        epochs=settings["autoencoder_epochs"],
         lr=1e-2,
         seed=seed,
     )
     magnet = fit_magnet(classifier, autoencoder, train.x[-MAGNET_VALIDATION:], fpr=MAGNET_FPR)
-    settings.update(
-        validation_images=MAGNET_VALIDATION, fpr=MAGNET_FPR, autoencoder_epochs=autoencoder_epochs
-    )
     return DefendedModel(magnet, method, settings)
+
+
+def defence_settings(
+    method: str,
+    *,
+    eps: float = 0.1,
+    epochs: int | None = None,
+    dropout: float = 0.0,
+    temperature: float = 100.0,
+    beta: float = 6.0,
+    cure_h: float = 0.5,
+    cure_gamma: float = 4.0,
+    parseval_beta: float = 0.01,
+    mixup_alpha: float = 2.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every setting that shapes :func:`defend_digits`' model, checked, before any training.
+
+    The record :attr:`DefendedModel.settings` holds (the arguments are those of
+    :func:`defend_digits`): what ``vulnscope defend`` compares with the model file it
+    would replace.
+    """
+    method = check_choice(method, "method", DEFENCE_METHODS)
+    seed = check_seed(seed) or 0
+    recipe = PRETRAINED["digits-cnn"][1]
+    epochs = recipe.epochs if epochs is None else check_int(epochs, "epochs")
+    dropout = check_real(dropout, "dropout", minimum=0.0)
+    if dropout >= 1.0:
+        raise InvalidArgumentError(f"dropout must be in [0, 1), got {dropout}")
+    if method == "distill" and dropout > 0.0:
+        raise InvalidArgumentError("dropout is not an option of method 'distill'")
+    eps = check_real(eps, "eps", minimum=0.0, exclusive=True)
+    settings: dict[str, Any] = {
+        "epochs": epochs,
+        "dropout": dropout,
+        "seed": seed,
+        "lr": recipe.lr,
+        "batch_size": recipe.batch_size,
+    }
+    if method in ("pgd", "fgsm", "trades"):
+        settings["eps"] = eps
+    if method == "pgd":
+        settings["steps"] = 10
+    elif method == "trades":
+        settings["beta"] = beta
+    elif method == "cure":
+        settings.update(h=cure_h, gamma=cure_gamma)
+    elif method == "parseval":
+        parseval_beta = check_real(parseval_beta, "parseval_beta", minimum=0.0, exclusive=True)
+        if parseval_beta >= 1.0:
+            raise InvalidArgumentError(f"parseval_beta must be in (0, 1), got {parseval_beta}")
+        settings["parseval_beta"] = parseval_beta
+    elif method == "mixup":
+        settings["alpha"] = mixup_alpha
+    elif method == "distill":
+        settings["temperature"] = temperature
+    elif method == "magnet":
+        settings.update(
+            validation_images=MAGNET_VALIDATION,
+            fpr=MAGNET_FPR,
+            autoencoder_epochs=AUTOENCODER_EPOCHS if epochs == recipe.epochs else epochs,
+        )
+    return settings
