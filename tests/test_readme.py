@@ -24,11 +24,20 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 
 def test_python_tour_runs(digits_cnn, capsys, monkeypatch, tmp_path):
+    from vulnscope.audit import registered_stages, unregister_stage
+
     monkeypatch.chdir(tmp_path)  # the tour writes an audit directory
     namespace: dict[str, object] = {}
-    for block in _blocks("python"):
-        exec(compile(block, "README.md", "exec"), namespace)
-    assert "PGD broke" in capsys.readouterr().out
+    before = set(registered_stages())
+    try:
+        for block in _blocks("python"):
+            exec(compile(block, "README.md", "exec"), namespace)
+        assert "correct" not in before and "correct" in registered_stages()
+    finally:  # the stage the tour registers stays out of the other tests
+        for name in set(registered_stages()) - before:
+            unregister_stage(name)
+    out = capsys.readouterr().out
+    assert "PGD broke" in out and "Correct(samples=40, correct=" in out
     assert (tmp_path / "audit-tour" / "report.html").is_file()
 
 

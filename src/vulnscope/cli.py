@@ -14,10 +14,13 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vulnscope import __version__
 from vulnscope.errors import VulnscopeError
+
+if TYPE_CHECKING:
+    from vulnscope.audit import AuditResult
 
 __all__ = ["main"]
 
@@ -593,27 +596,20 @@ def _run_rg(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(record: dict[str, Any]) -> None:
+def _print_summary(result: AuditResult) -> None:
     print(
-        f"{record['model']['name']} on {record['data']['source']} "
-        f"({record['data']['samples']} samples): clean accuracy {record['clean_accuracy']:.1%}"
+        f"{result.model.name} on {result.data.source} ({result.data.samples} samples): "
+        f"clean accuracy {result.clean_accuracy:.1%}"
     )
-    names = record["settings"]["attacks"]
-    for norm, curve in record.get("robustness", {}).items():
-        print(f"robust accuracy ({norm}) and the points each attack broke:")
-        print("  " + f"{'eps':>8}{'robust':>9}" + "".join(f"{name:>10}" for name in names))
-        evaluations = {evaluation["eps"]: evaluation for evaluation in curve["evaluations"]}
-        for eps, robust in zip(curve["epsilons"], curve["accuracy"], strict=True):
-            broken = evaluations[eps]["broken_by"] if eps in evaluations else {}
-            cells = "".join(f"{broken.get(name, 0):>10}" for name in names)
-            print("  " + f"{eps:>8g}{robust:>9.1%}" + cells)
-    minimal = record.get("minimal_perturbations")
-    if minimal is not None and minimal["median"] is not None:
-        print(f"median minimal L2 perturbation: {minimal['median']:.3g}")
-    for warning in record["warnings"]:
+    from vulnscope.audit import registered_stages
+
+    stages = registered_stages()
+    for name, value in result.results.items():
+        for line in stages[name].summary(value):
+            print(line)
+    for warning in result.warnings:
         print(f"warning: {warning}")
-    verdict = record["verdict"]
-    print(f"verdict: {verdict['headline']}")
+    print(f"verdict: {result.verdict.headline}")
 
 
 def _load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope import __version__
+from vulnscope._checkpoint import tensor_digest
 from vulnscope._random import make_generator
 from vulnscope._validation import check_epsilons, check_int, check_logits, check_seed
 from vulnscope.audit.stage import AuditPlan, Stage, registered_stages
@@ -224,9 +224,9 @@ def checkpoint_settings(
     """Everything that makes the pieces what they are: a checkpoint's identity."""
     return {
         "model": model_name,
-        "model_digest": _digest(_model_tensors(plan.model)),
+        "model_digest": tensor_digest(_model_tensors(plan.model)),
         "data": plan.data.source,
-        "data_digest": _digest([plan.data.x, plan.data.y]),
+        "data_digest": tensor_digest([plan.data.x, plan.data.y]),
         "samples": len(plan.data),
         "stages": [stage.name for stage in stages],
         "quick": plan.quick,
@@ -244,13 +244,3 @@ def checkpoint_settings(
 def _model_tensors(model: Callable[[Tensor], Tensor]) -> list[Tensor]:
     """The parameters and buffers that make ``model`` the function it is (none if opaque)."""
     return list(model.state_dict().values()) if isinstance(model, nn.Module) else []
-
-
-def _digest(tensors: Sequence[Tensor]) -> str:
-    """SHA-256 of the tensors' shapes, dtypes and bytes: a checkpoint's model or data identity."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{tuple(tensor.shape)}{tensor.dtype};".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return digest.hexdigest()

@@ -7,7 +7,7 @@ model's top-level blocks (:func:`vulnscope.diagnostics.layers.layer_amplificatio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any, ClassVar
@@ -21,10 +21,10 @@ from vulnscope.audit.stage import (
     Piece,
     Report,
     ReportSection,
-    Stage,
     StageVerdict,
     register_stage,
 )
+from vulnscope.audit.stages.sample import SampleStage
 from vulnscope.diagnostics.fisher import input_fisher
 from vulnscope.diagnostics.layers import default_blocks, layer_amplification
 from vulnscope.diagnostics.plots import plot_amplification
@@ -56,7 +56,7 @@ def has_blocks(model: Callable[[Tensor], Tensor]) -> bool:
         return False
 
 
-class AmplificationStage(Stage[Amplification, Amplification]):
+class AmplificationStage(SampleStage[Amplification]):
     """Layer amplification on the geometry sample (see the module docstring)."""
 
     name = "amplification"
@@ -65,7 +65,7 @@ class AmplificationStage(Stage[Amplification, Amplification]):
     piece_type = Amplification
     result_type = Amplification
     schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/amplification"}
-    tolerant = True
+    figure_files: ClassVar[Mapping[str, str]] = {"amplification": _FIGURE}
 
     @override
     def applies_to(self, model: Callable[[Tensor], Tensor]) -> str | None:
@@ -86,23 +86,6 @@ class AmplificationStage(Stage[Amplification, Amplification]):
         if plan.directory is not None:
             plot_amplification(amplification, plan.directory / _FIGURE)
         return from_json(Amplification, amplification.medians(), where=self.name)
-
-    @override
-    def merge(
-        self, pieces: Sequence[Amplification], plan: AuditPlan, results: Mapping[str, Any]
-    ) -> Amplification:
-        return pieces[0]
-
-    @override
-    def figures(
-        self,
-        result: Amplification,
-        plan: AuditPlan,
-        results: Mapping[str, Any],
-        clean_accuracy: float,
-    ) -> dict[str, str]:
-        drawn = plan.directory is not None and (plan.directory / _FIGURE).is_file()
-        return {"amplification": _FIGURE} if drawn else {}
 
     @override
     def verdict(self, result: Amplification, clean_accuracy: float) -> StageVerdict:

@@ -10,7 +10,7 @@ L∞ budget of the ``linf`` stage's settings.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,10 +25,10 @@ from vulnscope.audit.stage import (
     Piece,
     Report,
     ReportSection,
-    Stage,
     StageVerdict,
     register_stage,
 )
+from vulnscope.audit.stages.sample import SampleStage
 from vulnscope.diagnostics.distance import class_change_distances, model_classifier
 from vulnscope.diagnostics.fisher import input_fisher
 
@@ -70,7 +70,7 @@ class Dangerous:
     rows: list[DangerousRow]
 
 
-class DangerousStage(Stage[Dangerous, Dangerous]):
+class DangerousStage(SampleStage[Dangerous]):
     """The dangerous perturbation and adversarial examples (see the module docstring)."""
 
     name = "dangerous"
@@ -80,7 +80,7 @@ class DangerousStage(Stage[Dangerous, Dangerous]):
     result_type = Dangerous
     schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/dangerous"}
     reads = ("linf",)  # its attack budget: the middle of the linf stage's budgets
-    tolerant = True
+    figure_files: ClassVar[Mapping[str, str]] = {"dangerous": _FIGURE}
 
     @override
     def compute(self, piece: Piece, plan: AuditPlan, tick: Callable[[], None]) -> Dangerous:
@@ -151,19 +151,6 @@ class DangerousStage(Stage[Dangerous, Dangerous]):
                 )
             ],
         )
-
-    @override
-    def merge(
-        self, pieces: Sequence[Dangerous], plan: AuditPlan, results: Mapping[str, Any]
-    ) -> Dangerous:
-        return pieces[0]
-
-    @override
-    def figures(
-        self, result: Dangerous, plan: AuditPlan, results: Mapping[str, Any], clean_accuracy: float
-    ) -> dict[str, str]:
-        drawn = plan.directory is not None and (plan.directory / _FIGURE).is_file()
-        return {"dangerous": _FIGURE} if drawn else {}
 
     @override
     def verdict(self, result: Dangerous, clean_accuracy: float) -> StageVerdict:

@@ -10,7 +10,7 @@ binarised at 0.5.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,10 +23,10 @@ from vulnscope.audit.stage import (
     Piece,
     Report,
     ReportSection,
-    Stage,
     StageVerdict,
     register_stage,
 )
+from vulnscope.audit.stages.sample import SampleStage
 from vulnscope.rbm.network import DeepRBM
 from vulnscope.rbm.pretrained import BINARIZE_THRESHOLD
 from vulnscope.rg.plots import plot_directions, plot_layers
@@ -97,7 +97,7 @@ class RGResult:
     relevant_layers: list[int]
 
 
-class RGStage(Stage[RGResult, RGResult]):
+class RGStage(SampleStage[RGResult]):
     """The RG analysis of a deep RBM network (see the module docstring)."""
 
     name = "rg"
@@ -106,7 +106,7 @@ class RGStage(Stage[RGResult, RGResult]):
     piece_type = RGResult
     result_type = RGResult
     schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/rg"}
-    tolerant = True
+    figure_files: ClassVar[Mapping[str, str]] = _FIGURES
 
     @override
     def applies_to(self, model: Callable[[Tensor], Tensor]) -> str | None:
@@ -143,21 +143,6 @@ class RGStage(Stage[RGResult, RGResult]):
             },
             where=self.name,
         )
-
-    @override
-    def merge(
-        self, pieces: Sequence[RGResult], plan: AuditPlan, results: Mapping[str, Any]
-    ) -> RGResult:
-        return pieces[0]
-
-    @override
-    def figures(
-        self, result: RGResult, plan: AuditPlan, results: Mapping[str, Any], clean_accuracy: float
-    ) -> dict[str, str]:
-        directory = plan.directory
-        if directory is None:
-            return {}
-        return {key: name for key, name in _FIGURES.items() if (directory / name).is_file()}
 
     @override
     def verdict(self, result: RGResult, clean_accuracy: float) -> StageVerdict:

@@ -7,7 +7,7 @@ norm by Hutchinson, and its eigenvalue profile by stochastic Lanczos quadrature.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any, ClassVar
@@ -21,9 +21,9 @@ from vulnscope.audit.stage import (
     Piece,
     Report,
     ReportSection,
-    Stage,
     register_stage,
 )
+from vulnscope.audit.stages.sample import SampleStage
 from vulnscope.diagnostics.fisher import input_fisher
 from vulnscope.diagnostics.hessian import input_hessian_eigenvalues, input_hessian_norms
 from vulnscope.diagnostics.plots import plot_spectra
@@ -61,7 +61,7 @@ class Spectra:
     hessian: HessianSpectrum
 
 
-class SpectraStage(Stage[Spectra, Spectra]):
+class SpectraStage(SampleStage[Spectra]):
     """Fisher and Hessian spectra on the geometry sample (see the module docstring)."""
 
     name = "spectra"
@@ -70,7 +70,7 @@ class SpectraStage(Stage[Spectra, Spectra]):
     piece_type = Spectra
     result_type = Spectra
     schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/spectra"}
-    tolerant = True
+    figure_files: ClassVar[Mapping[str, str]] = {"spectra": _FIGURE}
 
     @override
     def compute(self, piece: Piece, plan: AuditPlan, tick: Callable[[], None]) -> Spectra:
@@ -96,19 +96,6 @@ class SpectraStage(Stage[Spectra, Spectra]):
                 profile_median=json_numbers(spectrum.profile().median(0).values),
             ),
         )
-
-    @override
-    def merge(
-        self, pieces: Sequence[Spectra], plan: AuditPlan, results: Mapping[str, Any]
-    ) -> Spectra:
-        return pieces[0]
-
-    @override
-    def figures(
-        self, result: Spectra, plan: AuditPlan, results: Mapping[str, Any], clean_accuracy: float
-    ) -> dict[str, str]:
-        drawn = plan.directory is not None and (plan.directory / _FIGURE).is_file()
-        return {"spectra": _FIGURE} if drawn else {}
 
     @override
     def key_figures(self, result: Spectra, report: Report) -> list[tuple[str, str]]:
