@@ -64,7 +64,26 @@ class AmplificationStage(SampleStage[Amplification]):
     section = ("amplification",)
     piece_type = Amplification
     result_type = Amplification
-    schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/amplification"}
+    schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": [
+            "blocks",
+            "singular_value_median",
+            "cumulative_median",
+            "end_to_end_median",
+            "growth_fisher_median",
+            "growth_random_median",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "blocks": {"type": "array", "items": {"type": "string"}},
+            "singular_value_median": {"$ref": "#/$defs/numbers"},
+            "cumulative_median": {"$ref": "#/$defs/numbers"},
+            "end_to_end_median": {"$ref": "#/$defs/number_or_null"},
+            "growth_fisher_median": {"$ref": "#/$defs/numbers"},
+            "growth_random_median": {"$ref": "#/$defs/numbers"},
+        },
+    }
     figure_files: ClassVar[Mapping[str, str]] = {"amplification": _FIGURE}
 
     @override

@@ -78,7 +78,45 @@ class DangerousStage(SampleStage[Dangerous]):
     section = ("dangerous",)
     piece_type = Dangerous
     result_type = Dangerous
-    schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/dangerous"}
+    schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": ["fisher_l2", "linf_eps", "rows"],
+        "additionalProperties": False,
+        "properties": {
+            "fisher_l2": {
+                "$ref": "#/$defs/number_or_null",
+                "description": "Median L2 step along the Fisher's v1 that changes the class.",
+            },
+            "linf_eps": {"type": "number", "exclusiveMinimum": 0},
+            "rows": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "index",
+                        "label",
+                        "fisher",
+                        "fisher_l2",
+                        "adversarial",
+                        "adversarial_linf",
+                    ],
+                    "additionalProperties": False,
+                    "properties": {
+                        "index": {"type": "integer", "minimum": 0},
+                        "label": {"type": "integer", "minimum": 0},
+                        "fisher": {"type": "integer", "minimum": 0},
+                        "fisher_l2": {"$ref": "#/$defs/number_or_null"},
+                        "adversarial": {"type": "integer", "minimum": 0},
+                        "adversarial_linf": {"type": "number", "minimum": 0},
+                    },
+                    "description": (
+                        "A correctly classified input: its label, and the classes predicted "
+                        "after the Fisher step and after the attack."
+                    ),
+                },
+            },
+        },
+    }
     reads = ("linf",)  # its attack budget: the middle of the linf stage's budgets
     figure_files: ClassVar[Mapping[str, str]] = {"dangerous": _FIGURE}
 

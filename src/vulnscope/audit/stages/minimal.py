@@ -101,7 +101,60 @@ class MinimalStage(Stage[MinimalChunk, MinimalResult]):
     section = ("minimal_perturbations",)
     piece_type = MinimalChunk
     result_type = MinimalResult
-    schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/minimal"}
+    schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": [
+            "norm",
+            "attacks",
+            "n",
+            "n_clean_correct",
+            "n_not_found",
+            "median",
+            "mean_found",
+            "quantiles",
+            "found_by",
+            "histogram",
+            "input_l2_median",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "norm": {"const": "l2"},
+            "attacks": {"type": "array", "items": {"type": "string"}},
+            "n": {"type": "integer", "minimum": 0},
+            "n_clean_correct": {"type": "integer", "minimum": 0},
+            "n_not_found": {"type": "integer", "minimum": 0},
+            "median": {
+                "$ref": "#/$defs/number_or_null",
+                "description": (
+                    "Median over the correctly classified points (None when fewer than half were "
+                    "broken)."
+                ),
+            },
+            "mean_found": {"$ref": "#/$defs/number_or_null"},
+            "quantiles": {
+                "type": "object",
+                "additionalProperties": {"$ref": "#/$defs/number_or_null"},
+            },
+            "found_by": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
+            "histogram": {
+                "type": "object",
+                "required": ["counts", "edges"],
+                "additionalProperties": False,
+                "properties": {
+                    "counts": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "edges": {"type": "array", "items": {"type": "number"}},
+                },
+            },
+            "input_l2_median": {
+                "type": "number",
+                "minimum": 0,
+                "description": "Median L2 norm of the inputs, for scale.",
+            },
+        },
+    }
 
     @override
     def pieces(self, plan: AuditPlan) -> list[Piece]:

@@ -105,7 +105,40 @@ class RGStage(SampleStage[RGResult]):
     section = ("rg",)
     piece_type = RGResult
     result_type = RGResult
-    schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/rg"}
+    schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": ["depth", "widths", "operators", "summary", "relevant_layers"],
+        "additionalProperties": False,
+        "properties": {
+            "depth": {"type": "integer", "minimum": 2},
+            "widths": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            "operators": {
+                "type": "object",
+                "required": ["count", "labels"],
+                "properties": {
+                    "count": {"type": "integer", "minimum": 0},
+                    "labels": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "summary": {
+                "type": "object",
+                "required": ["inputs", "layers"],
+                "description": "Averages over the analysed inputs (RGReport.summary).",
+                "properties": {
+                    "inputs": {"type": "integer", "minimum": 0},
+                    "layers": {
+                        "type": "array",
+                        "items": {"type": "object", "required": ["layer", "kind", "leading_mean"]},
+                    },
+                },
+            },
+            "relevant_layers": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 2},
+                "description": "Layers whose mean leading eigenvalue exceeds one.",
+            },
+        },
+    }
     figure_files: ClassVar[Mapping[str, str]] = _FIGURES
 
     @override

@@ -69,7 +69,33 @@ class SpectraStage(SampleStage[Spectra]):
     section = ("spectra",)
     piece_type = Spectra
     result_type = Spectra
-    schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/spectra"}
+    schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "required": ["samples", "fisher", "hessian"],
+        "additionalProperties": False,
+        "properties": {
+            "samples": {"type": "integer", "minimum": 1},
+            "fisher": {
+                "type": "object",
+                "required": ["eigenvalue_median", "trace_median"],
+                "additionalProperties": False,
+                "properties": {
+                    "eigenvalue_median": {"$ref": "#/$defs/numbers"},
+                    "trace_median": {"$ref": "#/$defs/number_or_null"},
+                },
+            },
+            "hessian": {
+                "type": "object",
+                "required": ["eigenvalue_median", "frobenius_median", "profile_median"],
+                "additionalProperties": False,
+                "properties": {
+                    "eigenvalue_median": {"$ref": "#/$defs/numbers"},
+                    "frobenius_median": {"$ref": "#/$defs/number_or_null"},
+                    "profile_median": {"$ref": "#/$defs/numbers"},
+                },
+            },
+        },
+    }
     figure_files: ClassVar[Mapping[str, str]] = {"spectra": _FIGURE}
 
     @override
