@@ -147,5 +147,5 @@ def test_ctrl_c_during_an_audit_says_how_to_resume(monkeypatch, tmp_path, capsys
     assert main(["audit", "--workers", "1", "--out", str(tmp_path / "out")]) == EXIT_INTERRUPTED
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "vulnscope: interrupted; rerun with --resume to continue from the finished chunks"
+        "vulnscope: interrupted; rerun the same command to continue from the finished chunks"
     ]

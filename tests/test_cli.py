@@ -243,3 +243,30 @@ def test_console_script_runs_end_to_end(tmp_path, digits_cnn, isolated_cache):
         timeout=300,
     )
     assert version.returncode == 0 and version.stdout.startswith("vulnscope ")
+
+
+def test_an_audit_rerun_continues_refuses_other_options_by_name_and_fresh_starts_over(
+    tmp_path, capsys, monkeypatch, digits_cnn
+):
+    from vulnscope._checkpoint import Checkpoints
+
+    options = ["--limit", "12", "--stages", "linf", "--attacks", "fgsm", "--linf-eps", "0.1",
+               "--batch-size", "4", "--workers", "1"]  # fmt: skip
+    # an audit whose pieces all finished but which stopped before writing its results
+    monkeypatch.setattr(Checkpoints, "discard_directory", staticmethod(lambda directory: None))
+    assert _audit(tmp_path, *options) == 0
+    checkpoint = tmp_path / "out" / ".checkpoint"
+    assert sorted(p.name for p in checkpoint.glob("linf-*.json")) == [
+        "linf-00000.json", "linf-00001.json", "linf-00002.json"
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert _audit(tmp_path, *options, "--attacks", "apgd-ce") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert 'other settings (attacks: ["fgsm"] there, ["apgd-ce"] now)' in err, err
+    assert "--fresh to start over" in err
+    assert _audit(tmp_path, *options, "--attacks", "apgd-ce", "--fresh") == 0
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert record["settings"]["attacks"] == ["APGD-CE"]
+    assert _audit(tmp_path, *options, "--resume", "--fresh") == 2
+    assert "--resume and --fresh contradict each other" in capsys.readouterr().err

@@ -501,7 +501,7 @@ def test_a_killed_worker_stops_the_run_and_resume_completes_it(isolated_cache, t
     assert launcher.returncode == 1
     # rank 0 may say first that a peer is gone; the launcher's line names which one
     assert stderr.strip().splitlines()[-1] == (
-        "vulnscope: error: worker 1 of 2 was killed by SIGKILL; rerun with --resume to "
+        "vulnscope: error: worker 1 of 2 was killed by SIGKILL; rerun the same command to "
         "continue from the finished chunks"
     ), stderr
     assert "Traceback" not in stderr
@@ -549,7 +549,7 @@ def test_the_launcher_names_the_worker_that_failed(tmp_path, isolated_cache, ran
     assert done.returncode == 1
     errors = done.stderr.strip().splitlines()
     assert errors[-1] == (
-        f"vulnscope: error: {expected}; rerun with --resume to continue from the finished chunks"
+        f"vulnscope: error: {expected}; rerun the same command to continue from the finished chunks"
     ), done.stderr
     assert "Traceback" not in done.stderr
 
@@ -597,7 +597,7 @@ def test_a_worker_s_failure_is_its_own_line_alone_without_the_transport_s_words(
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert errors == [
         "vulnscope: error: worker 1 of 2 exited with status 1: ValueError: rank one's model "
-        "broke; rerun with --resume to continue from the finished chunks"
+        "broke; rerun the same command to continue from the finished chunks"
     ], done.stderr
     assert done.stderr.strip().splitlines()[-1] == errors[0]
     for transport in ("gloo", "pair.cc", "Connection", "GLHF", "another worker", "Traceback"):

@@ -212,10 +212,10 @@ def _add_audit(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
         "cores when set, at most one per piece of work; 1 on a GPU; 1: this process "
         "alone); under torchrun, its ranks are the workers",
     )
-    audit.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted audit from OUT/.checkpoint (same options)",
+    # continuing is the default now; --resume stays accepted for the scripts that pass it
+    audit.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    _add_fresh_argument(
+        audit, "the chunks and stages an interrupted audit finished (kept in OUT/.checkpoint)"
     )
     audit.set_defaults(handler=_run_audit)
 
@@ -829,7 +829,9 @@ def _run_audit(args: argparse.Namespace) -> int:
     model, data = _load_model_and_data(args)  # in the launcher too: fail once, warm the cache
     if args.limit is not None:
         data = data.take(args.limit)
-    args.interrupted_hint = "rerun with --resume to continue from the finished chunks"
+    if args.resume and args.fresh:
+        raise _UsageError("vulnscope audit: error: --resume and --fresh contradict each other")
+    args.interrupted_hint = "rerun the same command to continue from the finished chunks"
     workers, threads = args.workers, None
     if "WORLD_SIZE" in os.environ:  # under torchrun: every local rank got this --device
         try:
@@ -872,7 +874,7 @@ def _run_audit(args: argparse.Namespace) -> int:
             model, data, model_name=args.model, stages=args.stages, quick=args.quick,
             epsilons=epsilons, attacks=args.attacks,
             seed=args.seed, batch_size=args.batch_size, device=args.device, out=args.out,
-            resume=args.resume, progress=None, model_metadata=_model_metadata(args.model),
+            resume=not args.fresh, progress=None, model_metadata=_model_metadata(args.model),
         )  # fmt: skip
     except PeerLostError:
         if launch.launched():  # the launcher names the worker that stopped first

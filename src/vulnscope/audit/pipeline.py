@@ -105,7 +105,7 @@ def audit(
     geometry_samples: int | None = None,
     device: str | torch.device | None = None,
     out: str | Path | None = None,
-    resume: bool = False,
+    resume: bool = True,
     progress: bool | None = False,
     model_metadata: dict[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
@@ -134,9 +134,11 @@ def audit(
         out: a directory for ``results.json``, ``report.html``, the figures, and the
             checkpoint (``out/.checkpoint``, removed once the results are written);
             ``None``: nothing is written.
-        resume: keep the pieces a previous run with the same settings, weights and data
-            left in ``out/.checkpoint``; the result then equals an uninterrupted run's
-            (apart from ``created`` and ``timing``). Other settings are refused.
+        resume: keep the pieces a previous, interrupted run with the same settings,
+            weights and data left in ``out/.checkpoint`` (the result then equals an
+            uninterrupted run's, apart from ``created`` and ``timing``); a checkpoint made
+            with other settings is refused, naming each that differs. False discards any
+            checkpoint and starts over (the CLI's ``--fresh``).
         progress: progress bars on stderr (``None``: only on a terminal; rank 0 only).
         model_metadata: what the model file says about itself (``vulnscope defend``).
         options: settings of registered stages from outside vulnscope (JSON-ready; part of
