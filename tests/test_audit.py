@@ -246,6 +246,12 @@ def test_audit_pieces_checks_what_the_audit_checks_first():
         audit_pieces(narrow, data, device="not-a-device")
 
 
+def test_empty_data_is_refused_before_anything_runs():
+    data = ImageData(torch.rand(0, 1, 2, 2), torch.zeros(0, dtype=torch.long), 2, "empty.npz")
+    with pytest.raises(InvalidArgumentError, match=r"data: expected at least one sample, got none"):
+        audit(lambda x: x.flatten(1)[:, :2], data, model_name="m")
+
+
 def test_model_returning_a_vector_is_refused():
     data = ImageData(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), 2, "test")
     with pytest.raises(

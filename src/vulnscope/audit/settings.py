@@ -185,6 +185,8 @@ def make_plan(
     extra: Mapping[str, Any] | None = None,
 ) -> AuditPlan:
     """The checked settings as a plan (``model`` already on ``device``; ``quick`` applied)."""
+    if len(data) == 0:
+        raise InvalidArgumentError(f"data: expected at least one sample, got none ({data.source})")
     cascade = (
         list(attacks) if attacks is not None else list(QUICK.attacks if quick else DEFAULT_CASCADE)
     )

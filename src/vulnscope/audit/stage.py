@@ -92,7 +92,7 @@ class AuditPlan:
     def chunks(self) -> list[tuple[int, int]]:
         """(start, stop) of each chunk of the data, by sample index."""
         size, total = self.batch_size or len(self.data), len(self.data)
-        return [(start, min(start + size, total)) for start in range(0, total, size)] or [(0, 0)]
+        return [(start, min(start + size, total)) for start in range(0, total, size)]
 
     def rows(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
         """The inputs and labels of samples ``[start, stop)`` on the device."""
