@@ -190,9 +190,9 @@ def build_defence(spec: DefenceSpec, victim: Victim, seed: int) -> OutputDefence
         search: FisherSearch = "l1" if spec.name == "fisher" else "eigenvector"
         return FisherPoisoning(
             model,
-            spec.budget,
+            spec.budget,  # type: ignore[arg-type]
             reverse=victim.reverse,
-            seed=seed,  # type: ignore[arg-type]
+            seed=seed,
             search=search,
         )
     if spec.name == "random":
@@ -232,8 +232,8 @@ def run_cell(
         queries,
         victim.architecture,
         query_budget=settings.query_budget,
-        augmentation=settings.augmentation,
-        epochs=settings.epochs,  # type: ignore[arg-type]
+        augmentation=settings.augmentation,  # type: ignore[arg-type]
+        epochs=settings.epochs,
         trainer=victim.trainer,
         seed=CLONE_SEED_OFFSET + seed,
         test=(victim.test_x, victim.test_y),

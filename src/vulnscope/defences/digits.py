@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vulnscope._threads import fixed_threads
 from vulnscope._validation import check_choice, check_int, check_real, check_seed
 from vulnscope.defences.adversarial_training import fast_fgsm_training, pgd_training
 from vulnscope.defences.cure import CURE
@@ -158,44 +159,46 @@ def defend_digits(
         x, y = train.x[:-MAGNET_VALIDATION], train.y[:-MAGNET_VALIDATION]
     generator = torch.Generator().manual_seed(seed ^ 0xD20)
 
-    if method == "distill":
-        distilled = defensive_distillation(
-            DigitsCNN,
+    # on one intra-op thread, as the reference recipe: the same weights on any machine
+    with fixed_threads():
+        if method == "distill":
+            distilled = defensive_distillation(
+                DigitsCNN,
+                x,
+                y,
+                temperature=temperature,
+                epochs=epochs,
+                batch_size=recipe.batch_size,
+                lr=recipe.lr,
+                seed=seed,
+            )
+            return DefendedModel(distilled.student, method, settings)
+        classifier = build_seeded(DigitsCNN, seed)
+        with activation_dropout(classifier, dropout, generator):
+            train_classifier(
+                classifier,
+                x,
+                y,
+                epochs=epochs,
+                batch_size=recipe.batch_size,
+                lr=recipe.lr,
+                weight_decay=recipe.weight_decay,
+                seed=seed,
+                objective=objective,
+                after_step=after_step,
+            )
+        if method != "magnet":
+            return DefendedModel(classifier, method, settings)
+        autoencoder = train_autoencoder(
+            DigitsAutoencoder(channels=16, seed=seed),
             x,
-            y,
-            temperature=temperature,
-            epochs=epochs,
-            batch_size=recipe.batch_size,
-            lr=recipe.lr,
+            noise=0.1,
+            epochs=settings["autoencoder_epochs"],
+            lr=1e-2,
             seed=seed,
         )
-        return DefendedModel(distilled.student, method, settings)
-    classifier = build_seeded(DigitsCNN, seed)
-    with activation_dropout(classifier, dropout, generator):
-        train_classifier(
-            classifier,
-            x,
-            y,
-            epochs=epochs,
-            batch_size=recipe.batch_size,
-            lr=recipe.lr,
-            weight_decay=recipe.weight_decay,
-            seed=seed,
-            objective=objective,
-            after_step=after_step,
-        )
-    if method != "magnet":
-        return DefendedModel(classifier, method, settings)
-    autoencoder = train_autoencoder(
-        DigitsAutoencoder(channels=16, seed=seed),
-        x,
-        noise=0.1,
-        epochs=settings["autoencoder_epochs"],
-        lr=1e-2,
-        seed=seed,
-    )
-    magnet = fit_magnet(classifier, autoencoder, train.x[-MAGNET_VALIDATION:], fpr=MAGNET_FPR)
-    return DefendedModel(magnet, method, settings)
+        magnet = fit_magnet(classifier, autoencoder, train.x[-MAGNET_VALIDATION:], fpr=MAGNET_FPR)
+        return DefendedModel(magnet, method, settings)
 
 
 def defence_settings(
