@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -69,12 +67,6 @@ def test_the_readme_clean_accuracy_is_the_default_model_s(digits_cnn, digits_tes
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the default model was retrained on one thread (Recipe revision 3); the "
-    "README's default audit awaits its rerun (issue 24), then this marker goes",
-)
 def test_the_readme_first_rows_are_what_apgd_ce_breaks_on_the_default_model(
     digits_cnn, capsys, tmp_path
 ):

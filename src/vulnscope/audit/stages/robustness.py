@@ -213,7 +213,9 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
         rows = []
         for eps, accuracy in zip(result.epsilons, result.accuracy, strict=True):
             broken = by_eps[eps].broken_by if eps in by_eps else None
-            counts = [report.number(broken.get(a)) if broken else "—" for a in attacks]
+            counts = [  # an attack that ran at this budget and broke nothing broke 0
+                report.number(broken.get(a, 0)) if broken is not None else "—" for a in attacks
+            ]
             rows.append([report.number(eps), report.percent(accuracy), *counts])
         header = ["ε", "robust accuracy", *(f"broken by {attack}" for attack in attacks)]
         label = NORM_NAMES.get(self.norm, self.norm)
