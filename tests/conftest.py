@@ -109,6 +109,12 @@ def digits_test():
 
 
 @pytest.fixture(scope="session")
+def run_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory every xdist worker of this run shares: results computed once go there."""
+    return _run_directory(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def digits_cnn(isolated_cache, tmp_path_factory):
     from vulnscope.models import pretrained
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file
 
 from vulnscope import launch
@@ -58,11 +59,15 @@ def _record(out: Path) -> dict:  # type: ignore[type-arg]
 
 
 @pytest.fixture(scope="module")
-def reference(isolated_cache, tmp_path_factory) -> dict:  # type: ignore[type-arg]
-    """The small audit's record from one process."""
-    out = tmp_path_factory.mktemp("single") / "out"
-    done = _vulnscope([*_AUDIT, "--workers", "1", "--out", str(out)], _environment(isolated_cache))
-    assert done.returncode == 0, done.stderr
+def reference(isolated_cache, run_directory) -> dict:  # type: ignore[type-arg]
+    """The small audit's record from one process (computed once per run, whichever xdist
+    worker needs it first)."""
+    out = run_directory / "distributed-reference"
+    with FileLock(f"{out}.lock"):
+        if not (out / "results.json").is_file():
+            done = _vulnscope([*_AUDIT, "--workers", "1", "--out", str(out)],
+                              _environment(isolated_cache))  # fmt: skip
+            assert done.returncode == 0, done.stderr
     return _record(out)
 
 
@@ -391,12 +396,16 @@ def _job_results(out: Path, rank: int) -> tuple[dict, dict[str, torch.Tensor]]: 
 
 
 @pytest.fixture(scope="module")
-def job_alone(isolated_cache, tmp_path_factory) -> Path:
-    """The evaluation script's results from one plain process."""
-    out = tmp_path_factory.mktemp("job") / "alone"
-    done = subprocess.run([sys.executable, str(_JOB), str(out)], env=_environment(isolated_cache),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+def job_alone(isolated_cache, run_directory) -> Path:
+    """The evaluation script's results from one plain process (computed once per run)."""
+    out = run_directory / "distributed-job-alone"
+    with FileLock(f"{out}.lock"):
+        if not (out / "done").is_file():
+            done = subprocess.run([sys.executable, str(_JOB), str(out)],
+                                  env=_environment(isolated_cache), capture_output=True,
+                                  text=True, timeout=600)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+            (out / "done").touch()
     return out
 
 
