@@ -81,9 +81,17 @@ def foolbox_runner(attack: Any, model, x, y) -> Callable[[], torch.Tensor]:
 
 
 def compare_minimal(
-    title: str, ours: Callable[[], torch.Tensor], peer_name: str, peer: Callable[[], Any] | None,
-    model, x, y, norm: str, repeats: int, targets: dict[str, float],
-) -> dict[str, Any]:  # fmt: skip
+    title: str,
+    ours: Callable[[], torch.Tensor],
+    peer_name: str,
+    peer: Callable[[], Any] | None,
+    model,
+    x,
+    y,
+    norm: str,
+    repeats: int,
+    targets: dict[str, float],
+) -> dict[str, Any]:
     contenders = {"vulnscope": ours}
     if peer is not None:
         contenders[peer_name] = peer
@@ -95,8 +103,12 @@ def compare_minimal(
     for name, x_adv in outputs.items():
         success, median = median_norm(model, x, y, x_adv, norm)
         ratio = paired_ratio(times, name, peer_name) if peer is not None else float("nan")
-        record[name] = {"success": success, "median_norm": median, "time_ratio": ratio,
-                        "median_seconds": statistics.median(times[name])}  # fmt: skip
+        record[name] = {
+            "success": success,
+            "median_norm": median,
+            "time_ratio": ratio,
+            "median_seconds": statistics.median(times[name]),
+        }
         print(
             f"  {name:<14}{success:>9.1%}{median:>14.4f}"
             f"{statistics.median(times[name]):>8.2f}s{ratio:>7.2f}x"
@@ -107,8 +119,10 @@ def compare_minimal(
         fallback = int(((x_adv.flatten(1) == 0).all(1) & (x.flatten(1) != 0).any(1)).sum())
         record[name]["zero_image_fallbacks"] = fallback
         if fallback:
-            print(f"  ({name}: {fallback} of its successes are the all-zero image it returns "
-                  "when it finds nothing)")  # fmt: skip
+            print(
+                f"  ({name}: {fallback} of its successes are the all-zero image it returns "
+                "when it finds nothing)"
+            )
     if peer is None:
         print(f"  {peer_name:<14}not installed (see benchmarks/README.md)")
     else:
@@ -127,25 +141,39 @@ def compare_minimal(
 
 def section_cw(model, x, y, args) -> dict[str, Any]:
     ours = CarliniWagner(
-        norm="l2", steps=args.cw_steps, binary_search_steps=args.cw_searches, confidence=0.0,
+        norm="l2",
+        steps=args.cw_steps,
+        binary_search_steps=args.cw_searches,
+        confidence=0.0,
         seed=0,
-    )  # fmt: skip
+    )
     peer = None
     try:
         import foolbox
 
         attack = foolbox.attacks.L2CarliniWagnerAttack(
-            binary_search_steps=args.cw_searches, steps=args.cw_steps, stepsize=0.01,
-            confidence=0, initial_const=1e-3, abort_early=True,
-        )  # fmt: skip
+            binary_search_steps=args.cw_searches,
+            steps=args.cw_steps,
+            stepsize=0.01,
+            confidence=0,
+            initial_const=1e-3,
+            abort_early=True,
+        )
         peer = foolbox_runner(attack, model, x, y)
     except ImportError:
         pass
     return compare_minimal(
         f"C&W L2, {args.cw_searches} binary-search steps x {args.cw_steps} Adam steps",
-        lambda: ours(model, x, y).x_adv, "foolbox", peer, model, x, y, "l2", args.repeats,
+        lambda: ours(model, x, y).x_adv,
+        "foolbox",
+        peer,
+        model,
+        x,
+        y,
+        "l2",
+        args.repeats,
         {"time": 0.7},
-    )  # fmt: skip
+    )
 
 
 def section_deepfool(model, x, y, args) -> dict[str, Any]:
@@ -166,9 +194,16 @@ def section_deepfool(model, x, y, args) -> dict[str, Any]:
             pass
         record[norm] = compare_minimal(
             f"DeepFool {norm}, 50 steps, 10 candidates, overshoot 0.02",
-            lambda ours=ours: ours(model, x, y).x_adv, "foolbox", peer, model, x, y, norm,
-            args.repeats, {"time": 0.7},
-        )  # fmt: skip
+            lambda ours=ours: ours(model, x, y).x_adv,
+            "foolbox",
+            peer,
+            model,
+            x,
+            y,
+            norm,
+            args.repeats,
+            {"time": 0.7},
+        )
     return record
 
 
@@ -287,9 +322,13 @@ def section_jsma(model, x, y, args) -> dict[str, Any]:
         from art.estimators.classification import PyTorchClassifier
 
         classifier = PyTorchClassifier(
-            model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-            nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu",
-        )  # fmt: skip
+            model,
+            loss=torch.nn.CrossEntropyLoss(),
+            input_shape=tuple(x.shape[1:]),
+            nb_classes=10,
+            clip_values=(0.0, 1.0),
+            device_type="cpu",
+        )
         art = SaliencyMapMethod(
             classifier, theta=1.0, gamma=0.1, batch_size=x.shape[0], verbose=False
         )
@@ -307,8 +346,11 @@ def section_jsma(model, x, y, args) -> dict[str, Any]:
             hit = model(x_adv).argmax(1) == target
         changed = float((x_adv != x).flatten(1).double().mean(1).mean())
         ratio = paired_ratio(times, name, "ART") if "ART" in times else float("nan")
-        record[name] = {"success": float(hit.double().mean()), "changed_fraction": changed,
-                        "time_ratio": ratio}  # fmt: skip
+        record[name] = {
+            "success": float(hit.double().mean()),
+            "changed_fraction": changed,
+            "time_ratio": ratio,
+        }
         print(
             f"  {name:<14}{float(hit.double().mean()):>9.1%}{changed:>10.3f}"
             f"{statistics.median(times[name]):>8.2f}s{ratio:>7.2f}x"
@@ -336,8 +378,12 @@ def main() -> None:
         f"digits CNN, {x.shape[0]} test images; {args.repeats} rounds, ratios paired within "
         f"each round (median shown); torch threads {torch.get_num_threads()}"
     )
-    sections = {"cw": section_cw, "deepfool": section_deepfool, "cascade": section_cascade,
-                "jsma": section_jsma}  # fmt: skip
+    sections = {
+        "cw": section_cw,
+        "deepfool": section_deepfool,
+        "cascade": section_cascade,
+        "jsma": section_jsma,
+    }
     record = {}
     for name in args.only.split(","):
         record[name] = sections[name](model, x, y, args)

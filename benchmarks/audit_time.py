@@ -37,8 +37,12 @@ def _run(options: list[str], out: Path, threads: int | None) -> tuple[float, dic
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vulnscope", "audit", *options, "--out", str(out)],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "vulnscope", "audit", *options, "--out", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - started
     stages: dict[str, float] = json.loads((out / "results.json").read_text())["timing"]["stages"]
     return wall, stages
@@ -58,8 +62,10 @@ def main() -> None:
     parser.add_argument("--options", default="", help="more audit options, for both runs")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="audit-time-"))
-    subprocess.run([sys.executable, "-c", "from vulnscope.models import pretrained; "
-                    "pretrained('digits-cnn')"], check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", "from vulnscope.models import pretrained; pretrained('digits-cnn')"],
+        check=True,
+    )
     extra = shlex.split(args.options)
     configurations = {"default": extra, "quick": ["--quick", *extra]}
     walls: dict[str, list[float]] = {name: [] for name in configurations}

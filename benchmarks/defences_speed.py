@@ -126,9 +126,14 @@ def main() -> None:
 
     def ours(objective: object) -> Callable[[], nn.Module]:
         return lambda: train_classifier(
-            build_seeded(DigitsCNN, 0), x, y, epochs=args.epochs, lr=LR, batch_size=BATCH,
+            build_seeded(DigitsCNN, 0),
+            x,
+            y,
+            epochs=args.epochs,
+            lr=LR,
+            batch_size=BATCH,
             objective=objective,  # type: ignore[arg-type]
-        )  # fmt: skip
+        )
 
     def bare(loss_of: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> Callable[[], nn.Module]:
         return lambda: _bare_loop(x, y, args.epochs, loss_of)
@@ -156,16 +161,20 @@ def main() -> None:
     for loss_of in (bare_pgd_loss, bare_trades_loss):  # warm up the allocator and kernels
         _bare_loop(x[:256], y[:256], 1, loss_of)
     times = timed_rounds(contenders, args.rounds)
-    print(f"digits CNN, {args.epochs} epochs on {x.shape[0]} images, {args.rounds} rounds, "
-          f"{args.threads} thread(s)")  # fmt: skip
+    print(
+        f"digits CNN, {args.epochs} epochs on {x.shape[0]} images, {args.rounds} rounds, "
+        f"{args.threads} thread(s)"
+    )
     print(f"{'contender':<28}{'time ratio (median, min-max)':>32}{'robust acc. (PGD-20)':>24}")
     for name in contenders:
         base = "bare TRADES" if "TRADES" in name else "bare PGD training"
         ratios = [a / b for a, b in zip(times[name], times[base], strict=True)]
         result = PGD(eps=EPS, steps=20, early_stop=True, seed=0)(trained[name], test.x, test.y)
         robust = 1.0 - result.success_rate
-        print(f"{name:<28}{statistics.median(ratios):>14.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-              f"{robust:>22.1%}")  # fmt: skip
+        print(
+            f"{name:<28}{statistics.median(ratios):>14.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+            f"{robust:>22.1%}"
+        )
     print("targets: vulnscope pgd_training and TRADES at most 1.10x their bare loops")
 
 

@@ -305,15 +305,19 @@ def main() -> None:
         f"[min-max]); torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     record: dict[str, object] = {
-        "rounds": args.rounds, "threads": torch.get_num_threads(), "classes": classes,
-        "fisher_images": x_fisher.shape[0], "hessian_images": x_hessian.shape[0],
-        "steps": args.steps, "torch": torch.__version__,
+        "rounds": args.rounds,
+        "threads": torch.get_num_threads(),
+        "classes": classes,
+        "fisher_images": x_fisher.shape[0],
+        "hessian_images": x_hessian.shape[0],
+        "steps": args.steps,
+        "torch": torch.__version__,
         "agreement": {
             "fisher_top_eigenvalue_relative_error": fisher_error,
             "fisher_loop_jacobian_max_difference": loop_error,
             "hessian_top_eigenvalue": hessian_errors,
         },
-    }  # fmt: skip
+    }
     ratios: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     targets = {FISHER_OURS: 1.5, HESSIAN_OURS: 1.3}
@@ -367,19 +371,33 @@ def main() -> None:
     )
     print(f"  {'direction':<34}{'median':>9}{'failed':>9}{'issue':>9}{'failed':>9}")
     rows: list[tuple[str, float, float, str, str]] = []
-    for name in ["fisher v1, uphill sign", "fisher v1, nearer sign", "gradient, + sign",
-                 "gradient, nearer sign"]:  # fmt: skip
+    for name in [
+        "fisher v1, uphill sign",
+        "fisher v1, nearer sign",
+        "gradient, + sign",
+        "gradient, nearer sign",
+    ]:
         figures = distances[name]
         assert isinstance(figures, dict)
         issue = {"fisher v1, nearer sign": "fisher v1", "gradient, + sign": "gradient"}.get(name)
         shown = f"{ISSUE[issue]:.2f}" if issue else ""
         rows.append((name, figures["median"], figures["failed"], shown, ""))
     rows += [
-        (f"random x{args.directions}, image medians", random["median_of_image_medians"],
-         random["failed"], "", ""),
-        (f"random x{args.directions}, where found", random["median_where_found"],
-         random["failed"], f"{ISSUE['random']:.2f}", f"{ISSUE['random failed']:.0%}"),
-    ]  # fmt: skip
+        (
+            f"random x{args.directions}, image medians",
+            random["median_of_image_medians"],
+            random["failed"],
+            "",
+            "",
+        ),
+        (
+            f"random x{args.directions}, where found",
+            random["median_where_found"],
+            random["failed"],
+            f"{ISSUE['random']:.2f}",
+            f"{ISSUE['random failed']:.0%}",
+        ),
+    ]
     for name, value, failed, issue_median, issue_failed in rows:
         print(f"  {name:<34}{value:>9.2f}{failed:>9.0%}{issue_median:>9}{issue_failed:>9}")
     print(

@@ -103,13 +103,19 @@ def main() -> None:
         results[name] = standard_evaluation(models[name], x, y, norm="l2", eps=0.5, seed=0)
 
     for title, contenders in (
-        (f"{args.passes} no-grad forward passes, {len(data.x)} digits",
-         {name: (lambda m=model: forwards(m)) for name, model in models.items()}),
-        (f"{args.passes} forward+backward passes, {len(data.x)} digits",
-         {name: (lambda m=model: gradients(m)) for name, model in models.items()}),
-        (f"standard L2 evaluation, eps 0.5, {len(x)} digits",
-         {name: (lambda n=name: evaluate(n)) for name in models}),
-    ):  # fmt: skip
+        (
+            f"{args.passes} no-grad forward passes, {len(data.x)} digits",
+            {name: (lambda m=model: forwards(m)) for name, model in models.items()},
+        ),
+        (
+            f"{args.passes} forward+backward passes, {len(data.x)} digits",
+            {name: (lambda m=model: gradients(m)) for name, model in models.items()},
+        ),
+        (
+            f"standard L2 evaluation, eps 0.5, {len(x)} digits",
+            {name: (lambda n=name: evaluate(n)) for name in models},
+        ),
+    ):
         times = timed_rounds(contenders, args.rounds)
         medians = ", ".join(f"{n} {statistics.median(t):.2f} s" for n, t in times.items())
         ours = times["DigitsCNN"]
@@ -121,11 +127,15 @@ def main() -> None:
     with torch.no_grad():
         logits = (models["plain"](data.x) - fast(data.x)).abs().max().item()
     grad = (gradients(models["plain"]) - gradients(fast)).abs().max().item()
-    print(f"DigitsCNN against plain, largest difference: logits {logits:.3g}, "
-          f"input gradients {grad:.3g}")  # fmt: skip
+    print(
+        f"DigitsCNN against plain, largest difference: logits {logits:.3g}, "
+        f"input gradients {grad:.3g}"
+    )
     plain, quick = results["plain"], results["DigitsCNN"]
-    print(f"plain and window pooling identical point by point: "
-          f"{_same(plain, results['window pooling'])}")  # fmt: skip
+    print(
+        f"plain and window pooling identical point by point: "
+        f"{_same(plain, results['window pooling'])}"
+    )
     agree = (plain.robust == quick.robust).float().mean().item()
     print(
         f"DigitsCNN and plain: robust accuracy {quick.robust_accuracy:.1%} and "

@@ -85,16 +85,26 @@ def art_pgd(model, x, y) -> Runner:
     from art.estimators.classification import PyTorchClassifier
 
     classifier = PyTorchClassifier(
-        model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-        nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu",
-    )  # fmt: skip
+        model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
     x_np, y_np = x.numpy(), y.numpy()
 
     def run(eps: float) -> torch.Tensor:
         attack = ProjectedGradientDescent(
-            classifier, norm=np.inf, eps=eps, eps_step=STEP_SIZE, max_iter=STEPS,
-            num_random_init=0, batch_size=x.shape[0], verbose=False,
-        )  # fmt: skip
+            classifier,
+            norm=np.inf,
+            eps=eps,
+            eps_step=STEP_SIZE,
+            max_iter=STEPS,
+            num_random_init=0,
+            batch_size=x.shape[0],
+            verbose=False,
+        )
         return torch.from_numpy(attack.generate(x_np, y_np))
 
     return run
@@ -209,11 +219,17 @@ def main() -> None:
         print(f"  {eps:>6g}{ours_acc:>11.1%}{peer_acc:>14.1%}")
     record.update(
         fastest_peer=fastest,
-        curve_one_eps={"time_ratio": one_ratio, "robust_accuracy": float(one.accuracy[0]),
-                       "peer_robust_accuracy": accuracy[fastest]},
-        curve_five_eps={"time_ratio": five_ratio, "robust_accuracy": five.accuracy.tolist(),
-                        "peer_robust_accuracy": peer_accuracy},
-    )  # fmt: skip
+        curve_one_eps={
+            "time_ratio": one_ratio,
+            "robust_accuracy": float(one.accuracy[0]),
+            "peer_robust_accuracy": accuracy[fastest],
+        },
+        curve_five_eps={
+            "time_ratio": five_ratio,
+            "robust_accuracy": five.accuracy.tolist(),
+            "peer_robust_accuracy": peer_accuracy,
+        },
+    )
     if args.json:
         with open(args.json, "w") as file:
             json.dump(record, file, indent=2)

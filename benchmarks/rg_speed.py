@@ -170,9 +170,12 @@ def main() -> None:
     )
     print(f"  {'contender':<30}{'median':>9}{'ratio':>9}{'[min-max]':>15}")
     record: dict[str, object] = {
-        "samples": args.samples, "operators": coarse.shape[1], "rounds": args.rounds,
-        "coarse_covariance_max_error": covariance_error, "label_probs_max_difference": label_error,
-    }  # fmt: skip
+        "samples": args.samples,
+        "operators": coarse.shape[1],
+        "rounds": args.rounds,
+        "coarse_covariance_max_error": covariance_error,
+        "label_probs_max_difference": label_error,
+    }
     ratios: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     for name in [

@@ -48,8 +48,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="workers-speed-"))
-    subprocess.run([sys.executable, "-c", "from vulnscope.models import pretrained; "
-                    "pretrained('digits-cnn')"], check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", "from vulnscope.models import pretrained; pretrained('digits-cnn')"],
+        check=True,
+    )
     chunking = []  # options both the audit and the script take
     if args.batch_size is not None:
         chunking += ["--batch-size", str(args.batch_size)]
@@ -61,15 +63,38 @@ def main() -> None:
     for workers in (int(part) for part in args.workers.split(",")):
         target = out / f"workers-{workers}"
         if args.functions:
-            script = [str(Path(__file__).with_name("sharded_evaluation.py")),
-                      str(target / "results.json"), *chunking]  # fmt: skip
-            launcher = [sys.executable] if workers == 1 else [
-                sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", str(workers)]  # fmt: skip
+            script = [
+                str(Path(__file__).with_name("sharded_evaluation.py")),
+                str(target / "results.json"),
+                *chunking,
+            ]
+            launcher = (
+                [sys.executable]
+                if workers == 1
+                else [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    "--nproc-per-node",
+                    str(workers),
+                ]
+            )
             command = [*launcher, *script]
         else:
-            command = [sys.executable, "-m", "vulnscope", "audit", "--stages", "linf,l2",
-                       *chunking, "--workers", str(workers), "--out", str(target)]  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "vulnscope",
+                "audit",
+                "--stages",
+                "linf,l2",
+                *chunking,
+                "--workers",
+                str(workers),
+                "--out",
+                str(target),
+            ]
         started = time.perf_counter()
         subprocess.run(command, env=env, check=True, capture_output=True)
         walls[workers] = time.perf_counter() - started

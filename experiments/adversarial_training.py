@@ -42,10 +42,14 @@ from vulnscope.models import load_model, save_torchscript
 
 METHODS = ("none", "pgd", "fgsm", "trades", "cure", "parseval", "mixup")
 LABELS = {
-    "none": "standard training", "pgd": "PGD adversarial training (Madry)",
-    "fgsm": "fast FGSM training (Wong)", "trades": "TRADES (beta 6)", "cure": "CURE",
-    "parseval": "Parseval (retraction)", "mixup": "Manifold Mixup",
-}  # fmt: skip
+    "none": "standard training",
+    "pgd": "PGD adversarial training (Madry)",
+    "fgsm": "fast FGSM training (Wong)",
+    "trades": "TRADES (beta 6)",
+    "cure": "CURE",
+    "parseval": "Parseval (retraction)",
+    "mixup": "Manifold Mixup",
+}
 
 
 def _model(method: str, out: Path, eps: float, seed: int, fresh: bool) -> tuple[Any, float]:
@@ -107,8 +111,10 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = []
     for method in methods:
-        cells = {name: args.out / "cells" / f"{method}-{name}.json"
-                 for name in ("robustness", "curvature")}  # fmt: skip
+        cells = {
+            name: args.out / "cells" / f"{method}-{name}.json"
+            for name in ("robustness", "curvature")
+        }
         if args.fresh or not all(path.is_file() for path in cells.values()):
             model, seconds = _model(method, args.out, args.eps, args.seed, args.fresh)
             for name in ("robustness", "curvature"):
@@ -127,35 +133,47 @@ def main() -> None:
         for path in cells.values():
             row.update(json.loads(path.read_text()))
         rows.append(row)
-        print(f"{method}: clean {row['clean_accuracy']:.1%}, robust {row['robust_accuracy']:.1%}",
-              flush=True)  # fmt: skip
+        print(
+            f"{method}: clean {row['clean_accuracy']:.1%}, robust {row['robust_accuracy']:.1%}",
+            flush=True,
+        )
     record = {"eps": args.eps, "norm": "linf", "seed": args.seed, "rows": rows}
     write_json_atomic(args.out / "adversarial_training.json", record)
     _plot(rows, args.out / "hessian_profiles.png")
     baseline = next((r["robust_accuracy"] for r in rows if r["method"] == "none"), None)
-    print(f"\n| method | clean | robust (cascade, L∞ {args.eps:g}) | vs standard | "
-          "top Hessian eigenvalue at x | at PGD x' | FD curvature (h 0.5) | "
-          "masking warnings |")  # fmt: skip
+    print(
+        f"\n| method | clean | robust (cascade, L∞ {args.eps:g}) | vs standard | "
+        "top Hessian eigenvalue at x | at PGD x' | FD curvature (h 0.5) | "
+        "masking warnings |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         gain = "" if baseline is None else f"{100 * (r['robust_accuracy'] - baseline):+.1f}"
         top, at_pgd = r["hessian_top10_median"], r["hessian_top10_median_at_pgd"]
-        print(f"| {LABELS.get(r['method'], r['method'])} | {r['clean_accuracy']:.1%} | "
-              f"{r['robust_accuracy']:.1%} | {gain} | {top[0]:.3g} | {at_pgd[0]:.3g} | "
-              f"{r['finite_difference_curvature_median']:.3g} | "
-              f"{len(r['warnings'])} |")  # fmt: skip
+        print(
+            f"| {LABELS.get(r['method'], r['method'])} | {r['clean_accuracy']:.1%} | "
+            f"{r['robust_accuracy']:.1%} | {gain} | {top[0]:.3g} | {at_pgd[0]:.3g} | "
+            f"{r['finite_difference_curvature_median']:.3g} | "
+            f"{len(r['warnings'])} |"
+        )
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = new_figure(1, 3, size=(16.0, 4.4))
     at_x, at_pgd, finite = axes[0]
-    panels = ((at_x, "hessian_top10_median", "the clean test images"),
-              (at_pgd, "hessian_top10_median_at_pgd", "PGD points, L∞ 0.1"))  # fmt: skip
+    panels = (
+        (at_x, "hessian_top10_median", "the clean test images"),
+        (at_pgd, "hessian_top10_median_at_pgd", "PGD points, L∞ 0.1"),
+    )
     for ax, key, where in panels:
         for r in rows:
             values = r[key]
-            ax.semilogy(range(1, len(values) + 1), [max(v, 1e-14) for v in values],
-                        marker="o", label=LABELS.get(r["method"], r["method"]))  # fmt: skip
+            ax.semilogy(
+                range(1, len(values) + 1),
+                [max(v, 1e-14) for v in values],
+                marker="o",
+                label=LABELS.get(r["method"], r["method"]),
+            )
         ax.set_xlabel("eigenvalue number")
         ax.set_ylabel("|eigenvalue| (median over 100 images)")
         ax.set_title(f"input Hessian at {where}")

@@ -72,8 +72,10 @@ def main() -> None:
         start = time.perf_counter()
         defended = defend_digits(method, temperature=args.temperature, seed=args.seed)
         model = defended.model
-        row = {"model": "distilled" if method == "distill" else "standard",
-               "train_seconds": time.perf_counter() - start}  # fmt: skip
+        row = {
+            "model": "distilled" if method == "distill" else "standard",
+            "train_seconds": time.perf_counter() - start,
+        }
         row["clean_accuracy"] = float((predict(model, test.x) == test.y).double().mean())
         row.update(_attack_all(model, test.x, test.y, args.gamma, args.seed))
         cascade = standard_evaluation(model, test.x, test.y, eps=0.1, seed=args.seed)
@@ -81,21 +83,31 @@ def main() -> None:
         row["cascade_warnings"] = list(cascade.warnings)
         rows.append(row)
         print(f"{row['model']}: done", flush=True)
-    record = {"temperature": args.temperature, "gamma": args.gamma, "seed": args.seed,
-              "rows": rows}  # fmt: skip
+    record = {"temperature": args.temperature, "gamma": args.gamma, "seed": args.seed, "rows": rows}
     write_json_atomic(args.out / "distillation.json", record)
-    columns = [("clean accuracy", "clean_accuracy"), ("FGSM 0.1", "fgsm_0.1"),
-               ("FGSM 0.2", "fgsm_0.2"), ("FGSM 0.3", "fgsm_0.3"), ("JSMA-F", "jsma_f"),
-               ("JSMA-Z", "jsma_z"), ("C&W L2", "cw_l2")]  # fmt: skip
-    print("\n| network | " + " | ".join(name for name, _ in columns)
-          + " | C&W median L2 | cascade robust (L∞ 0.1) | masking warnings |")  # fmt: skip
+    columns = [
+        ("clean accuracy", "clean_accuracy"),
+        ("FGSM 0.1", "fgsm_0.1"),
+        ("FGSM 0.2", "fgsm_0.2"),
+        ("FGSM 0.3", "fgsm_0.3"),
+        ("JSMA-F", "jsma_f"),
+        ("JSMA-Z", "jsma_z"),
+        ("C&W L2", "cw_l2"),
+    ]
+    print(
+        "\n| network | "
+        + " | ".join(name for name, _ in columns)
+        + " | C&W median L2 | cascade robust (L∞ 0.1) | masking warnings |"
+    )
     print("|---" * (len(columns) + 4) + "|")
     for row in rows:
         cells = " | ".join(f"{row[key]:.1%}" for _, key in columns)
         median = row["cw_l2_median"]
-        print(f"| {row['model']} | {cells} | {median:.3f} | "
-              f"{row['cascade_robust_accuracy']:.1%} | "
-              f"{len(row['cascade_warnings'])} |")  # fmt: skip
+        print(
+            f"| {row['model']} | {cells} | {median:.3f} | "
+            f"{row['cascade_robust_accuracy']:.1%} | "
+            f"{len(row['cascade_warnings'])} |"
+        )
     for row in rows:
         for warning in row["cascade_warnings"]:
             print(f"- {row['model']}: {warning}")

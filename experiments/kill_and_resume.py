@@ -31,8 +31,16 @@ from typing import Any
 
 from vulnscope.audit import CLOCK_FIELDS
 
-DEFAULT_AUDIT = ["--batch-size", "50", "--attacks", "apgd-ce,apgd-dlr", "--linf-eps", "0.05,0.1",
-                 "--l2-eps", "0.5,1"]  # fmt: skip
+DEFAULT_AUDIT = [
+    "--batch-size",
+    "50",
+    "--attacks",
+    "apgd-ce,apgd-dlr",
+    "--linf-eps",
+    "0.05,0.1",
+    "--l2-eps",
+    "0.5,1",
+]
 
 
 def _differences(expected: Any, got: Any, where: str = "") -> list[str]:
@@ -47,8 +55,11 @@ def _differences(expected: Any, got: Any, where: str = "") -> list[str]:
                 found += _differences(expected[key], got[key], f"{where}/{key}")
         return found
     if isinstance(expected, list) and isinstance(got, list) and len(expected) == len(got):
-        return [d for i, (a, b) in enumerate(zip(expected, got, strict=True)) for d in
-                _differences(a, b, f"{where}[{i}]")]  # fmt: skip
+        return [
+            d
+            for i, (a, b) in enumerate(zip(expected, got, strict=True))
+            for d in _differences(a, b, f"{where}[{i}]")
+        ]
     return [] if expected == got else [f"{where}: {expected!r} != {got!r}"]
 
 
@@ -65,8 +76,13 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     reference, resumed = args.out / "reference", args.out / "resumed"
     started = time.perf_counter()
-    subprocess.run([*command, "--out", str(reference)], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [*command, "--out", str(reference)],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     duration = time.perf_counter() - started
     print(f"reference run: {duration:.1f} s")
     draw = random.Random(args.seed)
@@ -75,9 +91,11 @@ def main() -> None:
     while kills < args.kills:
         (resumed / "results.json").unlink(missing_ok=True)
         process = subprocess.Popen(
-            [*command, "--out", str(resumed), "--resume"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [*command, "--out", str(resumed), "--resume"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         moment = draw.uniform(0.2, duration)
         try:
             process.wait(timeout=moment)
@@ -85,19 +103,29 @@ def main() -> None:
                 json.loads((reference / "results.json").read_text()),
                 json.loads((resumed / "results.json").read_text()),
             )
-            print(f"run finished before the kill at {moment:.1f} s (equal to the reference: "
-                  f"{not early}); starting over")  # fmt: skip
+            print(
+                f"run finished before the kill at {moment:.1f} s (equal to the reference: "
+                f"{not early}); starting over"
+            )
             mismatches += early
             continue
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
         kills += 1
-        pieces = [path.stem for path in (resumed / ".checkpoint").glob("*.json")
-                  if path.name != "manifest.json"]  # fmt: skip
+        pieces = [
+            path.stem
+            for path in (resumed / ".checkpoint").glob("*.json")
+            if path.name != "manifest.json"
+        ]
         print(f"kill {kills:2d} at {moment:5.1f} s: {len(pieces)} piece(s) on disk")
-    subprocess.run([*command, "--out", str(resumed), "--resume"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [*command, "--out", str(resumed), "--resume"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     expected = json.loads((reference / "results.json").read_text())
     got = json.loads((resumed / "results.json").read_text())
     differences = _differences(expected, got) + mismatches

@@ -75,13 +75,22 @@ def main(out: Path) -> None:
     test = load_digits("test")
     x, y = test.x[:SAMPLES], test.y[:SAMPLES]
     curve = standard_evaluation_curve(
-        model, x, y, norm="l2", epsilons=[0.5, 1.0], batch_size=CHUNK,
-        attacks=["apgd-ce", "apgd-t", Square(norm="l2", queries=100, seed=3)],
-    )  # fmt: skip
-    accuracy = robust_accuracy(
-        model, x, y, attack=PGD(norm="linf", steps=5), epsilons=[0.0, 0.05, 0.1],
+        model,
+        x,
+        y,
+        norm="l2",
+        epsilons=[0.5, 1.0],
         batch_size=CHUNK,
-    )  # fmt: skip
+        attacks=["apgd-ce", "apgd-t", Square(norm="l2", queries=100, seed=3)],
+    )
+    accuracy = robust_accuracy(
+        model,
+        x,
+        y,
+        attack=PGD(norm="linf", steps=5),
+        epsilons=[0.0, 0.05, 0.1],
+        batch_size=CHUNK,
+    )
     minimal = minimal_perturbations(
         model, x, y, attacks=[DeepFool(norm="l2"), FAB(norm="l2", steps=10)], batch_size=CHUNK
     )

@@ -80,13 +80,27 @@ def test_attacks_benchmark_runs_every_section(tmp_path, digits_cnn, isolated_cac
     out = tmp_path / "figures.json"
     script = ROOT / "benchmarks" / "attacks_vs_peers.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--repeats", "1", "--samples", "6", "--cw-steps", "5",
-         "--cw-searches", "2", "--cascade-norms", "linf", "--json", str(out)],
+        [
+            sys.executable,
+            str(script),
+            "--repeats",
+            "1",
+            "--samples",
+            "6",
+            "--cw-steps",
+            "5",
+            "--cw-searches",
+            "2",
+            "--cascade-norms",
+            "linf",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache},
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
     assert set(figures) == {"cw", "deepfool", "cascade", "jsma"}

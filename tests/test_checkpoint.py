@@ -58,10 +58,15 @@ def test_an_interrupted_audit_resumes_to_the_uninterrupted_result(
     digits_cnn, digits_test, tmp_path
 ):
     data = digits_test.take(20)  # two chunks per stage
-    options = {"model_name": "cnn", "epsilons": {"linf": [0.05, 0.1], "l2": [0.5]},
-               "attacks": ["apgd-ce", "fgsm"], "batch_size": 10, "seed": 3,
-               "stages": ["linf", "l2", "minimal", "spectra", "dangerous"],
-               "geometry_samples": 8}  # fmt: skip
+    options = {
+        "model_name": "cnn",
+        "epsilons": {"linf": [0.05, 0.1], "l2": [0.5]},
+        "attacks": ["apgd-ce", "fgsm"],
+        "batch_size": 10,
+        "seed": 3,
+        "stages": ["linf", "l2", "minimal", "spectra", "dangerous"],
+        "geometry_samples": 8,
+    }
     # the uninterrupted run also counts the model's calls in one run
     counting = _Interrupting(digits_cnn, stop=10**9)
     reference = audit(counting, data, out=tmp_path / "reference", **options).to_dict()
@@ -106,9 +111,19 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_results(
 ):
     from vulnscope.cli import main
 
-    audit_arguments = ["audit", "--limit", "20", "--batch-size", "10", "--attacks",
-                       "apgd-ce,fgsm", "--stages", "linf,minimal,spectra",
-                       "--linf-eps", "0.05,0.1"]  # fmt: skip
+    audit_arguments = [
+        "audit",
+        "--limit",
+        "20",
+        "--batch-size",
+        "10",
+        "--attacks",
+        "apgd-ce,fgsm",
+        "--stages",
+        "linf,minimal,spectra",
+        "--linf-eps",
+        "0.05,0.1",
+    ]
     command = [sys.executable, "-m", "vulnscope", *audit_arguments]
     env = {**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache, "OMP_NUM_THREADS": "1"}
     # The reference, in this process and one worker (the record does not depend on the
@@ -120,9 +135,11 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_results(
     first_chunk = out / ".checkpoint" / "linf-00000.json"
     for moment in ("after the first chunk", "during start-up"):
         process = subprocess.Popen(
-            [*command, "--out", str(out), "--resume"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [*command, "--out", str(out), "--resume"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if moment == "after the first chunk":
             deadline = time.monotonic() + 120
             while not first_chunk.exists() and time.monotonic() < deadline:
@@ -133,8 +150,9 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_results(
         process.wait()
         assert not (out / "results.json").exists(), moment
         json.loads(first_chunk.read_text())  # what is on disk is whole
-    subprocess.run([*command, "--out", str(out), "--resume"], env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*command, "--out", str(out), "--resume"], env=env, check=True, capture_output=True
+    )
     expected = json.loads((reference / "results.json").read_text())
     got = json.loads((out / "results.json").read_text())
     assert without_clock(got) == without_clock(expected)

@@ -35,8 +35,13 @@ def test_audit_on_the_default_writes_valid_results(tmp_path, capsys, digits_cnn)
     assert _audit(tmp_path, "--limit", "60", "--stages", "linf", "--linf-eps", "0.05,0.2") == 0
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     _check_record(record, samples=60, epsilons=[0.05, 0.2])
-    assert record["model"] == {"name": "digits-cnn", "parameters": 71754, "num_classes": 10,
-                               "kind": "classifier", "metadata": None}  # fmt: skip
+    assert record["model"] == {
+        "name": "digits-cnn",
+        "parameters": 71754,
+        "num_classes": 10,
+        "kind": "classifier",
+        "metadata": None,
+    }
     out = capsys.readouterr().out
     assert "clean accuracy" in out and "APGD-T" in out and "Square" in out
     assert "results.json" in out and "report.html" in out and "verdict:" in out
@@ -50,17 +55,42 @@ def test_audit_on_the_default_writes_valid_results(tmp_path, capsys, digits_cnn)
 def test_audit_is_reproducible_with_a_seed(tmp_path, digits_cnn):
     records = []
     for run in ("a", "b"):
-        command = ["audit", "--out", str(tmp_path / run), "--limit", "40", "--stages",
-                   "linf,minimal,dangerous", "--linf-eps", "0.1", "--seed", "3",
-                   "--quick", "--workers", "1"]  # fmt: skip
+        command = [
+            "audit",
+            "--out",
+            str(tmp_path / run),
+            "--limit",
+            "40",
+            "--stages",
+            "linf,minimal,dangerous",
+            "--linf-eps",
+            "0.1",
+            "--seed",
+            "3",
+            "--quick",
+            "--workers",
+            "1",
+        ]
         assert main(command) == 0
         records.append(without_clock(json.loads((tmp_path / run / "results.json").read_text())))
     assert records[0] == records[1]
 
 
 def test_audit_runs_the_attacks_it_is_given_in_order(tmp_path, capsys, digits_cnn):
-    assert _audit(tmp_path, "--limit", "30", "--stages", "linf", "--linf-eps", "0.1",
-                  "--attacks", "DeepFool,apgd-ce") == 0  # fmt: skip
+    assert (
+        _audit(
+            tmp_path,
+            "--limit",
+            "30",
+            "--stages",
+            "linf",
+            "--linf-eps",
+            "0.1",
+            "--attacks",
+            "DeepFool,apgd-ce",
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     _check_record(record, samples=30, epsilons=[0.1])
     assert record["settings"]["attacks"] == ["DeepFool", "APGD-CE"]
@@ -79,8 +109,20 @@ def test_audit_l2_uses_l2_defaults(tmp_path, digits_cnn):
 
 def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
     np.savez(tmp_path / "d.npz", x=digits_test.x[:30].numpy(), y=digits_test.y[:30].numpy())
-    assert _audit(tmp_path, "--data", str(tmp_path / "d.npz"), "--stages", "linf",
-                  "--linf-eps", "0.1", "--attacks", "fgsm") == 0  # fmt: skip
+    assert (
+        _audit(
+            tmp_path,
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--stages",
+            "linf",
+            "--linf-eps",
+            "0.1",
+            "--attacks",
+            "fgsm",
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "out" / "results.json").read_text())["data"]["samples"] == 30
 
 
@@ -218,10 +260,23 @@ def test_console_script_runs_end_to_end(tmp_path, digits_cnn, isolated_cache):
     env = {**os.environ, "VULNSCOPE_CACHE_DIR": isolated_cache}
     script = os.path.join(os.path.dirname(sys.executable), "vulnscope")
     done = subprocess.run(
-        [script, "audit", "--limit", "20", "--stages", "linf", "--linf-eps", "0.1",
-         "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            script,
+            "audit",
+            "--limit",
+            "20",
+            "--stages",
+            "linf",
+            "--linf-eps",
+            "0.1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "results.json").is_file()
     failed = subprocess.run(
@@ -250,15 +305,29 @@ def test_an_audit_rerun_continues_refuses_other_options_by_name_and_fresh_starts
 ):
     from vulnscope._checkpoint import Checkpoints
 
-    options = ["--limit", "12", "--stages", "linf", "--attacks", "fgsm", "--linf-eps", "0.1",
-               "--batch-size", "4", "--workers", "1"]  # fmt: skip
+    options = [
+        "--limit",
+        "12",
+        "--stages",
+        "linf",
+        "--attacks",
+        "fgsm",
+        "--linf-eps",
+        "0.1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+    ]
     # an audit whose pieces all finished but which stopped before writing its results
     monkeypatch.setattr(Checkpoints, "discard_directory", staticmethod(lambda directory: None))
     assert _audit(tmp_path, *options) == 0
     checkpoint = tmp_path / "out" / ".checkpoint"
     assert sorted(p.name for p in checkpoint.glob("linf-*.json")) == [
-        "linf-00000.json", "linf-00001.json", "linf-00002.json"
-    ]  # fmt: skip
+        "linf-00000.json",
+        "linf-00001.json",
+        "linf-00002.json",
+    ]
     capsys.readouterr()
     assert _audit(tmp_path, *options, "--attacks", "apgd-ce") == 1
     err = capsys.readouterr().err.strip()

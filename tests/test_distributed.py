@@ -37,9 +37,21 @@ from vulnscope.errors import InvalidArgumentError
 from vulnscope.evaluate import standard_evaluation
 from vulnscope.launch import auto_workers, default_threads, run_local_workers
 
-_AUDIT = ["audit", "--limit", "36", "--batch-size", "9", "--attacks", "apgd-ce,fgsm",
-          "--stages", "linf,l2,minimal,spectra", "--linf-eps", "0.05,0.1",
-          "--l2-eps", "0.5"]  # fmt: skip
+_AUDIT = [
+    "audit",
+    "--limit",
+    "36",
+    "--batch-size",
+    "9",
+    "--attacks",
+    "apgd-ce,fgsm",
+    "--stages",
+    "linf,l2,minimal,spectra",
+    "--linf-eps",
+    "0.05,0.1",
+    "--l2-eps",
+    "0.5",
+]
 """A small audit with four chunks per stage: enough pieces for three workers."""
 
 
@@ -50,8 +62,13 @@ def _environment(cache: str) -> dict[str, str]:
 
 
 def _vulnscope(arguments: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vulnscope", *arguments], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "vulnscope", *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _record(out: Path) -> dict:  # type: ignore[type-arg]
@@ -65,8 +82,9 @@ def reference(isolated_cache, run_directory) -> dict:  # type: ignore[type-arg]
     out = run_directory / "distributed-reference"
     with FileLock(f"{out}.lock"):
         if not (out / "results.json").is_file():
-            done = _vulnscope([*_AUDIT, "--workers", "1", "--out", str(out)],
-                              _environment(isolated_cache))  # fmt: skip
+            done = _vulnscope(
+                [*_AUDIT, "--workers", "1", "--out", str(out)], _environment(isolated_cache)
+            )
             assert done.returncode == 0, done.stderr
     return _record(out)
 
@@ -144,12 +162,18 @@ def test_ranks_that_would_share_a_gpu_are_refused_before_nccl_starts(monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
     monkeypatch.setenv("LOCAL_RANK", "2")
-    with pytest.raises(InvalidArgumentError, match=r"a GPU for each of the 3 processes on this "
-                       r"machine, and it has 2: start at most 2"):  # fmt: skip
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"a GPU for each of the 3 processes on this "
+        r"machine, and it has 2: start at most 2",
+    ):
         local_device(torch.device("cuda"))
     # the same cuda:N for every process (one --device for all): one GPU for two
-    with pytest.raises(InvalidArgumentError, match=r"'cuda:0' puts all 2 processes on this "
-                       r"machine on one GPU"):  # fmt: skip
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"'cuda:0' puts all 2 processes on this "
+        r"machine on one GPU",
+    ):
         check_local_gpus(torch.device("cuda:0"), 2)
     check_local_gpus(torch.device("cuda"), 2)  # one each: fine
     check_local_gpus(torch.device("cuda:1"), 1)
@@ -165,16 +189,25 @@ def test_on_cuda_each_rank_binds_its_gpu_then_joins_nccl_with_gloo_for_the_host(
     _pretend_gpus(monkeypatch, 4)
     calls: list[object] = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(device))
-    monkeypatch.setattr(torch.distributed, "init_process_group",
-                        lambda **options: calls.append(options))  # fmt: skip
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda **options: calls.append(options)
+    )
     monkeypatch.setattr("atexit.register", lambda function: calls.append(function.__name__))
-    for name, value in {"WORLD_SIZE": "8", "RANK": "6", "LOCAL_RANK": "2",
-                        "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "host",
-                        "MASTER_PORT": "29500"}.items():  # fmt: skip
+    for name, value in {
+        "WORLD_SIZE": "8",
+        "RANK": "6",
+        "LOCAL_RANK": "2",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "host",
+        "MASTER_PORT": "29500",
+    }.items():
         monkeypatch.setenv(name, value)
     assert init_from_environment(torch.device("cuda")) is True
-    assert calls == [torch.device("cuda", 2), {"backend": "cpu:gloo,cuda:nccl"},
-                     "_leave_process_group"]  # fmt: skip
+    assert calls == [
+        torch.device("cuda", 2),
+        {"backend": "cpu:gloo,cuda:nccl"},
+        "_leave_process_group",
+    ]
 
 
 def test_the_cli_refuses_more_gpu_workers_than_gpus_before_starting_any(
@@ -216,12 +249,22 @@ def test_a_group_vulnscope_joined_is_destroyed_at_exit_unless_a_peer_was_lost(tm
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**_environment(str(tmp_path)), "WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
-    ranks = [subprocess.Popen([sys.executable, "-c", _JOIN_AND_EXIT, peer],
-                              env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for rank in range(2)]  # fmt: skip
+    env = {
+        **_environment(str(tmp_path)),
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", _JOIN_AND_EXIT, peer],
+            env={**env, "RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
     outputs = [rank.communicate(timeout=120) for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0], outputs
     assert [out.strip() for out, _ in outputs] == [str(not left)] * 2
@@ -254,11 +297,19 @@ def test_rank_zero_names_the_pieces_it_waits_for(monkeypatch, tmp_path, caplog, 
     monkeypatch.setattr(pipeline, "rank_and_world", lambda: (0, 2))
     monkeypatch.setattr(pipeline, "barrier", lambda: None)  # alone: nobody to wait for
     monkeypatch.setattr(pipeline, "PieceClaims", _OtherRankTakesTheL2Chunks)
-    data = ImageData(torch.rand(30, 1, 8, 8), torch.arange(30) % 10, source="random",
-                     num_classes=10)  # fmt: skip
+    data = ImageData(
+        torch.rand(30, 1, 8, 8), torch.arange(30) % 10, source="random", num_classes=10
+    )
     with caplog.at_level(logging.INFO, logger="vulnscope"):
-        audit(digits_cnn, data, model_name="cnn", stages=["linf", "l2"], attacks=["fgsm"],
-              batch_size=6, out=tmp_path / "out")  # fmt: skip
+        audit(
+            digits_cnn,
+            data,
+            model_name="cnn",
+            stages=["linf", "l2"],
+            attacks=["fgsm"],
+            batch_size=6,
+            out=tmp_path / "out",
+        )
     waiting = [record.getMessage() for record in caplog.records if "waiting" in record.getMessage()]
     assert waiting == [
         "waiting for the other workers: 5 pieces left (l2-00000, l2-00001, l2-00002, l2-00003, ...)"
@@ -300,9 +351,14 @@ def test_auto_workers_fill_the_cores_at_most_one_per_piece(
 
 @pytest.mark.parametrize(
     ("cores", "threads", "pieces", "limit", "each"),
-    [(2, None, 1, 1, 2), (2, None, 13, 2, 1), (16, None, 4, 4, 4), (16, "2", 4, 4, 2),
-     (1, None, 5, 1, 1)],
-)  # fmt: skip
+    [
+        (2, None, 1, 1, 2),
+        (2, None, 13, 2, 1),
+        (16, None, 4, 4, 4),
+        (16, "2", 4, 4, 2),
+        (1, None, 5, 1, 1),
+    ],
+)
 def test_workers_are_capped_by_cores_and_pieces_and_their_threads_by_neither_count(
     monkeypatch, cores, threads, pieces, limit, each
 ):
@@ -323,8 +379,9 @@ def test_the_cli_shares_an_audit_among_auto_workers_by_default(monkeypatch, tmp_
     launched = []
     monkeypatch.setattr(launch, "usable_cores", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(launch, "run_local_workers",
-                        lambda arguments, workers, **_: launched.append(workers) or 0)  # fmt: skip
+    monkeypatch.setattr(
+        launch, "run_local_workers", lambda arguments, workers, **_: launched.append(workers) or 0
+    )
     base = ["audit", "--limit", "20", "--out", str(tmp_path / "out")]
     assert main([*base, "--stages", "linf,minimal"]) == 0  # two pieces
     assert main([*base, "--workers", "3", "--stages", "linf", "--batch-size", "5"]) == 0  # as asked
@@ -343,8 +400,9 @@ def test_more_workers_than_the_cores_and_pieces_allow_are_capped_in_one_line(
     launched = []
     monkeypatch.setattr(launch, "usable_cores", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(launch, "run_local_workers",
-                        lambda arguments, workers, **_: launched.append(workers) or 0)  # fmt: skip
+    monkeypatch.setattr(
+        launch, "run_local_workers", lambda arguments, workers, **_: launched.append(workers) or 0
+    )
     base = ["audit", "--limit", "20", "--out", str(tmp_path / "out")]
     assert main([*base, "--stages", "linf", "--batch-size", "5", "--workers", "5"]) == 0
     assert launched == [2]  # four pieces, two cores
@@ -377,10 +435,24 @@ def test_two_and_three_workers_give_the_single_process_record(isolated_cache, tm
 def test_torchrun_ranks_give_the_single_process_record(isolated_cache, tmp_path, reference):
     sharded = tmp_path / "torchrun"
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "vulnscope", *_AUDIT, "--out", str(sharded)],
-        env=_environment(isolated_cache), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "vulnscope",
+            *_AUDIT,
+            "--out",
+            str(sharded),
+        ],
+        env=_environment(isolated_cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     got = _record(sharded)
     assert got["timing"]["workers"] == 2
@@ -401,9 +473,13 @@ def job_alone(isolated_cache, run_directory) -> Path:
     out = run_directory / "distributed-job-alone"
     with FileLock(f"{out}.lock"):
         if not (out / "done").is_file():
-            done = subprocess.run([sys.executable, str(_JOB), str(out)],
-                                  env=_environment(isolated_cache), capture_output=True,
-                                  text=True, timeout=600)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, str(_JOB), str(out)],
+                env=_environment(isolated_cache),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert done.returncode == 0, done.stderr[-2000:]
             (out / "done").touch()
     return out
@@ -415,10 +491,21 @@ def test_evaluation_functions_under_torchrun_equal_one_process(isolated_cache, t
     share six chunks; the two-node test below has two ranks)."""
     ranks, out = 3, tmp_path / "ranks"
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         str(ranks), str(_JOB), str(out)],
-        env=_environment(isolated_cache), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(ranks),
+            str(_JOB),
+            str(out),
+        ],
+        env=_environment(isolated_cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     _assert_every_rank_equals_one_process(out, ranks, job_alone)
 
@@ -444,15 +531,35 @@ def test_two_nodes_meet_through_torchrun_s_rendezvous(isolated_cache, tmp_path, 
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     out = tmp_path / "nodes"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
-               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-               f"127.0.0.1:{port}", "--rdzv-id", "vulnscope-test", str(_JOB), str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "vulnscope-test",
+        str(_JOB),
+        str(out),
+    ]
     logs = [tmp_path / f"node-{node}.log" for node in range(2)]
     nodes = []
     for log in logs:
         with log.open("w") as stream:  # the child keeps its own handle
-            nodes.append(subprocess.Popen(command, env=_environment(isolated_cache),
-                                          stdout=stream, stderr=subprocess.STDOUT))  # fmt: skip
+            nodes.append(
+                subprocess.Popen(
+                    command,
+                    env=_environment(isolated_cache),
+                    stdout=stream,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     codes = [node.wait(timeout=600) for node in nodes]
     assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
     _assert_every_rank_equals_one_process(out, 2, job_alone)
@@ -475,8 +582,7 @@ def test_chunks_are_fixed_by_index_so_the_batch_size_alone_sets_the_result():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
     x = torch.rand(10, 1, 4, 4)
     y = model(x).argmax(1)
-    whole = standard_evaluation(model, x, y, eps=0.05, attacks=["apgd-ce", "square"],
-                                batch_size=4)  # fmt: skip
+    whole = standard_evaluation(model, x, y, eps=0.05, attacks=["apgd-ce", "square"], batch_size=4)
     middle = standard_evaluation(model, x[4:8], y[4:8], eps=0.05, attacks=["apgd-ce", "square"])
     assert torch.equal(whole.x_adv[4:8], middle.x_adv)
     assert whole.broken_by[4:8] == middle.broken_by
@@ -499,8 +605,11 @@ def test_a_killed_worker_stops_the_run_and_resume_completes_it(isolated_cache, t
     env, out = _environment(isolated_cache), tmp_path / "killed"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "vulnscope", *_AUDIT, "--workers", "2", "--out", str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not list((out / ".checkpoint").glob("linf-*.json")):
         assert time.monotonic() < deadline and launcher.poll() is None
@@ -541,20 +650,42 @@ def build():
     ("rank", "action", "expected"),
     [
         ("0", "os.kill(os.getpid(), signal.SIGKILL)", "worker 0 of 2 was killed by SIGKILL"),
-        ("1", "raise SystemExit('vulnscope: error: rank one cannot start')",
-         "worker 1 of 2 exited with status 1: rank one cannot start"),
+        (
+            "1",
+            "raise SystemExit('vulnscope: error: rank one cannot start')",
+            "worker 1 of 2 exited with status 1: rank one cannot start",
+        ),
     ],
-)  # fmt: skip
-def test_the_launcher_names_the_worker_that_failed(tmp_path, isolated_cache, rank, action,
-                                                   expected):  # fmt: skip
+)
+def test_the_launcher_names_the_worker_that_failed(
+    tmp_path, isolated_cache, rank, action, expected
+):
     (tmp_path / "factory.py").write_text(_FACTORY.format(rank=rank, action=action))
     done = subprocess.run(
-        [sys.executable, "-m", "vulnscope", "audit", "--model", "factory:build", "--limit",
-         "4", "--batch-size", "2", "--stages", "linf", "--workers", "2", "--out",
-         str(tmp_path / "out")],
-        env=_environment(isolated_cache), cwd=tmp_path, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "vulnscope",
+            "audit",
+            "--model",
+            "factory:build",
+            "--limit",
+            "4",
+            "--batch-size",
+            "2",
+            "--stages",
+            "linf",
+            "--workers",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=_environment(isolated_cache),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert done.returncode == 1
     errors = done.stderr.strip().splitlines()
     assert errors[-1] == (
@@ -596,12 +727,30 @@ def test_a_worker_s_failure_is_its_own_line_alone_without_the_transport_s_words(
     worker 1's error, not worker 0's lost connection nor gloo's message about it."""
     (tmp_path / "factory.py").write_text(_FAILS_IN_RANK_ONE)
     done = subprocess.run(
-        [sys.executable, "-m", "vulnscope", "audit", "--model", "factory:build", "--limit",
-         "8", "--batch-size", "4", "--stages", "linf", "--workers", "2", "--out",
-         str(tmp_path / "out")],
-        env=_environment(isolated_cache), cwd=tmp_path, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "vulnscope",
+            "audit",
+            "--model",
+            "factory:build",
+            "--limit",
+            "8",
+            "--batch-size",
+            "4",
+            "--stages",
+            "linf",
+            "--workers",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=_environment(isolated_cache),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert errors == [

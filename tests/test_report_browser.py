@@ -163,12 +163,24 @@ def test_a_real_audit_report_opens_with_every_figure(browser, digits_cnn, digits
     from vulnscope.audit import audit
 
     out = tmp_path / "audit"
-    record = audit(digits_cnn, digits_test.take(24), model_name=HOSTILE_NAME, quick=True,
-                   stages=["linf", "l2", "minimal", "spectra", "amplification", "dangerous"],
-                   geometry_samples=6, out=out).to_dict()  # fmt: skip
+    record = audit(
+        digits_cnn,
+        digits_test.take(24),
+        model_name=HOSTILE_NAME,
+        quick=True,
+        stages=["linf", "l2", "minimal", "spectra", "amplification", "dangerous"],
+        geometry_samples=6,
+        out=out,
+    ).to_dict()
     screenshot = tmp_path / "audit.png"
-    run_browser(browser, tmp_path / "p1", out / "report.html", "--hide-scrollbars",
-                f"--window-size={WIDTH},{HEIGHT}", f"--screenshot={screenshot}")  # fmt: skip
+    run_browser(
+        browser,
+        tmp_path / "p1",
+        out / "report.html",
+        "--hide-scrollbars",
+        f"--window-size={WIDTH},{HEIGHT}",
+        f"--screenshot={screenshot}",
+    )
     with Image.open(screenshot) as image:
         assert image.size == (WIDTH, HEIGHT)
     result = run_browser(browser, tmp_path / "p2", out / "report.html", "--dump-dom")

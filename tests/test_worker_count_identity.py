@@ -27,8 +27,11 @@ def _record(workers: int, out: Path, cache: str) -> dict:  # type: ignore[type-a
     env = {key: value for key, value in os.environ.items() if key not in unset}
     done = subprocess.run(
         [sys.executable, "-m", "vulnscope", *_AUDIT, "--workers", str(workers), "--out", str(out)],
-        env={**env, "VULNSCOPE_CACHE_DIR": cache}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        env={**env, "VULNSCOPE_CACHE_DIR": cache},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads((out / "results.json").read_text())  # type: ignore[no-any-return]
 

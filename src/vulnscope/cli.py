@@ -845,16 +845,24 @@ def _run_audit(args: argparse.Namespace) -> int:
         from vulnscope.audit import audit_pieces
 
         # checked here, so that a misfit fails once, before any worker starts
-        pieces = audit_pieces(model, data, stages=args.stages, quick=args.quick,
-                              batch_size=args.batch_size, device=args.device)  # fmt: skip
+        pieces = audit_pieces(
+            model,
+            data,
+            stages=args.stages,
+            quick=args.quick,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
         limit = launch.worker_limit(pieces)
         if workers is None:
             workers = launch.auto_workers(pieces, device=args.device)
         elif workers > limit:
             cores = launch.usable_cores()
-            print(f"vulnscope: --workers {workers} capped to {limit} ({pieces} piece"
-                  f"{'s' * (pieces != 1)} of work, {cores} usable core{'s' * (cores != 1)})",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"vulnscope: --workers {workers} capped to {limit} ({pieces} piece"
+                f"{'s' * (pieces != 1)} of work, {cores} usable core{'s' * (cores != 1)})",
+                file=sys.stderr,
+            )
             workers = limit
         if torch.device(args.device or "cpu").type == "cpu":
             # threads that do not follow the workers: the same record for any number
@@ -862,20 +870,32 @@ def _run_audit(args: argparse.Namespace) -> int:
         if workers > 1:
             check_local_gpus(torch.device(args.device or "cpu"), workers)
             # rank 0 has the terminal: its bars, its summary, its errors
-            return launch.run_local_workers(args.argv, workers, threads=threads,
-                                            resume_hint=args.interrupted_hint)  # fmt: skip
-    epsilons = {norm: values for norm, values in (("linf", args.linf_eps),
-                                                  ("l2", args.l2_eps)) if values}  # fmt: skip
+            return launch.run_local_workers(
+                args.argv, workers, threads=threads, resume_hint=args.interrupted_hint
+            )
+    epsilons = {
+        norm: values for norm, values in (("linf", args.linf_eps), ("l2", args.l2_eps)) if values
+    }
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)  # and back after: main() may run in a caller's process
     try:
         result = audit(
-            model, data, model_name=args.model, stages=args.stages, quick=args.quick,
-            epsilons=epsilons, attacks=args.attacks,
-            seed=args.seed, batch_size=args.batch_size, device=args.device, out=args.out,
-            resume=not args.fresh, progress=None, model_metadata=_model_metadata(args.model),
-        )  # fmt: skip
+            model,
+            data,
+            model_name=args.model,
+            stages=args.stages,
+            quick=args.quick,
+            epsilons=epsilons,
+            attacks=args.attacks,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+            out=args.out,
+            resume=not args.fresh,
+            progress=None,
+            model_metadata=_model_metadata(args.model),
+        )
     except PeerLostError:
         if launch.launched():  # the launcher names the worker that stopped first
             return launch.LOST_PEER_STATUS

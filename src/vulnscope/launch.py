@@ -229,11 +229,15 @@ def run_local_workers(
                 env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
                 quiet = rank > 0
                 with open(errors[rank], "wb") as stderr:
-                    processes.append(subprocess.Popen(
-                        [sys.executable, "-m", "vulnscope", *arguments], env=env,
-                        stdout=subprocess.DEVNULL if quiet else None,
-                        stderr=stderr if quiet else None, preexec_fn=preexec,
-                    ))  # fmt: skip
+                    processes.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "vulnscope", *arguments],
+                            env=env,
+                            stdout=subprocess.DEVNULL if quiet else None,
+                            stderr=stderr if quiet else None,
+                            preexec_fn=preexec,
+                        )
+                    )
             lost_since: float | None = None
             while True:
                 codes = [process.poll() for process in processes]

@@ -27,10 +27,14 @@ def _reference_minimum(w, r, low, high, norm):
     dim = w.size
     if norm == "l2":
         solution = minimize(
-            lambda d: d @ d, np.zeros(dim), jac=lambda d: 2 * d, method="SLSQP",
-            bounds=list(zip(low, high, strict=True)), options={"ftol": 1e-15, "maxiter": 500},
+            lambda d: d @ d,
+            np.zeros(dim),
+            jac=lambda d: 2 * d,
+            method="SLSQP",
+            bounds=list(zip(low, high, strict=True)),
+            options={"ftol": 1e-15, "maxiter": 500},
             constraints=[{"type": "eq", "fun": lambda d: w @ d - r, "jac": lambda d: w}],
-        )  # fmt: skip
+        )
         return np.sqrt(solution.fun)
     # Variables (d, s): minimise t (L∞: one s >= |d_i|) or sum s_i (L1: s_i >= |d_i|).
     slack = 1 if norm == "linf" else dim
@@ -38,9 +42,13 @@ def _reference_minimum(w, r, low, high, norm):
     cost = np.r_[np.zeros(dim), np.ones(slack)]
     upper = np.r_[np.c_[np.eye(dim), -spread], np.c_[-np.eye(dim), -spread]]
     solution = linprog(
-        cost, A_ub=upper, b_ub=np.zeros(2 * dim), A_eq=np.r_[w, np.zeros(slack)][None],
-        b_eq=[r], bounds=list(zip(low, high, strict=True)) + [(0, None)] * slack,
-    )  # fmt: skip
+        cost,
+        A_ub=upper,
+        b_ub=np.zeros(2 * dim),
+        A_eq=np.r_[w, np.zeros(slack)][None],
+        b_eq=[r],
+        bounds=list(zip(low, high, strict=True)) + [(0, None)] * slack,
+    )
     assert solution.status == 0
     return solution.fun
 

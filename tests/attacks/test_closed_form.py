@@ -40,9 +40,14 @@ def test_pgd_reaches_the_closed_form_minimal_perturbation(norm):
     model, x, y, w = _linear_problem()
     minimal = 1.0 / float(reference_norm(w[None], DUAL[norm]))
     attack = PGD(
-        norm=norm, eps=1.01 * minimal, steps=50, step_size=0.1 * minimal,
-        random_start=False, bounds=BOUNDS, l1_sparsity=1e-9,
-    )  # fmt: skip
+        norm=norm,
+        eps=1.01 * minimal,
+        steps=50,
+        step_size=0.1 * minimal,
+        random_start=False,
+        bounds=BOUNDS,
+        l1_sparsity=1e-9,
+    )
     result = attack(model, x, y)
     assert result.success.all()
     assert (result.norms <= 1.01 * minimal * (1 + 1e-9)).all()
@@ -57,9 +62,12 @@ def test_robust_accuracy_drops_exactly_at_the_minimal_perturbation(norm):
     model, x, y, w = _linear_problem(seed=3)
     minimal = 1.0 / float(reference_norm(w[None], DUAL[norm]))
     curve = robust_accuracy(
-        model, x, y, attack=APGD(norm=norm, steps=50, bounds=BOUNDS),
+        model,
+        x,
+        y,
+        attack=APGD(norm=norm, steps=50, bounds=BOUNDS),
         epsilons=[0.98 * minimal, 0.999 * minimal, 1.001 * minimal, 1.02 * minimal],
-    )  # fmt: skip
+    )
     assert curve.accuracy.tolist() == [1.0, 1.0, 0.0, 0.0]
 
 

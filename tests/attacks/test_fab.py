@@ -20,9 +20,7 @@ def test_first_step_from_the_original_point_extrapolates_its_projection():
     """At x1 = x0 both projections coincide, so the step is x0 + eta * delta."""
     _, x, w = affine_binary_classifier(MARGINS)
     gap = x @ w  # = -margin
-    step = fab_step(
-        x, x, gap, w.expand_as(x), norm="l2", bounds=BOUNDS, alpha_max=0.1, eta=1.05
-    )  # fmt: skip
+    step = fab_step(x, x, gap, w.expand_as(x), norm="l2", bounds=BOUNDS, alpha_max=0.1, eta=1.05)
     minimal = (MARGINS / w.norm())[:, None] * w / w.norm()
     torch.testing.assert_close(step, x + 1.05 * minimal)
 
@@ -38,7 +36,7 @@ def test_the_bias_towards_the_original_point_follows_the_two_distances(alpha_max
     x1 = x + 0.5 * minimal
     step = fab_step(
         x, x1, x1 @ w, w.expand_as(x), norm="l2", bounds=BOUNDS, alpha_max=alpha_max, eta=1.05
-    )  # fmt: skip
+    )
     # (1 - a)(x1 + 1.05 minimal / 2) + a (x + 1.05 minimal) = x + ((1 - a) 1.025 + a 1.05) minimal
     torch.testing.assert_close(step, x + expected * minimal)
 

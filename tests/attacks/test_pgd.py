@@ -167,12 +167,15 @@ def test_replace_changes_only_what_it_names():
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
-@pytest.mark.parametrize("build", [
-    lambda norm: PGD(norm=norm, eps=0.3, steps=7, seed=3),
-    lambda norm: PGD(norm=norm, eps=0.3, steps=7, early_stop=True, seed=3),
-    lambda norm: FGSM(norm=norm, eps=0.3),
-    lambda norm: BIM(norm=norm, eps=0.3, steps=5),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda norm: PGD(norm=norm, eps=0.3, steps=7, seed=3),
+        lambda norm: PGD(norm=norm, eps=0.3, steps=7, early_stop=True, seed=3),
+        lambda norm: FGSM(norm=norm, eps=0.3),
+        lambda norm: BIM(norm=norm, eps=0.3, steps=5),
+    ],
+)
 def test_perturb_returns_what_the_attack_returns(norm, build):
     from vulnscope.models import preserved_model_state
 

@@ -42,9 +42,14 @@ def test_on_a_linear_model_the_perturbation_is_the_closed_form(norm, batch_size)
     eps = 0.05
     model, x, y, best, foolable = _linear_problem(norm, eps)
     attack = UniversalPerturbation(
-        norm=norm, eps=eps, batch_size=batch_size, max_epochs=3, target_fooling_rate=1.0,
-        attack=DeepFool(norm=norm, bounds=BOUNDS), bounds=BOUNDS,
-    )  # fmt: skip
+        norm=norm,
+        eps=eps,
+        batch_size=batch_size,
+        max_epochs=3,
+        target_fooling_rate=1.0,
+        attack=DeepFool(norm=norm, bounds=BOUNDS),
+        bounds=BOUNDS,
+    )
     result = attack.fit(model, x, y)
     torch.testing.assert_close(result.perturbation, best, rtol=1e-9, atol=1e-12)
     assert torch.equal(result.fooled, foolable)
@@ -73,9 +78,13 @@ def test_with_the_default_l2_steps_a_linf_perturbation_fools_the_same_points(bat
 def test_targeted_towards_the_other_class_is_the_same_closed_form():
     model, x, y, best, foolable = _linear_problem("linf", 0.05, seed=1)
     attack = UniversalPerturbation(
-        eps=0.05, targeted=True, target_fooling_rate=1.0, max_epochs=2, bounds=BOUNDS,
+        eps=0.05,
+        targeted=True,
+        target_fooling_rate=1.0,
+        max_epochs=2,
+        bounds=BOUNDS,
         attack=DeepFool(norm="linf", targeted=True, bounds=BOUNDS),
-    )  # fmt: skip
+    )
     result = attack.fit(model, x, y, target=torch.ones_like(y))
     torch.testing.assert_close(result.perturbation, best, rtol=1e-9, atol=1e-12)
     assert torch.equal(result.fooled, foolable) and result.targeted

@@ -114,9 +114,14 @@ def test_extract_with_augmentation_never_exceeds_and_exhausts_the_budget(seed_si
     seeds = random_inputs(2, seed_size, SHAPE, (0.0, 1.0))
     box = BlackBox(_victim())
     result = extract(
-        box, seeds, _architecture, query_budget=budget, augmentation="jacobian",
-        rounds=rounds, trainer=_untrained,
-    )  # fmt: skip
+        box,
+        seeds,
+        _architecture,
+        query_budget=budget,
+        augmentation="jacobian",
+        rounds=rounds,
+        trainer=_untrained,
+    )
     # the set doubles each round until the budget runs out
     sizes = [min(budget, seed_size * 2**rho) for rho in range(rounds)]
     expected = tuple(dict.fromkeys(sizes))
@@ -136,9 +141,16 @@ def test_augmented_queries_are_the_jacobian_steps_of_the_trained_clone():
         return extract_module.train_classifier(model, x, targets, epochs=3, seed=seed)
 
     result = extract(
-        victim, seeds, _architecture, query_budget=25, augmentation="jacobian",
-        augmentation_step=0.2, rounds=3, trainer=trainer, seed=4,
-    )  # fmt: skip
+        victim,
+        seeds,
+        _architecture,
+        query_budget=25,
+        augmentation="jacobian",
+        augmentation_step=0.2,
+        rounds=3,
+        trainer=trainer,
+        seed=4,
+    )
     assert result.round_sizes == (10, 20, 25) and result.queries_used == 25
     torch.testing.assert_close(result.query_inputs[:10], seeds, rtol=0, atol=0)
     # round 0: the clone as extract built it, trained on the seed set with seed 4
@@ -165,19 +177,28 @@ def test_the_step_sign_alternates_every_tau_rounds(monkeypatch):
 
     monkeypatch.setattr(extract_module, "jacobian_augmentation", recording)
     extract(
-        _victim(), random_inputs(2, 2, SHAPE, (0.0, 1.0)), _architecture,
-        augmentation="jacobian", augmentation_step=0.05, augmentation_tau=2, rounds=6,
+        _victim(),
+        random_inputs(2, 2, SHAPE, (0.0, 1.0)),
+        _architecture,
+        augmentation="jacobian",
+        augmentation_step=0.05,
+        augmentation_tau=2,
+        rounds=6,
         trainer=_untrained,
-    )  # fmt: skip
+    )
     assert steps == [0.05, 0.05, -0.05, -0.05, 0.05]
 
 
 def test_a_seed_set_larger_than_the_budget_is_subsampled():
     seeds = random_inputs(2, 30, SHAPE, (0.0, 1.0))
     result = extract(
-        _victim(), seeds, _architecture, query_budget=8, augmentation="jacobian",
+        _victim(),
+        seeds,
+        _architecture,
+        query_budget=8,
+        augmentation="jacobian",
         trainer=_untrained,
-    )  # fmt: skip
+    )
     assert result.round_sizes == (8,) and result.queries_used == 8
     matches = (result.query_inputs[:, None] == seeds[None]).flatten(2).all(dim=2)
     assert bool((matches.sum(dim=1) == 1).all()) and matches.any(dim=0).sum() == 8

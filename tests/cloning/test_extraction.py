@@ -35,9 +35,13 @@ def _softmax_of(model: nn.Module):
 def _lbfgs(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, seed: int) -> nn.Module:
     """Full-batch L-BFGS on the soft cross-entropy: a convex problem for a linear clone."""
     optimizer = torch.optim.LBFGS(
-        model.parameters(), max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12,
-        history_size=50, line_search_fn="strong_wolfe",
-    )  # fmt: skip
+        model.parameters(),
+        max_iter=200,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-12,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         optimizer.zero_grad()
@@ -64,9 +68,11 @@ def test_a_linear_model_is_recovered_from_its_probabilities_as_by_equation_solvi
     queries = torch.rand(300, FEATURES, generator=generator, dtype=torch.float64)
     fresh = torch.rand(1000, FEATURES, generator=generator, dtype=torch.float64)
     result = extract(
-        _softmax_of(truth), queries, lambda: nn.Linear(FEATURES, CLASSES).double(),
+        _softmax_of(truth),
+        queries,
+        lambda: nn.Linear(FEATURES, CLASSES).double(),
         trainer=_lbfgs,
-    )  # fmt: skip
+    )
     assert result.queries_used == 300 and not result.clone.training
     # Tramèr et al. (2016): log p_j - log p_0 = (W_j - W_0) x + (b_j - b_0), solved exactly
     design = torch.cat([result.query_inputs, torch.ones(300, 1, dtype=torch.float64)], dim=1)
@@ -88,9 +94,12 @@ def test_the_default_trainer_approximately_recovers_a_linear_model():
     queries = torch.rand(300, FEATURES, generator=generator, dtype=torch.float64)
     fresh = torch.rand(1000, FEATURES, generator=generator, dtype=torch.float64)
     clone = extract(
-        _softmax_of(truth), queries, lambda: nn.Linear(FEATURES, CLASSES).double(),
-        epochs=200, lr=1e-2,
-    ).clone  # fmt: skip
+        _softmax_of(truth),
+        queries,
+        lambda: nn.Linear(FEATURES, CLASSES).double(),
+        epochs=200,
+        lr=1e-2,
+    ).clone
     with torch.no_grad():
         assert _relative(_differences(clone(fresh)), _differences(truth(fresh))) < 0.1
         agreement = (clone(fresh).argmax(1) == truth(fresh).argmax(1)).double().mean()
@@ -103,9 +112,15 @@ def test_a_digits_cnn_is_cloned_from_its_outputs_on_the_training_split(digits_cn
     train = load_digits("train")
     # seed 1: not the victim's own initialisation (pretrained uses seed 0)
     result = extract(
-        _softmax_of(digits_cnn), train.x, DigitsCNN, epochs=6, seed=1,
-        test=(digits_test.x, digits_test.y), transfer_eps=0.2, transfer_steps=10,
-    )  # fmt: skip
+        _softmax_of(digits_cnn),
+        train.x,
+        DigitsCNN,
+        epochs=6,
+        seed=1,
+        test=(digits_test.x, digits_test.y),
+        transfer_eps=0.2,
+        transfer_steps=10,
+    )
     measurement = result.measurement
     assert measurement is not None
     assert result.queries_used == 1400 and result.labels_only is False
@@ -120,8 +135,14 @@ def test_the_clone_follows_the_seed():
     queries = random_inputs(1, 40, (1, 2, 3), (0.0, 1.0))
 
     def run(seed):
-        return extract(victim, queries, lambda: tiny_classifier(9, (1, 2, 3), 4), epochs=2,
-                       query_budget=30, seed=seed)  # fmt: skip
+        return extract(
+            victim,
+            queries,
+            lambda: tiny_classifier(9, (1, 2, 3), 4),
+            epochs=2,
+            query_budget=30,
+            seed=seed,
+        )
 
     def architecture():
         return nn.Sequential(nn.Flatten(), nn.Linear(6, 4)).double()
@@ -142,8 +163,9 @@ def test_the_clone_follows_the_seed():
 def test_a_budget_smaller_than_the_queries_takes_a_seeded_subset():
     victim = _softmax_of(tiny_classifier(0, (1, 2, 3), 4))
     queries = random_inputs(1, 50, (1, 2, 3), (0.0, 1.0))
-    result = extract(victim, queries, lambda: tiny_classifier(9, (1, 2, 3), 4), epochs=1,
-                     query_budget=20)  # fmt: skip
+    result = extract(
+        victim, queries, lambda: tiny_classifier(9, (1, 2, 3), 4), epochs=1, query_budget=20
+    )
     assert result.queries_used == 20 and result.query_inputs.shape[0] == 20
     matches = (result.query_inputs[:, None] == queries[None]).flatten(2).all(dim=2)
     rows = matches.float().argmax(dim=1)
@@ -173,8 +195,13 @@ def test_a_label_only_victim_gives_one_hot_targets():
     teacher = tiny_classifier(0, (1, 2, 3), 4)
     queries = random_inputs(1, 12, (1, 2, 3), (0.0, 1.0))
     box = BlackBox(lambda x: teacher(x).argmax(dim=1), num_classes=4)
-    result = extract(box, queries, lambda: tiny_classifier(9, (1, 2, 3), 4), epochs=1,
-                     test=(queries, teacher(queries).argmax(1)))  # fmt: skip
+    result = extract(
+        box,
+        queries,
+        lambda: tiny_classifier(9, (1, 2, 3), 4),
+        epochs=1,
+        test=(queries, teacher(queries).argmax(1)),
+    )
     assert result.labels_only is True
     expected = torch.eye(4, dtype=torch.float64)[teacher(queries).argmax(dim=1)]
     torch.testing.assert_close(result.query_outputs, expected, rtol=0, atol=0)
@@ -245,8 +272,12 @@ def test_a_trainer_must_return_a_module():
     victim = _softmax_of(tiny_classifier(0, (1, 2, 3), 4))
     queries = random_inputs(1, 6, (1, 2, 3), (0.0, 1.0))
     with pytest.raises(InvalidTypeError, match=r"trainer must return the trained torch\.nn"):
-        extract(victim, queries, lambda: tiny_classifier(9, (1, 2, 3), 4),
-                trainer=lambda m, x, t, s: None)  # fmt: skip
+        extract(
+            victim,
+            queries,
+            lambda: tiny_classifier(9, (1, 2, 3), 4),
+            trainer=lambda m, x, t, s: None,
+        )
 
 
 # measure_clone on hand-checkable linear models of two inputs in [0, 1]. The reference

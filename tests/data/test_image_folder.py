@@ -23,8 +23,11 @@ def _pixels(seed, shape):  # type: ignore[no-untyped-def]
 
 
 def test_grey_images_load_exactly_with_labels_from_sorted_folder_names(tmp_path) -> None:
-    written = {("zebra", "a.png"): _pixels(0, (5, 7)), ("ant", "b.png"): _pixels(1, (5, 7)),
-               ("ant", "a.PNG"): _pixels(2, (5, 7))}  # fmt: skip
+    written = {
+        ("zebra", "a.png"): _pixels(0, (5, 7)),
+        ("ant", "b.png"): _pixels(1, (5, 7)),
+        ("ant", "a.PNG"): _pixels(2, (5, 7)),
+    }
     for (label, name), array in written.items():
         _write(tmp_path / label / name, array)
     (tmp_path / "ant" / "notes.txt").write_text("not an image")
@@ -98,7 +101,23 @@ def test_load_data_and_the_audit_read_a_folder(tmp_path, digits_cnn) -> None:  #
     data = load_data(str(root))
     assert data.x.shape == (20, 1, 8, 8) and data.source == f"folder:{root}"
     out = tmp_path / "audit"
-    assert main(["audit", "--data", str(root), "--attacks", "fgsm", "--stages", "linf",
-                 "--linf-eps", "0.1", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "audit",
+                "--data",
+                str(root),
+                "--attacks",
+                "fgsm",
+                "--stages",
+                "linf",
+                "--linf-eps",
+                "0.1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "results.json").read_text())
     assert record["data"]["samples"] == 20 and record["clean_accuracy"] > 0.8

@@ -143,10 +143,17 @@ def test_adversarial_training_makes_a_digits_mlp_more_robust() -> None:
 @pytest.mark.parametrize("objective", [pgd_training(0.2, steps=4), TRADES(eps=0.2, steps=4)])
 def test_examples_are_crafted_in_eval_mode_and_the_training_mode_comes_back(objective) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
-        torch.nn.Linear(16, 3),
-    ).double().train()  # fmt: skip
+    model = (
+        torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(6, 16),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(16, 3),
+        )
+        .double()
+        .train()
+    )
     x = random_inputs(6, 8, SHAPE, (0.0, 1.0))
     y = torch.arange(8) % 3
 

@@ -81,15 +81,47 @@ def test_bad_settings_are_refused(kwargs, match) -> None:  # type: ignore[no-unt
 
 def test_cli_defend_writes_a_model_that_audit_reads(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     model_file = tmp_path / "models" / "pgd.pt"
-    assert main(["defend", "--method", "pgd", "--epochs", "1", "--dropout", "0.2",
-                 "--out", str(model_file)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "defend",
+                "--method",
+                "pgd",
+                "--epochs",
+                "1",
+                "--dropout",
+                "0.2",
+                "--out",
+                str(model_file),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and str(model_file) in printed
     metadata = torchscript_metadata(model_file)
     assert metadata["method"] == "pgd" and metadata["settings"]["dropout"] == 0.2
     out = tmp_path / "audit"
-    assert main(["audit", "--model", str(model_file), "--limit", "20", "--attacks", "fgsm",
-                 "--stages", "linf", "--linf-eps", "0.1", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "audit",
+                "--model",
+                str(model_file),
+                "--limit",
+                "20",
+                "--attacks",
+                "fgsm",
+                "--stages",
+                "linf",
+                "--linf-eps",
+                "0.1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "results.json").read_text())
     assert record["model"]["name"] == str(model_file) and record["data"]["samples"] == 20
     assert record["model"]["metadata"] == json.loads(json.dumps(metadata))  # shown in the report

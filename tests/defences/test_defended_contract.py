@@ -31,8 +31,16 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _trained(objective=None, after_step=None):  # type: ignore[no-untyped-def]
     x, y = _data()
-    return train_classifier(tiny_classifier(0, SHAPE), x, y, epochs=3, batch_size=16,
-                            lr=1e-2, objective=objective, after_step=after_step)  # fmt: skip
+    return train_classifier(
+        tiny_classifier(0, SHAPE),
+        x,
+        y,
+        epochs=3,
+        batch_size=16,
+        lr=1e-2,
+        objective=objective,
+        after_step=after_step,
+    )
 
 
 def _distilled():  # type: ignore[no-untyped-def]

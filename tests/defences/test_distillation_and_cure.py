@@ -61,8 +61,9 @@ def test_distilled_student_fits_the_teachers_soft_labels_at_t() -> None:
     agreement = (result.student(x).argmax(1) == result.teacher(x).argmax(1)).double().mean()
     assert float(agreement) > 0.95
     # a given teacher is used as is
-    again = defensive_distillation(factory, x, y, temperature=10.0, teacher=result.teacher,
-                                   epochs=1)  # fmt: skip
+    again = defensive_distillation(
+        factory, x, y, temperature=10.0, teacher=result.teacher, epochs=1
+    )
     assert again.teacher is result.teacher
 
 
@@ -111,8 +112,11 @@ def test_cure_objective_is_cross_entropy_at_gamma_zero_and_differentiable() -> N
 
 
 def test_cure_settings_are_checked_by_name() -> None:
-    for kwargs, match in (({"h": 0.0}, "h"), ({"gamma": -1.0}, "gamma"),
-                          ({"direction": "random"}, "direction")):  # fmt: skip
+    for kwargs, match in (
+        ({"h": 0.0}, "h"),
+        ({"gamma": -1.0}, "gamma"),
+        ({"direction": "random"}, "direction"),
+    ):
         with pytest.raises(InvalidArgumentError, match=match):
             CURE(**kwargs)  # type: ignore[arg-type]
     model = tiny_classifier(5, SHAPE)

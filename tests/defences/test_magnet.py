@@ -288,11 +288,20 @@ def test_evaluations_agree_with_the_attacks(digits, trained):
 
 def test_to_dict_writes_none_for_nan():
     record = MagNetEvaluation(
-        attacker="adaptive", attack="A()", norm="linf", eps=0.1, samples=2,
-        clean_accuracy=1.0, pipeline_accuracy=1.0, clean_false_positive_rate=0.0,
-        bare_success_rate=1.0, detection_rate=1.0, undetected_accuracy=math.nan,
-        defended_fraction=1.0, median_norm=0.1,
-    ).to_dict()  # fmt: skip
+        attacker="adaptive",
+        attack="A()",
+        norm="linf",
+        eps=0.1,
+        samples=2,
+        clean_accuracy=1.0,
+        pipeline_accuracy=1.0,
+        clean_false_positive_rate=0.0,
+        bare_success_rate=1.0,
+        detection_rate=1.0,
+        undetected_accuracy=math.nan,
+        defended_fraction=1.0,
+        median_norm=0.1,
+    ).to_dict()
     assert record["undetected_accuracy"] is None
     json.dumps(record, allow_nan=False)
 

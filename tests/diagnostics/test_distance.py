@@ -48,8 +48,10 @@ def test_step_is_the_closed_form_crossing_to_the_resolution(steps, refine):
     assert (found <= exact + resolution * (1 + 1e-9)).all()
     # and the returned point really is on the other side
     points = x[:, None, :] + found[..., None] * d
-    assert torch.equal(_halfspace(w, b)(points.reshape(-1, 5)).reshape(found.shape) == 1,
-                       (x @ w <= b)[:, None].expand_as(found))  # fmt: skip
+    assert torch.equal(
+        _halfspace(w, b)(points.reshape(-1, 5)).reshape(found.shape) == 1,
+        (x @ w <= b)[:, None].expand_as(found),
+    )
 
 
 def test_step_through_a_model_classifier():

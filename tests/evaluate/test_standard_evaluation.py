@@ -125,9 +125,13 @@ def test_configured_attacks_run_with_the_budget_and_targets():
     x = random_inputs(10, 10, (1, 3, 3), (0.0, 1.0))
     y = model(x).argmax(1)
     report = standard_evaluation(
-        model, x, y, eps=0.1, attacks=[APGD(steps=20, loss="margin", targeted=True), QUICK_SQUARE],
+        model,
+        x,
+        y,
+        eps=0.1,
+        attacks=[APGD(steps=20, loss="margin", targeted=True), QUICK_SQUARE],
         n_target_classes=3,
-    )  # fmt: skip
+    )
     assert [stage.name for stage in report.stages] == ["APGD-T", "Square"]
     assert report.stages[0].attacked >= 10 - sum(name == "clean" for name in report.broken_by)
     assert (reference_norm(report.x_adv - x, "linf") <= 0.1 + 1e-12).all()

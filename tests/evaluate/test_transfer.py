@@ -147,9 +147,13 @@ def test_halves_are_disjoint_and_cover_the_data(n):
 def test_transfer_between_halves_trains_one_network_per_half():
     train, test = load_digits("train").take(160), load_digits("test").take(60)
     result = transfer_between_halves(
-        train, test, attack=PGD(eps=0.2, steps=5), architecture=lambda: DigitsMLP(hidden=16),
-        seed=1, epochs=3,
-    )  # fmt: skip
+        train,
+        test,
+        attack=PGD(eps=0.2, steps=5),
+        architecture=lambda: DigitsMLP(hidden=16),
+        seed=1,
+        epochs=3,
+    )
     first, second = result.first_half, result.second_half
     assert first.numel() == second.numel() == 80
     assert not set(first.tolist()) & set(second.tolist())

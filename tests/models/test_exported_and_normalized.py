@@ -30,8 +30,26 @@ def test_an_exported_program_loads_and_computes_what_the_model_did(tmp_path) -> 
     x = torch.rand(5, 1, 8, 8)
     torch.testing.assert_close(loaded(x), model(x))
     out = tmp_path / "audit"
-    assert main(["audit", "--model", str(path), "--limit", "12", "--attacks", "fgsm",
-                 "--stages", "linf", "--linf-eps", "0.1", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "audit",
+                "--model",
+                str(path),
+                "--limit",
+                "12",
+                "--attacks",
+                "fgsm",
+                "--stages",
+                "linf",
+                "--linf-eps",
+                "0.1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "results.json").read_text())["data"]["samples"] == 12
 
 
@@ -105,8 +123,19 @@ def test_cli_mean_and_std_apply_the_normalisation_inside_the_model(
 
     path = tmp_path / "normalised.pt"
     torch.jit.script(_ExpectsNormalised(digits_cnn).eval()).save(str(path))
-    common = ["audit", "--model", str(path), "--limit", "40", "--attacks", "fgsm",
-              "--stages", "linf", "--linf-eps", "0.1"]  # fmt: skip
+    common = [
+        "audit",
+        "--model",
+        str(path),
+        "--limit",
+        "40",
+        "--attacks",
+        "fgsm",
+        "--stages",
+        "linf",
+        "--linf-eps",
+        "0.1",
+    ]
     assert main([*common, "--mean", "0.5", "--std", "0.25", "--out", str(tmp_path / "a")]) == 0
     assert main([*common, "--out", str(tmp_path / "b")]) == 0
     normalised = json.loads((tmp_path / "a" / "results.json").read_text())["clean_accuracy"]

@@ -37,23 +37,44 @@ def _scripted(module):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("write", "message"),
     [
-        (_scripted(_WrongInput), r"cannot process inputs of shape \(1, 8, 8\): RuntimeError: "
-                                 r"mat1 and mat2 shapes cannot be multiplied"),
+        (
+            _scripted(_WrongInput),
+            r"cannot process inputs of shape \(1, 8, 8\): RuntimeError: "
+            r"mat1 and mat2 shapes cannot be multiplied",
+        ),
         (_scripted(_ThreeClasses), "the model has 3 outputs but the data has 10 classes"),
-        (lambda path: path.write_bytes(b"garbage" * 10),
-         r"is not a model file vulnscope reads: not TorchScript \(PytorchStreamReader"),
-        (lambda path: torch.save(nn.Linear(2, 2), path),
-         r"holds pickled Python objects beyond tensors \(torch\.nn\.modules\.linear\.Linear\)"),
+        (
+            lambda path: path.write_bytes(b"garbage" * 10),
+            r"is not a model file vulnscope reads: not TorchScript \(PytorchStreamReader",
+        ),
+        (
+            lambda path: torch.save(nn.Linear(2, 2), path),
+            r"holds pickled Python objects beyond tensors \(torch\.nn\.modules\.linear\.Linear\)",
+        ),
     ],
     ids=["wrong-input-shape", "wrong-class-count", "corrupt-file", "pickled-module"],
-)  # fmt: skip
+)
 def test_unusable_model_files_get_one_line(write, message, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     import re
 
     path = tmp_path / "model.pt"
     write(path)
-    assert main(["audit", "--model", str(path), "--attacks", "fgsm", "--limit", "8",
-                 "--out", str(tmp_path / "out")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "audit",
+                "--model",
+                str(path),
+                "--attacks",
+                "fgsm",
+                "--limit",
+                "8",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(message, err[0]), err
     assert not (tmp_path / "out" / "results.json").exists()

@@ -73,8 +73,9 @@ def test_probability_targets_are_fitted_by_the_soft_cross_entropy():
     assert (probs - targets).abs().max() < 1e-3
     # a hard-label fit of the same model does not reproduce the teacher's probabilities
     torch.manual_seed(0)
-    hard = train_classifier(nn.Linear(2, 3), x, targets.argmax(1), epochs=100, lr=5e-2,
-                            batch_size=32)  # fmt: skip
+    hard = train_classifier(
+        nn.Linear(2, 3), x, targets.argmax(1), epochs=100, lr=5e-2, batch_size=32
+    )
     with torch.no_grad():
         assert (torch.softmax(hard(x), dim=1).double() - targets).abs().max() > 0.1
 

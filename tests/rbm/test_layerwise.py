@@ -57,16 +57,31 @@ def _toy_data(n: int = 120, width: int = 4, seed: int = 0) -> tuple[torch.Tensor
 def test_layer_update_lowers_exact_kl_to_the_pairs(hidden: str) -> None:
     torch.manual_seed(0)
     x, y = _toy_data()
-    rbm = RBM(4, 3 if hidden == "bernoulli" else 2, hidden=hidden,  # type: ignore[arg-type]
-              generator=torch.Generator().manual_seed(1))  # fmt: skip
+    rbm = RBM(
+        4,
+        3 if hidden == "bernoulli" else 2,
+        hidden=hidden,  # type: ignore[arg-type]
+        generator=torch.Generator().manual_seed(1),
+    )
     if hidden == "softmax":
         targets = functional.one_hot(y, 2).float()
     else:  # probabilities of hidden units that depend on the label only, as in eq. 14
         targets = torch.tensor([[0.9, 0.2, 0.5], [0.1, 0.7, 0.5]])[y]
     before = _exact_kl(rbm, x, targets)
-    _train_layer(rbm, lambda: (x, targets), objective="joint", epochs=30, batch_size=20,
-                 lr=0.05, k=1, persistent=True, chains=40, momentum=0.5, weight_decay=0.0,
-                 generator=torch.Generator().manual_seed(2))  # fmt: skip
+    _train_layer(
+        rbm,
+        lambda: (x, targets),
+        objective="joint",
+        epochs=30,
+        batch_size=20,
+        lr=0.05,
+        k=1,
+        persistent=True,
+        chains=40,
+        momentum=0.5,
+        weight_decay=0.0,
+        generator=torch.Generator().manual_seed(2),
+    )
     after = _exact_kl(rbm, x, targets)
     assert after < 0.8 * before, (before, after)
 
@@ -90,16 +105,18 @@ def test_same_seed_same_weights_and_different_seed_differs() -> None:
 
     def run(seed: int) -> tuple[DeepRBM, LayerwiseResult]:
         net = DeepRBM([4, 3], 2, seed=0)
-        result = train_layerwise_kl(net, x, y, sweeps=2, epochs_per_layer=2, seed=seed,
-                                    tolerance=0.0)  # fmt: skip
+        result = train_layerwise_kl(
+            net, x, y, sweeps=2, epochs_per_layer=2, seed=seed, tolerance=0.0
+        )
         return net, result
 
     (first, r1), (second, r2), (third, _) = run(3), run(3), run(4)
     for p, q in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(p, q)
     assert r1 == r2
-    assert any(not torch.equal(p, q) for p, q in zip(first.parameters(), third.parameters(),
-                                                     strict=True))  # fmt: skip
+    assert any(
+        not torch.equal(p, q) for p, q in zip(first.parameters(), third.parameters(), strict=True)
+    )
     assert r1.sweeps_run == 2 and len(r1.objective) == 2 and len(r1.objective[0]) == 2
     assert len(r1.train_accuracy) == 3 and all(math.isfinite(v) for v in r1.objective[1])
 
@@ -117,8 +134,9 @@ def test_conditional_variant_leaves_visible_bias_and_joint_moves_it() -> None:
 def test_restore_best_returns_the_best_monitored_sweep() -> None:
     x, y = _toy_data()
     net = DeepRBM([4, 3], 2, seed=0)
-    result = train_layerwise_kl(net, x, y, sweeps=3, epochs_per_layer=1, restore_best=True,
-                                tolerance=0.0)  # fmt: skip
+    result = train_layerwise_kl(
+        net, x, y, sweeps=3, epochs_per_layer=1, restore_best=True, tolerance=0.0
+    )
     assert result.restored_best
     assert result.train_accuracy[result.best_sweep] == max(result.train_accuracy)
 
@@ -180,8 +198,9 @@ def test_digits_joint_training_keeps_the_sampled_pass_classifying() -> None:
         return float((probs.argmax(1) == test.y).double().mean())
 
     base = accuracy()
-    result = train_layerwise_kl(net, train.x, train.y, sweeps=1, epochs_per_layer=3,
-                                monitor_chains=4)  # fmt: skip
+    result = train_layerwise_kl(
+        net, train.x, train.y, sweeps=1, epochs_per_layer=3, monitor_chains=4
+    )
     after = accuracy()
     assert base > 0.45, base
     assert after > 0.4, (base, after)  # chance is 0.1; a sign error or a lost label drops it

@@ -84,8 +84,9 @@ def test_exact_up_matches_a_brute_force_sum_over_joint_hidden_states(widths, cla
                 for c, p in enumerate(softmax_transition(top, h2)):
                     q3[c] += joint * p
         for got, expected in zip(dists, (q1, q2, q3), strict=True):
-            torch.testing.assert_close(got[b], torch.tensor(expected, dtype=torch.float64),
-                                       rtol=1e-10, atol=1e-12)  # fmt: skip
+            torch.testing.assert_close(
+                got[b], torch.tensor(expected, dtype=torch.float64), rtol=1e-10, atol=1e-12
+            )
         assert float(dists[-1][b].sum()) == pytest.approx(1.0, abs=1e-12)
 
 
@@ -157,8 +158,12 @@ def test_sampled_hidden_states_follow_the_exact_marginals():
     x = binary_inputs(2, 5, seed=5)
     chains = 60_000
     run = net.sample_up(x, chains=chains, seed=6)
-    assert [tuple(s.shape) for s in run.states] == [(2, chains, 5), (2, chains, 3),
-                                                    (2, chains, 3), (2, chains, 2)]  # fmt: skip
+    assert [tuple(s.shape) for s in run.states] == [
+        (2, chains, 5),
+        (2, chains, 3),
+        (2, chains, 3),
+        (2, chains, 2),
+    ]
     assert bool((run.states[-1].sum(-1) == 1).all())
     exact = net.exact_up(x)
     for layer in (1, 2):

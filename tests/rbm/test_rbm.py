@@ -42,9 +42,16 @@ def joint_weight(rbm: RBM, h: tuple[int, ...], v: tuple[int, ...]) -> float:
     return math.exp(exponent)
 
 
-@pytest.mark.parametrize(("n_visible", "n_hidden", "hidden", "seed"),
-                         [(3, 2, "bernoulli", 0), (4, 3, "bernoulli", 1), (2, 4, "bernoulli", 2),
-                          (3, 4, "softmax", 3), (4, 2, "softmax", 4)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("n_visible", "n_hidden", "hidden", "seed"),
+    [
+        (3, 2, "bernoulli", 0),
+        (4, 3, "bernoulli", 1),
+        (2, 4, "bernoulli", 2),
+        (3, 4, "softmax", 3),
+        (4, 2, "softmax", 4),
+    ],
+)
 def test_conditionals_and_free_energy_match_enumeration(n_visible, n_hidden, hidden, seed):
     rbm = random_rbm(n_visible, n_hidden, hidden=hidden, seed=seed)
     vs, hs = all_states(n_visible), hidden_states(n_hidden, hidden)
@@ -55,27 +62,33 @@ def test_conditionals_and_free_energy_match_enumeration(n_visible, n_hidden, hid
     with torch.no_grad():
         # t(h_j = 1 | v) = Σ_h h_j p(h, v) / Σ_h p(h, v)
         expected_hidden = (joint @ h_tensor) / joint.sum(1, keepdim=True)
-        torch.testing.assert_close(rbm.hidden_probs(v_tensor), expected_hidden, rtol=1e-12,
-                                   atol=1e-12)  # fmt: skip
+        torch.testing.assert_close(
+            rbm.hidden_probs(v_tensor), expected_hidden, rtol=1e-12, atol=1e-12
+        )
         # t(v_i = 1 | h) = Σ_v v_i p(h, v) / Σ_v p(h, v)
         expected_visible = (joint.t() @ v_tensor) / joint.sum(0)[:, None]
-        torch.testing.assert_close(rbm.visible_probs(h_tensor), expected_visible, rtol=1e-12,
-                                   atol=1e-12)  # fmt: skip
+        torch.testing.assert_close(
+            rbm.visible_probs(h_tensor), expected_visible, rtol=1e-12, atol=1e-12
+        )
         # log t(h | v) for every pair
         expected_log = (joint / joint.sum(1, keepdim=True)).log()
-        torch.testing.assert_close(rbm.log_hidden_conditional(h_tensor, v_tensor), expected_log,
-                                   rtol=1e-10, atol=1e-10)  # fmt: skip
+        torch.testing.assert_close(
+            rbm.log_hidden_conditional(h_tensor, v_tensor), expected_log, rtol=1e-10, atol=1e-10
+        )
         # F(v) = -log Σ_h exp(...)
-        torch.testing.assert_close(rbm.free_energy(v_tensor), -joint.sum(1).log(), rtol=1e-12,
-                                   atol=1e-12)  # fmt: skip
+        torch.testing.assert_close(
+            rbm.free_energy(v_tensor), -joint.sum(1).log(), rtol=1e-12, atol=1e-12
+        )
         # E(v, h) on matching pairs
         pairs = list(itertools.product(range(len(vs)), range(len(hs))))
         v_pair = v_tensor[[i for i, _ in pairs]]
         h_pair = h_tensor[[j for _, j in pairs]]
-        expected_energy = torch.tensor([-math.log(joint[i, j]) for i, j in pairs],
-                                       dtype=torch.float64)  # fmt: skip
-        torch.testing.assert_close(rbm.energy(v_pair, h_pair), expected_energy, rtol=1e-12,
-                                   atol=1e-12)  # fmt: skip
+        expected_energy = torch.tensor(
+            [-math.log(joint[i, j]) for i, j in pairs], dtype=torch.float64
+        )
+        torch.testing.assert_close(
+            rbm.energy(v_pair, h_pair), expected_energy, rtol=1e-12, atol=1e-12
+        )
 
 
 def test_softmax_hidden_samples_are_one_hot_and_bernoulli_binary():
@@ -151,8 +164,9 @@ def exact_log_likelihood(rbm: RBM, data: torch.Tensor) -> float:
 
 
 def tiny_data() -> torch.Tensor:
-    patterns = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0]],
-                            dtype=torch.float32)  # fmt: skip
+    patterns = torch.tensor(
+        [[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0]], dtype=torch.float32
+    )
     return patterns.repeat(16, 1)
 
 

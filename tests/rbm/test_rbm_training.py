@@ -13,8 +13,9 @@ from vulnscope.rbm.training import fine_tune, greedy_pretrain, target_cross_entr
 def _data(n: int = 90, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     y = torch.randint(3, (n,), generator=gen)
-    means = torch.tensor([[0.9, 0.8, 0.1, 0.2, 0.5], [0.1, 0.2, 0.9, 0.7, 0.5],
-                          [0.5, 0.1, 0.5, 0.1, 0.9]])  # fmt: skip
+    means = torch.tensor(
+        [[0.9, 0.8, 0.1, 0.2, 0.5], [0.1, 0.2, 0.9, 0.7, 0.5], [0.5, 0.1, 0.5, 0.1, 0.9]]
+    )
     return (torch.rand(n, 5, generator=gen) < means[y]).float(), y
 
 

@@ -216,38 +216,83 @@ def with_nan(tensor: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda c, f: stability_matrix(c, f[:-1]), InvalidArgumentError,
-         r"coarse_ops has 40 samples \(rows\) but fine_ops has 39"),
-        (lambda c, f: stability_matrix(with_nan(c), f), InvalidArgumentError,
-         "coarse_ops must be finite, got 1 NaN or infinite values"),
-        (lambda c, f: stability_matrix(c, with_nan(f)), InvalidArgumentError,
-         "fine_ops must be finite, got 1 NaN"),
-        (lambda c, f: stability_matrix(c[:1], f[:1]), InvalidArgumentError,
-         r"shape \(S, M\) with S >= 2 samples"),
-        (lambda c, f: stability_matrix(c[:, 0], f), InvalidArgumentError,
-         r"coarse_ops must have shape \(S, M\).*\(40,\)"),
-        (lambda c, f: stability_matrix(c.long(), f), InvalidTypeError,
-         "coarse_ops must be a floating torch.Tensor"),
-        (lambda c, f: stability_matrix(c, f.numpy()), InvalidTypeError,
-         "fine_ops must be a floating torch.Tensor"),
-        (lambda c, f: stability_matrix(c, f, torch.full((40,), -1 / 40, dtype=torch.float64)),
-         InvalidArgumentError, "weights must be probabilities >= 0"),
-        (lambda c, f: stability_matrix(c, f, torch.full((40,), 1 / 20, dtype=torch.float64)),
-         InvalidArgumentError, "weights must sum to one, got sum 2"),
-        (lambda c, f: stability_matrix(c, f, torch.full((20,), 1 / 20, dtype=torch.float64)),
-         InvalidArgumentError, r"weights must have shape \(40,\).*got \(20,\)"),
-        (lambda c, f: stability_matrix(c, f, torch.full((40,), math.nan, dtype=torch.float64)),
-         InvalidArgumentError, "weights must be probabilities"),
-        (lambda c, f: stability_matrix(c, f, torch.ones(40, dtype=torch.long)), InvalidTypeError,
-         "weights must be a floating torch.Tensor"),
-        (lambda c, f: stability_matrix(c, f, blocks=1), InvalidArgumentError,
-         "blocks must be an integer >= 2"),
-        (lambda c, f: stability_matrix(c, f, ridge=-1.0), InvalidArgumentError,
-         "ridge must be >= 0"),
-        (lambda c, f: stability_matrix(c, f, max_condition=0.5), InvalidArgumentError,
-         "max_condition must be >= 1"),
+        (
+            lambda c, f: stability_matrix(c, f[:-1]),
+            InvalidArgumentError,
+            r"coarse_ops has 40 samples \(rows\) but fine_ops has 39",
+        ),
+        (
+            lambda c, f: stability_matrix(with_nan(c), f),
+            InvalidArgumentError,
+            "coarse_ops must be finite, got 1 NaN or infinite values",
+        ),
+        (
+            lambda c, f: stability_matrix(c, with_nan(f)),
+            InvalidArgumentError,
+            "fine_ops must be finite, got 1 NaN",
+        ),
+        (
+            lambda c, f: stability_matrix(c[:1], f[:1]),
+            InvalidArgumentError,
+            r"shape \(S, M\) with S >= 2 samples",
+        ),
+        (
+            lambda c, f: stability_matrix(c[:, 0], f),
+            InvalidArgumentError,
+            r"coarse_ops must have shape \(S, M\).*\(40,\)",
+        ),
+        (
+            lambda c, f: stability_matrix(c.long(), f),
+            InvalidTypeError,
+            "coarse_ops must be a floating torch.Tensor",
+        ),
+        (
+            lambda c, f: stability_matrix(c, f.numpy()),
+            InvalidTypeError,
+            "fine_ops must be a floating torch.Tensor",
+        ),
+        (
+            lambda c, f: stability_matrix(c, f, torch.full((40,), -1 / 40, dtype=torch.float64)),
+            InvalidArgumentError,
+            "weights must be probabilities >= 0",
+        ),
+        (
+            lambda c, f: stability_matrix(c, f, torch.full((40,), 1 / 20, dtype=torch.float64)),
+            InvalidArgumentError,
+            "weights must sum to one, got sum 2",
+        ),
+        (
+            lambda c, f: stability_matrix(c, f, torch.full((20,), 1 / 20, dtype=torch.float64)),
+            InvalidArgumentError,
+            r"weights must have shape \(40,\).*got \(20,\)",
+        ),
+        (
+            lambda c, f: stability_matrix(c, f, torch.full((40,), math.nan, dtype=torch.float64)),
+            InvalidArgumentError,
+            "weights must be probabilities",
+        ),
+        (
+            lambda c, f: stability_matrix(c, f, torch.ones(40, dtype=torch.long)),
+            InvalidTypeError,
+            "weights must be a floating torch.Tensor",
+        ),
+        (
+            lambda c, f: stability_matrix(c, f, blocks=1),
+            InvalidArgumentError,
+            "blocks must be an integer >= 2",
+        ),
+        (
+            lambda c, f: stability_matrix(c, f, ridge=-1.0),
+            InvalidArgumentError,
+            "ridge must be >= 0",
+        ),
+        (
+            lambda c, f: stability_matrix(c, f, max_condition=0.5),
+            InvalidArgumentError,
+            "max_condition must be >= 1",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input(call, error, message):
     coarse, fine = good_samples()
     with pytest.raises(error, match=message):
@@ -259,8 +304,11 @@ def test_constant_coarse_column_is_singular(weighted):
     coarse, fine = good_samples()
     coarse = torch.cat([coarse, torch.ones(40, 1, dtype=torch.float64)], 1)
     weights = torch.full((40,), 1 / 40, dtype=torch.float64) if weighted else None
-    with pytest.raises(SingularMatrixError, match=r"singular \(condition number inf\).*column"
-                                                  r"\(s\) 2 are constant") as info:  # fmt: skip
+    with pytest.raises(
+        SingularMatrixError,
+        match=r"singular \(condition number inf\).*column"
+        r"\(s\) 2 are constant",
+    ) as info:
         stability_matrix(coarse, fine, weights)
     assert info.value.condition_number == math.inf
 
@@ -271,7 +319,7 @@ def test_duplicated_coarse_columns_are_singular_until_ridge():
     with pytest.raises(
         SingularMatrixError, match=r"singular or nearly so \(condition number (inf|\d[\d.e+]*) >"
     ) as info:
-        stability_matrix(coarse, fine)  # fmt: skip
+        stability_matrix(coarse, fine)
     assert info.value.condition_number > 1e10
     ridge = 1e-9
     result = stability_matrix(coarse, fine, ridge=ridge)

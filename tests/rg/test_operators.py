@@ -27,8 +27,7 @@ def operator_sets_and_states(draw):
     rows = draw(st.integers(1, 5))
     binary = draw(st.booleans())
     values = st.sampled_from([0.0, 1.0]) if binary else st.floats(0, 1, allow_nan=False)
-    states = draw(st.lists(st.lists(values, min_size=n, max_size=n), min_size=rows,
-                           max_size=rows))  # fmt: skip
+    states = draw(st.lists(st.lists(values, min_size=n, max_size=n), min_size=rows, max_size=rows))
     return n, subsets, states
 
 
@@ -100,8 +99,10 @@ def test_triples_by_weight_against_a_brute_force_ranking():
     # with 4 * count >= all pairs, every unit is a candidate, so all triples are scored
     weight = torch.randn(4, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     triples = list(itertools.combinations(range(5), 3))
-    score = {t: abs(sum(float(weight[m, t[0]] * weight[m, t[1]] * weight[m, t[2]])
-                        for m in range(4))) for t in triples}  # fmt: skip
+    score = {
+        t: abs(sum(float(weight[m, t[0]] * weight[m, t[1]] * weight[m, t[2]]) for m in range(4)))
+        for t in triples
+    }
     ranked = sorted(triples, key=lambda t: -score[t])
     assert OperatorSet.triples_by_weight(weight, 3).subsets == tuple(ranked[:3])
 
@@ -110,26 +111,47 @@ def test_triples_by_weight_against_a_brute_force_ranking():
     ("build", "error", "message"),
     [
         (lambda: OperatorSet.from_subsets(3, [()]), InvalidArgumentError, "must not be empty"),
-        (lambda: OperatorSet.from_subsets(3, [(0, 3)]), InvalidArgumentError,
-         r"units in \[0, 2\], got \[0, 3\]"),
+        (
+            lambda: OperatorSet.from_subsets(3, [(0, 3)]),
+            InvalidArgumentError,
+            r"units in \[0, 2\], got \[0, 3\]",
+        ),
         (lambda: OperatorSet.from_subsets(3, [(-1,)]), InvalidArgumentError, r"units in \[0, 2\]"),
         (lambda: OperatorSet.from_subsets(3, []), InvalidArgumentError, "at least one operator"),
         (lambda: OperatorSet.from_subsets(0, [(0,)]), InvalidArgumentError, "n_units must be"),
         (lambda: OperatorSet.complete(17), InvalidArgumentError, "n_units <= 16, got 17"),
-        (lambda: OperatorSet.singles(2) + OperatorSet.singles(3), InvalidArgumentError,
-         "same units"),
-        (lambda: OperatorSet.pairs_by_weight(torch.randn(3, 4), 7), InvalidArgumentError,
-         "count must be at most 6 pairs of 4 units, got 7"),
-        (lambda: OperatorSet.pairs_by_weight(torch.randn(4), 1), InvalidTypeError,
-         "weight must be a 2-D floating tensor"),
-        (lambda: OperatorSet.triples_by_weight(torch.randn(3, 2), 1), InvalidArgumentError,
-         "triples need at least 3 units, got 2"),
-        (lambda: OperatorSet.singles(3)(torch.zeros(2, 4)), InvalidArgumentError,
-         r"states must have 3 units in the last dimension, got shape \(2, 4\)"),
-        (lambda: OperatorSet.singles(3)(torch.zeros(2, 3, dtype=torch.long)), InvalidTypeError,
-         "states must be a floating tensor"),
+        (
+            lambda: OperatorSet.singles(2) + OperatorSet.singles(3),
+            InvalidArgumentError,
+            "same units",
+        ),
+        (
+            lambda: OperatorSet.pairs_by_weight(torch.randn(3, 4), 7),
+            InvalidArgumentError,
+            "count must be at most 6 pairs of 4 units, got 7",
+        ),
+        (
+            lambda: OperatorSet.pairs_by_weight(torch.randn(4), 1),
+            InvalidTypeError,
+            "weight must be a 2-D floating tensor",
+        ),
+        (
+            lambda: OperatorSet.triples_by_weight(torch.randn(3, 2), 1),
+            InvalidArgumentError,
+            "triples need at least 3 units, got 2",
+        ),
+        (
+            lambda: OperatorSet.singles(3)(torch.zeros(2, 4)),
+            InvalidArgumentError,
+            r"states must have 3 units in the last dimension, got shape \(2, 4\)",
+        ),
+        (
+            lambda: OperatorSet.singles(3)(torch.zeros(2, 3, dtype=torch.long)),
+            InvalidTypeError,
+            "states must be a floating tensor",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_operator_sets(build, error, message):
     with pytest.raises(error, match=message):
         build()
