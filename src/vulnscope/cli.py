@@ -590,10 +590,15 @@ def _run_rg(args: argparse.Namespace) -> int:
         print(
             f"  depth {row['depth']}: accuracy {row['test_accuracy']:.1%}, "
             f"||P|| {row['product_norm_mean']:.3g}, distance along v1 "
-            f"{row['class_change_distance_median']['fisher']}"
+            f"{_distance(row['class_change_distance_median']['fisher'])}"
         )
     print(f"wrote {args.out / 'rg.json'}")
     return 0
+
+
+def _distance(value: float | None) -> str:
+    """A class-change distance to 3 significant digits (None: no change found)."""
+    return "none found" if value is None else f"{value:.3g}"
 
 
 def _print_summary(result: AuditResult) -> None:
