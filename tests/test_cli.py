@@ -269,6 +269,8 @@ def test_console_script_runs_end_to_end(tmp_path, digits_cnn, isolated_cache):
             "linf",
             "--linf-eps",
             "0.1",
+            "--attacks",  # the entry point is under test, not the cascade
+            "apgd-ce",
             "--out",
             str(tmp_path / "o"),
         ],
