@@ -331,6 +331,15 @@ def test_an_audit_rerun_continues_refuses_other_options_by_name_and_fresh_starts
         "linf-00002.json",
     ]
     capsys.readouterr()
+    # a piece whose file parses but holds no cascade chunk is refused by name, not merged
+    finished = (checkpoint / "linf-00001.json").read_text()
+    (checkpoint / "linf-00001.json").write_text('{"seconds": 1.0, "piece": {"norm": 3}}')
+    assert _audit(tmp_path, *options) == 1
+    err = capsys.readouterr().err
+    assert "the checkpointed piece 'linf-00001' is damaged" in err and "--fresh" in err, err
+    (checkpoint / "linf-00001.json").write_text(finished)
+    assert _audit(tmp_path, *options) == 0  # the same options continue from the pieces
+    capsys.readouterr()
     assert _audit(tmp_path, *options, "--attacks", "apgd-ce") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err

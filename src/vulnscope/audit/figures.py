@@ -15,9 +15,10 @@ from torch import Tensor
 
 from vulnscope._plotting import new_figure, save_png
 
-__all__ = ["plot_dangerous", "plot_robust_accuracy"]
+__all__ = ["NORM_NAMES", "plot_dangerous", "plot_robust_accuracy"]
 
-_NORM_LABELS = {"linf": "L∞", "l2": "L2"}
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+"""How the figures, the report and the verdict write each norm."""
 
 
 def plot_robust_accuracy(
@@ -41,11 +42,11 @@ def plot_robust_accuracy(
         if clean is not None and 0.0 not in epsilons:
             epsilons, accuracy = [0.0, *epsilons], [clean, *accuracy]
         ax.plot(epsilons, [100 * a for a in accuracy], "k-o", label="robust (cascade)")
-        ax.set_xlabel(f"budget ε ({_NORM_LABELS.get(norm, norm)})")
+        ax.set_xlabel(f"budget ε ({NORM_NAMES.get(norm, norm)})")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        ax.set_title(f"robust accuracy, {_NORM_LABELS.get(norm, norm)}")
+        ax.set_title(f"robust accuracy, {NORM_NAMES.get(norm, norm)}")
         ax.legend()
     return save_png(figure, path)
 

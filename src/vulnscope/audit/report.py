@@ -29,7 +29,6 @@ __all__ = ["render_report", "write_report"]
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_NORMS = {"linf": "L∞", "l2": "L2"}
 _LEVELS = {"high": "high", "moderate": "moderate", "low": "low"}
 _NULL = "—"
 

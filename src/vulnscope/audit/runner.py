@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vulnscope._checkpoint import CheckpointError, Checkpoints
+from vulnscope._checkpoint import FRESH_FLAG, CheckpointError, Checkpoints
 from vulnscope.audit.progress import StageProgress
 from vulnscope.audit.stage import AuditPlan, Stage
 
@@ -84,7 +84,7 @@ class PieceRunner:
                         ticked += 1
                         bar.update(1)
 
-                if stored is None:
+                if stored is None:  # kept as JSON, so a piece read back equals this one
                     stored = self._compute(stage, piece, tick)
                     if self.store is not None:
                         self.store.save(piece.name, stored)
@@ -98,8 +98,8 @@ class PieceRunner:
                     outcome.pieces.append(stage.decode_piece(stored["piece"]))
                 except (KeyError, ValueError) as error:
                     raise CheckpointError(
-                        f"the checkpointed piece {piece.name!r} is damaged ({error}); rerun "
-                        "without --resume"
+                        f"the checkpointed piece {piece.name!r} is damaged ({error}); delete "
+                        f"it, or rerun with {FRESH_FLAG}"
                     ) from None
         return outcome
 

@@ -150,7 +150,8 @@ class StageVerdict:
     """A stage's part of the verdict.
 
     Attributes:
-        reference: ``(norm, eps, robust accuracy)`` at the stage's middle budget, for the
+        reference: ``(threat model as the verdict writes it, e.g. "L∞", eps, robust
+            accuracy)`` at the stage's middle budget, for the
             vulnerability level (robustness stages only).
         sentences: where the model is fragile, in plain words.
         masking: names of the gradient-masking checks that fired.

@@ -22,8 +22,6 @@ LEVELS = ("high", "moderate", "low", "unknown")
 _HIGH, _MODERATE = 0.5, 0.85
 """Kept fractions of the clean accuracy below which the level is high, moderate."""
 
-_NORM_NAMES = {"linf": "L∞", "l2": "L2"}
-
 
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
@@ -46,12 +44,12 @@ def verdict(clean_accuracy: float, results: Mapping[str, Any]) -> Verdict:
         level = _level(kept[worst])
         eps, accuracy = references[worst]
         headline = (
-            f"{level.capitalize()} vulnerability: at {_NORM_NAMES.get(worst, worst)} "
+            f"{level.capitalize()} vulnerability: at {worst} "
             f"ε = {eps:g}, accuracy falls from {_percent(clean_accuracy)} to "
             f"{_percent(accuracy)}."
         )
         sentences += [
-            f"At {_NORM_NAMES.get(norm, norm)} ε = {other_eps:g} it is {_percent(other)}."
+            f"At {norm} ε = {other_eps:g} it is {_percent(other)}."
             for norm, (other_eps, other) in references.items()
             if norm != worst
         ]

@@ -18,14 +18,11 @@ from typing import Any, ClassVar
 from typing_extensions import override
 
 from vulnscope.audit.codec import IN_MEMORY, from_json
-from vulnscope.audit.figures import plot_robust_accuracy
+from vulnscope.audit.figures import NORM_NAMES, plot_robust_accuracy
 from vulnscope.audit.stage import AuditPlan, Piece, Report, ReportSection, Stage, StageVerdict
 from vulnscope.evaluate import CascadeChunk, cascade_chunk, merge_cascade_chunks
 
-__all__ = ["NORM_NAMES", "Robustness", "RobustnessStage"]
-
-NORM_NAMES = {"linf": "L∞", "l2": "L2"}
-"""How the report and the verdict write each norm."""
+__all__ = ["Robustness", "RobustnessStage"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +85,10 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
     result_type = Robustness
     schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/curve"}
     norm: ClassVar[str]
+
+    @property
+    def _label(self) -> str:
+        return NORM_NAMES.get(self.norm, self.norm)
 
     def _positive(self, plan: AuditPlan) -> list[float]:
         return sorted({eps for eps in plan.epsilons[self.norm] if eps > 0})
@@ -176,13 +177,13 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
         reference = result.reference
         fired = sorted({name for e in result.evaluations for name, on in e.checks.items() if on})
         return StageVerdict(
-            reference=None if reference is None else (self.norm, *reference),
+            reference=None if reference is None else (self._label, *reference),
             masking=tuple(fired),
         )
 
     @override
     def summary(self, result: Robustness) -> list[str]:
-        names = list(dict.fromkeys(stage["name"] for e in result.evaluations for stage in e.stages))
+        names = _attacks(result)
         lines = [
             f"robust accuracy ({self.norm}) and the points each attack broke:",
             "  " + f"{'eps':>8}{'robust':>9}" + "".join(f"{name:>10}" for name in names),
@@ -196,7 +197,7 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
 
     @override
     def key_figures(self, result: Robustness, report: Report) -> list[tuple[str, str]]:
-        label = NORM_NAMES.get(self.norm, self.norm)
+        label = self._label
         return [
             (f"robust accuracy, {label} ε = {report.number(eps)}", report.percent(accuracy))
             for eps, accuracy in zip(result.epsilons, result.accuracy, strict=True)
@@ -206,9 +207,7 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
     @override
     def report(self, result: Robustness, report: Report) -> ReportSection:
         """Robust accuracy per budget and which attack broke how many points."""
-        attacks = list(
-            dict.fromkeys(stage["name"] for e in result.evaluations for stage in e.stages)
-        )
+        attacks = _attacks(result)
         by_eps = {evaluation.eps: evaluation for evaluation in result.evaluations}
         rows = []
         for eps, accuracy in zip(result.epsilons, result.accuracy, strict=True):
@@ -218,7 +217,7 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
             ]
             rows.append([report.number(eps), report.percent(accuracy), *counts])
         header = ["ε", "robust accuracy", *(f"broken by {attack}" for attack in attacks)]
-        label = NORM_NAMES.get(self.norm, self.norm)
+        label = self._label
         notes = tuple(
             (warning, f"{label} ε = {report.number(evaluation.eps)}")
             for evaluation in result.evaluations
@@ -226,3 +225,8 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
         )
         body = f"<h3>{report.text(label)} budgets</h3>\n{report.table(header, rows)}"
         return ReportSection("Robust accuracy", body, ("robust_accuracy",), notes)
+
+
+def _attacks(result: Robustness) -> list[str]:
+    """The cascade's attacks, in order, as the evaluations name them."""
+    return list(dict.fromkeys(stage["name"] for e in result.evaluations for stage in e.stages))
