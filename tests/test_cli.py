@@ -32,9 +32,9 @@ def _check_record(record, *, samples, epsilons, norm="linf"):
 
 
 def test_audit_on_the_default_writes_valid_results(tmp_path, capsys, digits_cnn):
-    assert _audit(tmp_path, "--limit", "60", "--stages", "linf", "--linf-eps", "0.05,0.2") == 0
+    assert _audit(tmp_path, "--limit", "30", "--stages", "linf", "--linf-eps", "0.05,0.2") == 0
     record = json.loads((tmp_path / "out" / "results.json").read_text())
-    _check_record(record, samples=60, epsilons=[0.05, 0.2])
+    _check_record(record, samples=30, epsilons=[0.05, 0.2])
     assert record["model"] == {
         "name": "digits-cnn",
         "parameters": 71754,
