@@ -84,6 +84,25 @@ class Activation(BoundOp):
             best = torch.maximum(best, value) if largest else torch.minimum(best, value)
         return best
 
+    def relaxation(
+        self, lower: Tensor, upper: Tensor, mode: str, alpha: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Lines ``a_l x + b_l <= f(x) <= a_u x + b_u`` on ``[lower, upper]``.
+
+        Returns:
+            ``(a_l, b_l, a_u, b_u)``, each of the bounds' shape (or of ``alpha``'s).
+
+        """
+        narrow = (upper - lower) <= _DEGENERATE
+        upper_slope = torch.where(narrow, 0.0, chord_slope(self, lower, upper))
+        low_slope = self.lower_slope(lower, upper, mode)
+        if alpha is not None:
+            low_slope = torch.where(self.exact(lower, upper), low_slope, alpha)
+        low_slope = torch.where(narrow, 0.0, low_slope)
+        low_offset = self.offset(low_slope, lower, upper, largest=False)
+        high_offset = self.offset(upper_slope, lower, upper, largest=True)
+        return low_slope, low_offset, upper_slope, high_offset
+
     def backward(
         self,
         coefficients: Tensor,
@@ -97,19 +116,21 @@ class Activation(BoundOp):
         if interval is None:
             raise RuntimeError("an activation needs its input's bounds")
         lower, upper = interval[0].unsqueeze(1), interval[1].unsqueeze(1)
-        narrow = (upper - lower) <= _DEGENERATE
-        upper_slope = torch.where(narrow, 0.0, chord_slope(self, lower, upper))
-        low_slope = self.lower_slope(lower, upper, mode)
-        if alpha is not None:
-            low_slope = torch.where(self.exact(lower, upper), low_slope, alpha)
-        low_slope = torch.where(narrow, 0.0, low_slope)
-        low_offset = self.offset(low_slope, lower, upper, largest=False)
-        high_offset = self.offset(upper_slope, lower, upper, largest=True)
+        low_slope, low_offset, upper_slope, high_offset = self.relaxation(lower, upper, mode, alpha)
         positive = coefficients.clamp(min=0)
-        negative = coefficients.clamp(max=0)
+        negative = coefficients - positive
         passed = positive * low_slope + negative * upper_slope
-        constant = (positive * low_offset + negative * high_offset).flatten(2).sum(-1)
+        constant = _dot(positive, low_offset) + _dot(negative, high_offset)
         return [passed], constant
+
+
+def _dot(coefficients: Tensor, offsets: Tensor) -> Tensor:
+    """``sum A * c`` per row: (B, S) for A (B, S, *shape) and c (B, 1 or S, *shape)."""
+    flat = coefficients.flatten(2)
+    if offsets.shape[1] == 1:
+        column = offsets.reshape(offsets.shape[0], -1, 1).to(flat.dtype)
+        return torch.bmm(flat, column).squeeze(-1)
+    return (flat * offsets.flatten(2)).sum(-1)
 
 
 def chord_slope(activation: Activation, lower: Tensor, upper: Tensor) -> Tensor:
@@ -137,6 +158,10 @@ class ReLU(Activation):
         """Stable neurons: ``l >= 0`` or ``u <= 0``."""
         return (lower >= 0) | (upper <= 0)
 
+    def sensitive(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """Unstable neurons (a stable one is exact whatever its bounds)."""
+        return ~self.exact(lower, upper)
+
 
 class LeakyReLU(Activation):
     """``max(x, s x)`` for a slope ``0 <= s <= 1``."""
@@ -157,6 +182,10 @@ class LeakyReLU(Activation):
     def exact(self, lower: Tensor, upper: Tensor) -> Tensor:
         """Stable neurons: ``l >= 0`` or ``u <= 0``."""
         return (lower >= 0) | (upper <= 0)
+
+    def sensitive(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """Unstable neurons (a stable one is exact whatever its bounds)."""
+        return ~self.exact(lower, upper)
 
     def slope_range(self) -> tuple[float, float]:
         """Between the negative slope and 1."""

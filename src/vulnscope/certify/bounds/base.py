@@ -79,6 +79,17 @@ class BoundOp(ABC):
 
         """
 
+    def sensitive(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """Where tighter input bounds would tighten this operator's relaxation.
+
+        CROWN refines an intermediate node's bounds only where one of its readers is
+        sensitive to them: everywhere by default; a ReLU only where it is unstable.
+
+        Shape:
+            lower, upper: (B, *in); returns a bool tensor of that shape.
+        """
+        return torch.ones_like(lower, dtype=torch.bool)
+
     @property
     def is_linear(self) -> bool:
         """True when the output is an affine function of the inputs (no relaxation)."""

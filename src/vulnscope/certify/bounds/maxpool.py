@@ -52,16 +52,34 @@ class MaxPool2d(BoundOp):
         return self.forward(lower), self.forward(upper)
 
     def _windows(self, x: Tensor, fill: float) -> Tensor:
-        """Each window's values, (B, C, K, L) for K elements per window and L windows."""
-        batch, channels = x.shape[:2]
+        """Each window's values, (B, C, L, K) for L windows of K elements (strided views)."""
         pad_h, pad_w = self.padding
-        padded = functional.pad(x, (pad_w, pad_w, pad_h, pad_h), value=fill)
-        unfolded = functional.unfold(
-            padded.reshape(batch * channels, 1, *padded.shape[2:]),
-            self.kernel_size,
-            stride=self.stride,
-        )
-        return unfolded.reshape(batch, channels, unfolded.shape[1], unfolded.shape[2])
+        if pad_h or pad_w:
+            x = functional.pad(x, (pad_w, pad_w, pad_h, pad_h), value=fill)
+        (kernel_h, kernel_w), (stride_h, stride_w) = self.kernel_size, self.stride
+        windows = x.unfold(2, kernel_h, stride_h).unfold(3, kernel_w, stride_w)
+        return windows.reshape(*x.shape[:2], -1, kernel_h * kernel_w)
+
+    def _sure(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per window: its winner (index into the window), whether it is sure, ``max u``."""
+        windows_low = self._windows(lower, float("-inf"))
+        windows_high = self._windows(upper, float("-inf"))
+        winner = windows_low.argmax(dim=3, keepdim=True)  # (B, C, L, 1)
+        winner_low = windows_low.gather(3, winner).squeeze(3)
+        others = windows_high.scatter(3, winner, float("-inf")).amax(dim=3)
+        return winner, winner_low >= others, windows_high.amax(dim=3)
+
+    def sensitive(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """The elements of windows without a sure winner."""
+        _, sure, _ = self._sure(lower, upper)
+        height, width = self.input_shapes[0][1:]
+        positions = torch.arange(height * width, device=lower.device, dtype=lower.dtype)
+        members = self._windows(positions.view(1, 1, height, width), -1.0)[0, 0].long()
+        unsure = (~sure).to(lower.dtype).unsqueeze(-1).expand(-1, -1, -1, members.shape[1])
+        count = lower.new_zeros(*lower.shape[:2], height * width + 1)
+        index = (members + 1).flatten().expand(*lower.shape[:2], -1)  # padding goes to 0
+        count.scatter_add_(2, index, unsure.flatten(2))
+        return (count[..., 1:] > 0).view_as(lower)
 
     def backward(
         self,
@@ -77,19 +95,11 @@ class MaxPool2d(BoundOp):
             raise RuntimeError("max pooling needs its input's bounds")
         lower, upper = interval
         height, width = self.input_shapes[0][1:]
-        windows_low = self._windows(lower, float("-inf"))
-        windows_high = self._windows(upper, float("-inf"))
+        winner, sure, top = self._sure(lower, upper)
         positions = torch.arange(height * width, dtype=lower.dtype, device=lower.device)
-        window_positions = self._windows(
-            positions.view(1, 1, height, width).expand(1, 1, height, width), -1.0
-        )[0, 0]  # (K, L)
-        winner = windows_low.argmax(dim=2, keepdim=True)  # (B, C, 1, L)
-        winner_low = windows_low.gather(2, winner).squeeze(2)
-        others = windows_high.scatter(2, winner, float("-inf")).amax(dim=2)
-        sure = winner_low >= others  # (B, C, L)
-        top = windows_high.amax(dim=2)
-        index = window_positions.expand(*winner.shape[:2], -1, -1).gather(2, winner)
-        index = index.squeeze(2).long()  # (B, C, L): flat input position of each winner
+        window_positions = self._windows(positions.view(1, 1, height, width), -1.0)[0, 0]
+        index = window_positions.expand(*winner.shape[:2], -1, -1).gather(3, winner)
+        index = index.squeeze(3).long()  # (B, C, L): flat input position of each winner
         batch, specs = coefficients.shape[:2]
         channels = coefficients.shape[2]
         flat = coefficients.reshape(batch, specs, channels, -1)
