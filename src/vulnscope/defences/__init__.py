@@ -37,11 +37,23 @@ from vulnscope.defences.magnet_evaluation import (
 )
 from vulnscope.defences.mixup import ManifoldMixup, MixupDraw
 from vulnscope.defences.parseval import ConvexAggregation, parseval_deviation, parseval_retraction
+from vulnscope.defences.provable_training import (
+    PROVABLE_METHODS,
+    ProvableTraining,
+    RampSchedule,
+    ScheduleValues,
+    crown_ibp_training,
+    ibp_training,
+    robust_cross_entropy,
+    wong_kolter_training,
+    worst_case_logits,
+)
 from vulnscope.defences.trades import TRADES, trades_loss
 
 __all__ = [
     "ACTIVATION_TYPES",
     "CURE",
+    "PROVABLE_METHODS",
     "TRADES",
     "AdaptiveMagNetAttack",
     "AdaptiveResult",
@@ -53,8 +65,12 @@ __all__ = [
     "MagNetEvaluation",
     "ManifoldMixup",
     "MixupDraw",
+    "ProvableTraining",
+    "RampSchedule",
+    "ScheduleValues",
     "Tempered",
     "activation_dropout",
+    "crown_ibp_training",
     "curvature_penalty",
     "defensive_distillation",
     "evaluate_adaptive",
@@ -62,12 +78,16 @@ __all__ = [
     "fast_fgsm_training",
     "fit_magnet",
     "fit_threshold",
+    "ibp_training",
     "jensen_shannon",
     "parseval_deviation",
     "parseval_retraction",
     "pgd_training",
     "reconstruction_error",
+    "robust_cross_entropy",
     "soft_labels",
     "trades_loss",
     "train_autoencoder",
+    "wong_kolter_training",
+    "worst_case_logits",
 ]

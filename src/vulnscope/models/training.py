@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -20,7 +21,7 @@ from vulnscope._validation import (
 )
 from vulnscope.errors import InvalidTypeError
 
-__all__ = ["Objective", "train_classifier"]
+__all__ = ["Objective", "ScheduledObjective", "train_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,28 @@ Objective = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor]
 Called with the model in training mode; what it returns is minimised. A training-time
 defence (adversarial training, TRADES, CURE, Manifold Mixup, ...) is an objective; the
 generator is its only source of randomness."""
+
+
+@runtime_checkable
+class ScheduledObjective(Protocol):
+    """An objective whose loss follows a schedule over training (a ramped eps, a weight).
+
+    :func:`train_classifier` calls :meth:`set_epoch` before every minibatch with the
+    training's progress in epochs, counted from 0: ``epoch + done / N``, where ``done``
+    samples of the ``N`` were seen earlier in the epoch (so 1.5 is half-way through the
+    second epoch). Provable training (:mod:`vulnscope.defences.provable_training`) ramps
+    its eps with it.
+    """
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        """The minibatch loss, as an :data:`Objective`."""
+        ...
+
+    def set_epoch(self, epoch: float) -> None:
+        """Move the schedule to ``epoch`` (fractional, >= 0)."""
+        ...
 
 
 def train_classifier(
@@ -73,7 +96,8 @@ def train_classifier(
         seed: seed of the minibatch order, and (derived from it) of the objective's
             generator.
         objective: the minibatch loss (see :data:`Objective`); ``None`` for the
-            cross-entropy above.
+            cross-entropy above. A :class:`ScheduledObjective` is told the progress
+            before every minibatch.
         after_step: called with the model after every optimiser step (e.g. the Parseval
             retraction, :func:`vulnscope.defences.parseval_retraction`).
 
@@ -101,6 +125,7 @@ def train_classifier(
     # the objective draws from its own stream, so the minibatch order never depends on it
     objective_generator = torch.Generator(device=x.device).manual_seed(seed ^ _OBJECTIVE_STREAM)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduled = objective if isinstance(objective, ScheduledObjective) else None
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(x.shape[0], generator=generator).to(x.device)
@@ -111,6 +136,8 @@ def train_classifier(
                 # with (B, C) float targets, cross_entropy is the soft cross-entropy above
                 loss = F.cross_entropy(model(x[batch]), y[batch])
             else:
+                if scheduled is not None:
+                    scheduled.set_epoch(epoch + start / x.shape[0])
                 loss = objective(model, x[batch], y[batch], objective_generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
