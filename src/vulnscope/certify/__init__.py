@@ -9,5 +9,15 @@ largest such eps. The bounds are computed on a graph read from the model
 """
 
 from vulnscope.certify.certificate import METHODS, Certificate, certified_radius, certify
+from vulnscope.certify.exact_radius import exact_radius
+from vulnscope.certify.verification import Verification, verify
 
-__all__ = ["METHODS", "Certificate", "certified_radius", "certify"]
+__all__ = [
+    "METHODS",
+    "Certificate",
+    "Verification",
+    "certified_radius",
+    "certify",
+    "exact_radius",
+    "verify",
+]
