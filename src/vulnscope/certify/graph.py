@@ -73,6 +73,10 @@ _ACTIVATION_FUNCTIONS: dict[Any, Callable[..., BoundOp]] = {
         divisor_override=None,
     ),
 }
+_SUPPORTED = (
+    "it bounds Linear, Conv2d, BatchNorm (eval), Flatten/reshape, AvgPool2d, MaxPool2d, ReLU, "
+    "LeakyReLU, ELU, Tanh, Sigmoid, sums of two branches and scaling or shifting by constants"
+)
 _RESHAPES = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
 _IDENTITIES = {"contiguous", functional.dropout}
 
@@ -195,6 +199,11 @@ class _Reader:
             for child_name, child in module.named_children():
                 index = self.module(child, f"{name}.{child_name}".lstrip("."), index)
             return index
+        if type(module).__module__.startswith("torch.nn."):
+            # a built-in layer outside the table: name it, not the function its forward calls
+            raise ModelError(
+                f"certify cannot bound {type(module).__name__} at '{where}'; {_SUPPORTED}"
+            )
         return self.traced(module, name, index)
 
     def traced(self, module: nn.Module, name: str, index: int) -> int:
@@ -295,11 +304,7 @@ def _function_operator(target: Any, args: list[Any], kwargs: dict[str, Any], whe
         return ScaleShift(1 / _constant(args[1]), 0.0)
     if target in (operator.neg, torch.neg, "neg"):
         return ScaleShift(-1.0, 0.0)
-    raise ModelError(
-        f"certify cannot bound the call {name}(...) at '{where}'; it bounds Linear, Conv2d, "
-        "BatchNorm (eval), Flatten/reshape, AvgPool2d, MaxPool2d, ReLU, LeakyReLU, ELU, "
-        "Tanh, Sigmoid, sums of two branches and scaling or shifting by constants"
-    )
+    raise ModelError(f"certify cannot bound the call {name}(...) at '{where}'; {_SUPPORTED}")
 
 
 def _constant(value: Any) -> Tensor:
