@@ -1,10 +1,11 @@
-"""What the exact solvers share: their answer for one point, and the operators they encode.
+"""What the exact solvers share: the operators they encode, their answer, their driver.
 
 The MILP (:mod:`vulnscope.certify.milp`) and the SMT formula
 (:mod:`vulnscope.certify.smt`) encode the same piecewise-linear operators of a graph read
 by :func:`~vulnscope.certify.graph.read_graph`: affine maps, residual additions, ReLU
 and max pooling. Any other operator (a smooth activation, or a leaky one) leaves the
-point "unknown", with the layer named.
+point "unknown", with the layer named. Each answers one point with an :class:`Outcome`;
+:func:`solve_points` gives them CROWN's node bounds and the classes left to beat.
 """
 
 from __future__ import annotations

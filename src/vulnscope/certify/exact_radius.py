@@ -110,18 +110,21 @@ def exact_radius(
     radii = torch.zeros(x.shape[0], dtype=torch.float64)
     for k in range(x.shape[0]):
         if int(logits[k].argmax()) == int(y[k]):
-            flat = [(low[k].flatten().numpy(), high[k].flatten().numpy()) for low, high in nodes]
+            flat = [
+                (low[k].flatten().cpu().numpy(), high[k].flatten().cpu().numpy())
+                for low, high in nodes
+            ]
             classes = [int(j) for j in np.argsort(margins[k]) if margins[k, j] <= 0]
             radii[k] = _radius(
                 graph,
                 flat,
-                x64[k].flatten().numpy(),
+                x64[k].flatten().cpu().numpy(),
                 int(y[k]),
                 classes,
                 reach=float(reach[k]),
                 time_limit=time_limit,
             )
-    return radii.to(x.dtype)
+    return radii.to(device=x.device, dtype=x.dtype)
 
 
 def _radius(

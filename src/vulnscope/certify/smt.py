@@ -6,8 +6,9 @@ max-pooling window a chain of them, over one real variable per input within the 
 (the ball intersected with the input box). The query "some input of the box gives some
 other class a logit at least the label's" is unsatisfiable exactly when the point is
 verified, and a model of it is a counterexample. The weights enter as the exact rationals
-of their float64 values, and no bound of any other method is used, so the answer is
-independent of the MILP's (:mod:`vulnscope.certify.milp`) and cross-checks it.
+of their float64 values, and the formula holds no bound of any other method, so its
+answer is independent of the MILP's (:mod:`vulnscope.certify.milp`) and cross-checks it
+(:func:`~vulnscope.certify.verify` only leaves out the classes CROWN proves beaten).
 
 z3 is an optional dependency: ``pip install 'vulnscope[smt]'``.
 """

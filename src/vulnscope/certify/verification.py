@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +38,7 @@ from vulnscope._validation import (
 from vulnscope.certify import milp, smt
 from vulnscope.certify.certificate import certify
 from vulnscope.certify.counterexamples import check_counterexamples
-from vulnscope.certify.exact import Outcome, Status, solve_points, unsupported_node
+from vulnscope.certify.exact import Solver, Status, solve_points, unsupported_node
 from vulnscope.certify.graph import read_graph
 from vulnscope.errors import InvalidTypeError
 from vulnscope.evaluate.cascade import cascade_chunk
@@ -49,11 +49,9 @@ __all__ = ["SOLVERS", "Status", "Verification", "verify"]
 
 logger = logging.getLogger(__name__)
 
-Solver = Callable[..., Outcome]
-
-SOLVERS: dict[str, tuple[Solver, dict[type, object]]] = {
-    "milp": (milp.solve_point, milp.ENCODERS),  # type: ignore[dict-item]
-    "smt": (smt.solve_point, smt.ENCODERS),  # type: ignore[dict-item]
+SOLVERS: dict[str, tuple[Solver, Mapping[type, object]]] = {
+    "milp": (milp.solve_point, milp.ENCODERS),
+    "smt": (smt.solve_point, smt.ENCODERS),
 }
 """The complete solvers, by the name ``method=`` takes, with the operators they encode."""
 
@@ -205,7 +203,7 @@ def verify(
     budget = chunk.budgets[0]
     x_adv = x if budget.x_adv is None else budget.x_adv  # a chunk computed here has them
     broken = [i for i, by in enumerate(budget.broken_by) if by is not None]
-    verdicts.falsify(broken, x_adv[broken], source="the attack")
+    verdicts.falsify(broken, x_adv[broken])  # a candidate failing the check proves nothing
     rest = verdicts.undecided()
     if rest:
         certified = certify(
@@ -229,7 +227,11 @@ def verify(
         verdicts.seconds[i] += seconds
         if outcome.status == "falsified" and outcome.counterexample is not None:
             candidate = torch.from_numpy(outcome.counterexample).reshape(x.shape[1:])
-            verdicts.falsify([i], candidate[None], source=f"the {method.upper()} solver")
+            if verdicts.falsify([i], candidate[None]):
+                verdicts.reasons[i] = (
+                    f"the {method.upper()} solver found an input whose margin is within "
+                    "rounding of zero, but a forward pass of the model classifies it correctly"
+                )
         else:
             verdicts.status[i], verdicts.reasons[i] = outcome.status, outcome.reason
         logger.debug("point %d: %s %s", i, verdicts.status[i], verdicts.reasons[i])
@@ -268,10 +270,10 @@ class _Verdicts:
         """The points no stage decided or explained yet."""
         return [i for i, s in enumerate(self.status) if s == "unknown" and not self.reasons[i]]
 
-    def falsify(self, rows: Sequence[int], candidates: Tensor, *, source: str) -> None:
-        """Mark ``rows`` falsified where their candidates pass the check; explain where not."""
+    def falsify(self, rows: Sequence[int], candidates: Tensor) -> list[int]:
+        """Mark ``rows`` falsified where their candidates pass the check; return the others."""
         if not rows:
-            return
+            return []
         index = torch.tensor(list(rows), device=self.x.device)
         moved, wrong = check_counterexamples(
             self.model,
@@ -282,11 +284,10 @@ class _Verdicts:
             eps=self.eps,
             bounds=self.bounds,
         )
+        failed = []
         for k, i in enumerate(rows):
             if bool(wrong[k]):
                 self.status[i], self.found[i] = "falsified", moved[k]
             else:
-                self.reasons[i] = (
-                    f"{source} found an input whose margin is within rounding of zero, but a "
-                    "forward pass of the model classifies it correctly"
-                )
+                failed.append(i)
+        return failed
