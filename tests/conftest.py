@@ -78,7 +78,7 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ["VULNSCOPE_CACHE_DIR"] = previous
 
 
-SINGLE_THREAD_PACKAGES = {"rg", "diagnostics", "cloning"}
+SINGLE_THREAD_PACKAGES = {"rg", "diagnostics", "cloning", "certify"}
 
 
 @pytest.fixture(autouse=True, scope="module")

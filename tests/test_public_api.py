@@ -10,6 +10,8 @@ import pytest
 PUBLIC_MODULES = [
     "vulnscope",
     "vulnscope.attacks",
+    "vulnscope.certify",
+    "vulnscope.certify.bounds",
     "vulnscope.cloning",
     "vulnscope.data",
     "vulnscope.defences",
@@ -51,6 +53,7 @@ def test_issue_contract_names_exist():
         Square,
         UniversalPerturbation,
     )
+    from vulnscope.certify import Certificate, certified_radius, certify  # noqa: F401
     from vulnscope.cloning import (  # noqa: F401
         MAD,
         FisherPoisoning,

@@ -85,7 +85,7 @@ def _randomise_batch_norm(module: nn.Module, generator: torch.Generator) -> None
             with torch.no_grad():
                 layer.running_mean.copy_(torch.rand(size, generator=generator) - 0.5)
                 layer.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-                layer.weight.copy_(torch.rand(size, generator=generator) + 0.5)
+                layer.weight.copy_(torch.rand(size, generator=generator) * 3 - 1.5)
                 layer.bias.copy_(torch.rand(size, generator=generator) * 0.6 - 0.3)
 
 
