@@ -158,3 +158,22 @@ def test_a_layer_left_in_training_mode_is_refused(layer, words):
 def test_the_identity_has_nothing_to_certify():
     with pytest.raises(ModelError, match="no layer certify can bound"):
         read_graph(nn.Sequential(nn.Identity()), example())
+
+
+class BroadcastSum(nn.Module):
+    """Adds a (2, 1, 1) branch to a (2, 2, 2) one: a sum certify's backward pass cannot split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(1, 2, 1)
+        self.narrow = nn.Conv2d(1, 2, 2, stride=2)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc((self.wide(x) + self.narrow(x)).flatten(1))
+
+
+def test_a_sum_of_branches_of_different_shapes_is_refused_by_name():
+    x = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ModelError, match=r"'add' sums shapes \(2, 2, 2\) and \(2, 1, 1\)"):
+        certify(BroadcastSum().eval(), x, torch.tensor([0, 1, 2]), eps=0.1)

@@ -261,6 +261,13 @@ class _Reader:
             return first
         op = _function_operator(target, args, kwargs, where)
         inputs = [a.index for a in nodes]
+        shapes = [self.nodes[i].shape for i in inputs]
+        if isinstance(op, Add) and shapes[0] != shapes[1]:
+            # intervals would broadcast, but the backward pass gives each branch its own
+            raise ModelError(
+                f"certify bounds sums of two branches of one shape; '{where}' sums shapes "
+                f"{shapes[0]} and {shapes[1]}"
+            )
         return _Ref(self.add(where, op, inputs, value))
 
 
