@@ -146,9 +146,19 @@ def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, t
     ).to_dict()
     assert record["settings"]["stages"] == default_stages(digits_cnn)
     assert default_stages(digits_cnn) == [s for s in STAGES if s != "rg"]
-    assert list(STAGES) == ["linf", "l2", "minimal", "spectra", "amplification", "dangerous", "rg"]
+    assert list(STAGES) == [
+        "linf",
+        "l2",
+        "certified",
+        "minimal",
+        "spectra",
+        "amplification",
+        "dangerous",
+        "rg",
+    ]
     assert set(record["figures"]) == {
         "robust_accuracy",
+        "certified_accuracy",
         "minimal_perturbations",
         "spectra",
         "amplification",
@@ -217,10 +227,10 @@ def test_model_with_too_few_outputs_is_refused():
 @pytest.mark.parametrize(
     ("options", "pieces"),
     [
-        ({}, 6),  # linf, l2 and minimal in one chunk each, and three geometry stages
-        ({"batch_size": 100}, 3 * 4 + 3),
-        ({"batch_size": None}, 6),
-        ({"quick": True, "batch_size": 40}, 3 * 3 + 3),  # --quick keeps 100 samples
+        ({}, 7),  # linf, l2, certified and minimal in one chunk each, three geometry stages
+        ({"batch_size": 100}, 4 * 4 + 3),
+        ({"batch_size": None}, 7),
+        ({"quick": True, "batch_size": 40}, 4 * 3 + 3),  # --quick keeps 100 samples
         ({"stages": ["l2", "spectra"], "batch_size": 99}, 5 + 1),
     ],
 )

@@ -8,7 +8,7 @@ from importlib import import_module
 
 __all__ = ["BUILTIN"]
 
-BUILTIN = ("linf", "l2", "minimal", "spectra", "amplification", "dangerous", "rg")
+BUILTIN = ("linf", "l2", "certified", "minimal", "spectra", "amplification", "dangerous", "rg")
 """The built-in stages' modules (and names), in the order they run."""
 
 for _module in BUILTIN:
