@@ -403,7 +403,7 @@ def _add_clone(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
 
 
 def _add_defend(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
-    from vulnscope.defences.digits import DEFENCE_METHODS, defend_digits
+    from vulnscope.defences.digits import DEFENCE_METHODS, PROVABLE_EPOCHS, defend_digits
     from vulnscope.models.cache import PRETRAINED
 
     defaults = _defaults(defend_digits)
@@ -412,8 +412,9 @@ def _add_defend(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
         help="train a defended digits CNN and save it as a TorchScript model file",
         description="Train the reference digits CNN with one defence (PGD, fast FGSM or "
         "TRADES adversarial training, defensive distillation, CURE, Parseval, Manifold "
-        "Mixup, or MagNet's detectors and reformer) and save it as a TorchScript file that "
-        "'vulnscope audit --model FILE' reads.",
+        "Mixup, MagNet's detectors and reformer, or provable training: IBP, CROWN-IBP, "
+        "Wong-Kolter) and save it as a TorchScript file that 'vulnscope audit --model "
+        "FILE' reads.",
     )
     defend.add_argument("--method", required=True, choices=DEFENCE_METHODS, help="the defence")
     defend.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
@@ -421,12 +422,15 @@ def _add_defend(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
         "--eps",
         type=_positive_float,
         default=defaults["eps"],
-        help="Linf radius of pgd, fgsm and trades training (default %(default)s)",
+        help="Linf radius of pgd, fgsm, trades, ibp, crown-ibp and wong-kolter training "
+        "(default %(default)s)",
     )
     defend.add_argument(
         "--epochs",
         type=_positive_int,
-        help=f"training epochs (default {PRETRAINED['digits-cnn'][1].epochs})",
+        help=f"training epochs (default {PRETRAINED['digits-cnn'][1].epochs}; "
+        + ", ".join(f"{epochs} for {method}" for method, epochs in PROVABLE_EPOCHS.items())
+        + ")",
     )
     defend.add_argument(
         "--dropout",

@@ -22,7 +22,7 @@ from vulnscope.defences import (
     worst_case_logits,
 )
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
-from vulnscope.models import train_classifier
+from vulnscope.models import DigitsCNN, DigitsMLP, train_classifier
 
 
 def test_schedules_follow_their_closed_forms() -> None:
@@ -203,3 +203,19 @@ def test_bad_progress_and_targets_are_refused() -> None:
     model = _two_layer(0)
     with pytest.raises(InvalidArgumentError, match="integer class labels"):
         objective(model, torch.rand(2, 3).double(), torch.rand(2, 4).double(), torch.Generator())
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "dual"])
+@pytest.mark.parametrize("architecture", ["mlp", "cnn"])
+def test_objectives_train_the_digits_architectures(method, architecture) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = DigitsMLP(hidden=8) if architecture == "mlp" else DigitsCNN(channels=2, hidden=8)
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 3, 5, 9])
+    objective = ProvableTraining(eps=0.1, method=method, schedule=RampSchedule(ramp=2.0))
+    objective.set_epoch(1.0)  # eps 0.05, kappa 0.75, beta 0.5
+    with fixed_threads():
+        loss = objective(model.train(), x, y, torch.Generator())
+        loss.backward()
+    assert torch.isfinite(loss) and loss > F.cross_entropy(model(x), y) * 0.75
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

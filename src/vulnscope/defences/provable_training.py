@@ -139,6 +139,8 @@ class ProvableTraining:
     with :math:`\hat z` the worst-case logits of the bounds at eps (no bound is computed
     while eps is 0 or :math:`\kappa` is 1). The model is read into a bound graph once
     (:func:`vulnscope.certify.graph.read_graph`); the graph uses the live parameters.
+    Batch norm and dropout layers are refused there: in training mode their outputs
+    have no certificate.
 
     Args:
         eps: the target L∞ radius, > 0.
