@@ -138,7 +138,7 @@ def _one_activation(
         return None
     chain = _affine_chain(graph, activation.inputs[0])
     size = inputs.center[0].numel()
-    if chain is None or size > 2 * _size(node.shape):
+    if chain is None:
         return None
     x = inputs.center
     basis = torch.eye(size, dtype=x.dtype, device=x.device).view(size, *x.shape[1:])
@@ -156,42 +156,37 @@ def _one_activation(
     low_coef, low_const = relaxed(low_slope, low_offset)
     high_coef, high_const = relaxed(high_slope, high_offset)
     op = node.op
-
-    def split(value: Tensor) -> tuple[Tensor, Tensor]:
-        plain, magnitude = op.linear(value), op.abs_linear(value)
-        return (plain + magnitude) / 2, (plain - magnitude) / 2
-
-    (low_pos, low_neg), (high_pos, high_neg) = split(low_coef), split(high_coef)
-    (lc_pos, lc_neg), (hc_pos, hc_neg) = split(low_const), split(high_const)
+    # W+ L + W- U = (W (L + U) - |W| (U - L)) / 2, and W+ U + W- L with a plus: two maps
+    middle = op.linear(torch.cat([low_coef + high_coef, low_const + high_const]))
+    spread = op.abs_linear(torch.cat([high_coef - low_coef, high_const - low_const]))
     bias = op.bias().to(x.dtype)
     shape = (batch, size, -1)
-    lower_coef = (low_pos + high_neg).reshape(shape).transpose(1, 2)
-    upper_coef = (high_pos + low_neg).reshape(shape).transpose(1, 2)
-    lower_const = (lc_pos + hc_neg + bias).flatten(1)
-    upper_const = (hc_pos + lc_neg + bias).flatten(1)
+    rows = low_coef.shape[0]
+    lower_coef = ((middle[:rows] - spread[:rows]) / 2).reshape(shape).transpose(1, 2)
+    upper_coef = ((middle[:rows] + spread[:rows]) / 2).reshape(shape).transpose(1, 2)
+    lower_const = ((middle[rows:] - spread[rows:]) / 2 + bias).flatten(1)
+    upper_const = ((middle[rows:] + spread[rows:]) / 2 + bias).flatten(1)
     in_shape = (batch, -1, *x.shape[1:])
     found_low = inputs.minimum(lower_coef.reshape(in_shape)) + lower_const
     found_high = -inputs.minimum(-upper_coef.reshape(in_shape)) + upper_const
     return found_low.view(batch, *node.shape), found_high.view(batch, *node.shape)
 
 
-def _sensitive_rows(graph: Graph, index: int, interval: Interval) -> Tensor:
-    """Flat indices of node ``index``'s neurons whose bounds some reader is sensitive to."""
+def _sensitive(graph: Graph, index: int, interval: Interval) -> Tensor:
+    """(B, n) bool: the neurons of node ``index`` whose bounds some reader depends on."""
     lower, upper = interval
-    wanted = torch.zeros(lower[0].numel(), dtype=torch.bool, device=lower.device)
+    wanted = torch.zeros(lower.shape[0], lower[0].numel(), dtype=torch.bool, device=lower.device)
     for node in graph.nodes:
         if index in node.inputs and node.op is not None and not node.op.is_linear:
-            wanted |= node.op.sensitive(lower, upper).flatten(1).any(dim=0)
-    if index == len(graph.nodes) - 1:
-        wanted[:] = True
-    return wanted.nonzero().flatten()
+            wanted |= node.op.sensitive(lower, upper).flatten(1)
+    return wanted
 
 
 def node_bounds(graph: Graph, inputs: InputSet, *, method: str = "crown") -> list[Interval]:
     """Bounds of every node's output, aligned with ``graph.nodes``.
 
     ``"ibp"`` propagates intervals. ``"crown"`` and ``"dual"`` bound each node a nonlinear
-    operator reads (and the logits) by a backward pass to the input, in topological
+    operator reads by a backward pass to the input, in topological
     order, with the relaxations of the nodes before it; the rest by intervals. CROWN
     keeps the tighter of its bound and the interval, and refines only the neurons whose
     bounds a reader's relaxation depends on (:meth:`BoundOp.sensitive`: an unstable
@@ -206,44 +201,72 @@ def node_bounds(graph: Graph, inputs: InputSet, *, method: str = "crown") -> lis
         return interval_bounds(graph, inputs)
     mode = "dual" if method == "dual" else "crown"
     needed = {i for index in graph.nonlinear() for i in graph.nodes[index].inputs}
-    needed.add(len(graph.nodes) - 1)
-    widest = max(_size(node.shape) for node in graph.nodes)
     bounds: list[Interval] = [(inputs.lower, inputs.upper)]
     for index, node in enumerate(graph.nodes[1:], start=1):
         assert node.op is not None
-        lower, upper = node.op.interval(*(bounds[i] for i in node.inputs))
-        exact = node.op.is_linear and node.inputs == (0,) and inputs.norm == "linf"
-        direct = (
-            None
-            if exact or index not in needed
-            else _one_activation(graph, inputs, index, bounds, mode)
-        )
+        interval = node.op.interval(*(bounds[i] for i in node.inputs))
+        # an affine map of an L∞ box is bounded exactly by its interval
+        exact = inputs.norm == "linf" and _affine_chain(graph, index) is not None
+        if index in needed and not exact:
+            interval = _refine(graph, inputs, index, bounds, interval, mode)
+        bounds.append(interval)
+    return bounds
+
+
+def _refine(
+    graph: Graph,
+    inputs: InputSet,
+    index: int,
+    bounds: Sequence[Interval],
+    interval: Interval,
+    mode: str,
+) -> Interval:
+    """CROWN's (or the dual's) bounds of node ``index``, given those of the nodes before it.
+
+    Each chosen neuron costs two backward passes (its lower and upper bound); a node
+    reading one activation of an affine map of the input can instead be bounded forward
+    for all its neurons at the cost of ``dim(x)`` passes (:func:`_one_activation`, the
+    same numbers): the cheaper one runs.
+    """
+    lower, upper = interval
+    node = graph.nodes[index]
+    batch, size = lower.shape[0], lower[0].numel()
+    if mode == "crown":
+        wanted = _sensitive(graph, index, interval)
+    else:
+        wanted = torch.ones(batch, size, dtype=torch.bool, device=lower.device)
+    width = int(wanted.sum(dim=1).max())
+    if width == 0:
+        return interval
+    if inputs.center[0].numel() <= width:
+        direct = _one_activation(graph, inputs, index, bounds, mode)
         if direct is not None:
             if mode == "crown":
-                lower, upper = torch.maximum(lower, direct[0]), torch.minimum(upper, direct[1])
-            else:
-                lower, upper = direct
-        elif index in needed and not exact:  # an affine map of an L∞ box is bounded exactly
-            lower, upper = lower.clone(), upper.clone()
-            flat_low, flat_high = lower.view(lower.shape[0], -1), upper.view(upper.shape[0], -1)
-            if mode == "crown":
-                rows = _sensitive_rows(graph, index, (lower, upper))
-            else:
-                rows = torch.arange(flat_low.shape[1], device=lower.device)
-            batch = lower.shape[0]
-            step = max(1, _ELEMENTS // max(1, 2 * batch * widest))
-            for first in range(0, rows.numel(), step):
-                chosen = rows[first : first + step]
-                spec = _unit_rows(chosen, node.shape, batch, lower.dtype)
-                found = backward_bound(graph, inputs, index, spec, bounds, mode=mode)
-                low, high = found[:, : chosen.numel()], -found[:, chosen.numel() :]
-                if mode == "crown":
-                    low = torch.maximum(low, flat_low[:, chosen])
-                    high = torch.minimum(high, flat_high[:, chosen])
-                flat_low[:, chosen] = low
-                flat_high[:, chosen] = high
-        bounds.append((lower, upper))
-    return bounds
+                return torch.maximum(lower, direct[0]), torch.minimum(upper, direct[1])
+            return direct
+    lower, upper = lower.clone(), upper.clone()
+    flat_low, flat_high = lower.view(batch, -1), upper.view(batch, -1)
+    shared = bool(wanted.all())
+    if shared:  # the same rows for every sample: the first affine step is shared too
+        order = torch.arange(size, device=lower.device).expand(batch, size)
+    else:  # each sample's own neurons first, padded with others it does not need
+        order = torch.argsort(wanted.to(torch.uint8), dim=1, descending=True, stable=True)
+        order = order[:, :width]
+    widest = max(_size(other.shape) for other in graph.nodes[: index + 1])
+    step = max(1, _ELEMENTS // max(1, 2 * batch * widest))
+    for first in range(0, width, step):
+        chosen = order[:, first : first + step]
+        count = chosen.shape[1]
+        spec = _unit_rows(chosen, node.shape, lower.dtype, shared=shared)
+        found = backward_bound(graph, inputs, index, spec, bounds, mode=mode)
+        low, high = found[:, :count], -found[:, count:]
+        old_low, old_high = flat_low.gather(1, chosen), flat_high.gather(1, chosen)
+        if mode == "crown":
+            low, high = torch.maximum(low, old_low), torch.minimum(high, old_high)
+        needed = wanted.gather(1, chosen)
+        flat_low.scatter_(1, chosen, torch.where(needed, low, old_low))
+        flat_high.scatter_(1, chosen, torch.where(needed, high, old_high))
+    return lower, upper
 
 
 def _size(shape: tuple[int, ...]) -> int:
@@ -253,13 +276,19 @@ def _size(shape: tuple[int, ...]) -> int:
     return size
 
 
-def _unit_rows(chosen: Tensor, shape: tuple[int, ...], batch: int, dtype: torch.dtype) -> Tensor:
-    """``[+e_i; -e_i]`` for each chosen neuron i: (batch, 2k, *shape)."""
-    count = chosen.numel()
-    eye = torch.zeros(count, _size(shape), dtype=dtype, device=chosen.device)
-    eye[torch.arange(count, device=chosen.device), chosen] = 1.0
-    rows = torch.cat([eye, -eye]).view(2 * count, *shape)
-    return rows.unsqueeze(0).expand(batch, *rows.shape)
+def _unit_rows(
+    chosen: Tensor, shape: tuple[int, ...], dtype: torch.dtype, *, shared: bool
+) -> Tensor:
+    """``[+e_i; -e_i]`` for each sample's chosen neurons (B, k): (B, 2k, *shape)."""
+    batch, count = chosen.shape
+    if shared:
+        eye = torch.zeros(count, _size(shape), dtype=dtype, device=chosen.device)
+        eye[torch.arange(count, device=chosen.device), chosen[0]] = 1.0
+        rows = torch.cat([eye, -eye]).view(2 * count, *shape)
+        return rows.unsqueeze(0).expand(batch, *rows.shape)
+    units = torch.zeros(batch, count, _size(shape), dtype=dtype, device=chosen.device)
+    units.scatter_(2, chosen.unsqueeze(-1), 1.0)
+    return torch.cat([units, -units], dim=1).view(batch, 2 * count, *shape)
 
 
 def margin_specification(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
