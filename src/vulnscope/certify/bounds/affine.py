@@ -68,9 +68,9 @@ class Affine(BoundOp):
         """``A . f(x) = L^T(A) . x + A . b`` (exact)."""
         if coefficients.shape[0] > 1 and coefficients.stride(0) == 0:
             # the same rows for every sample (unit rows of an intermediate node): pass back once
-            passed, constant = self.backward(coefficients[:1], bounds, mode=mode)
+            (once,), constant = self.backward(coefficients[:1], bounds, mode=mode)
             count = coefficients.shape[0]
-            return [passed[0].expand(count, *passed[0].shape[1:])], constant.expand(count, -1)
+            return [once.expand(count, *once.shape[1:])], constant.expand(count, -1)
         batch, specs = coefficients.shape[:2]
         flat = coefficients.reshape(batch * specs, *coefficients.shape[2:])
         passed = self.transpose(flat).reshape(batch, specs, *self.input_shapes[0])
