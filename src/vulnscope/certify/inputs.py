@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vulnscope.certify.bounds import lower_linear
+from vulnscope.certify.bounds import linear_range
 
 __all__ = ["InputSet", "input_set"]
 
@@ -38,13 +38,17 @@ class InputSet:
         Exact for L∞. For L2 the larger of the ball's bound, ``A . x - eps ||A||_2``, and the
         box's (both hold on the intersection).
         """
-        box = lower_linear(coefficients, self.lower, self.upper)
+        return self.range(coefficients)[0]
+
+    def range(self, coefficients: Tensor) -> tuple[Tensor, Tensor]:
+        """Sound bounds of ``min`` and ``max A . x'`` over the set: two (B, S) tensors."""
+        low, high = linear_range(coefficients, self.lower, self.upper)
         if self.norm == "linf":
-            return box
+            return low, high
         flat = coefficients.flatten(2)
         centre = torch.bmm(flat, self.center.flatten(1).unsqueeze(-1)).squeeze(-1)
-        ball = centre - self.eps.unsqueeze(1) * flat.norm(dim=2)
-        return torch.maximum(ball, box)
+        reach = self.eps.unsqueeze(1) * flat.norm(dim=2)
+        return torch.maximum(centre - reach, low), torch.minimum(centre + reach, high)
 
 
 def input_set(

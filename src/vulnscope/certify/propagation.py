@@ -158,17 +158,29 @@ def _one_activation(
     op = node.op
     # W+ L + W- U = (W (L + U) - |W| (U - L)) / 2, and W+ U + W- L with a plus: two maps
     middle = op.linear(torch.cat([low_coef + high_coef, low_const + high_const]))
-    spread = op.abs_linear(torch.cat([high_coef - low_coef, high_const - low_const]))
+    if mode == "dual":  # equal slopes: the two functions differ by a constant only
+        rows = low_coef.shape[0]
+        spread = torch.cat(
+            [middle.new_zeros(rows, *middle.shape[1:]), op.abs_linear(high_const - low_const)]
+        )
+    else:
+        spread = op.abs_linear(torch.cat([high_coef - low_coef, high_const - low_const]))
     bias = op.bias().to(x.dtype)
     shape = (batch, size, -1)
     rows = low_coef.shape[0]
-    lower_coef = ((middle[:rows] - spread[:rows]) / 2).reshape(shape).transpose(1, 2)
-    upper_coef = ((middle[:rows] + spread[:rows]) / 2).reshape(shape).transpose(1, 2)
     lower_const = ((middle[rows:] - spread[rows:]) / 2 + bias).flatten(1)
     upper_const = ((middle[rows:] + spread[rows:]) / 2 + bias).flatten(1)
     in_shape = (batch, -1, *x.shape[1:])
-    found_low = inputs.minimum(lower_coef.reshape(in_shape)) + lower_const
-    found_high = -inputs.minimum(-upper_coef.reshape(in_shape)) + upper_const
+
+    def coefficients(value: Tensor) -> Tensor:
+        return value.reshape(shape).transpose(1, 2).reshape(in_shape)
+
+    if mode == "dual":  # one function up to constants: one pass gives both bounds
+        found_low, found_high = inputs.range(coefficients(middle[:rows] / 2))
+    else:
+        found_low = inputs.minimum(coefficients((middle[:rows] - spread[:rows]) / 2))
+        found_high = inputs.range(coefficients((middle[:rows] + spread[:rows]) / 2))[1]
+    found_low, found_high = found_low + lower_const, found_high + upper_const
     return found_low.view(batch, *node.shape), found_high.view(batch, *node.shape)
 
 

@@ -16,7 +16,13 @@ from vulnscope.certify.bounds.activations import ELU, Activation, LeakyReLU, ReL
 from vulnscope.certify.bounds.add import Add
 from vulnscope.certify.bounds.affine import Affine
 from vulnscope.certify.bounds.avgpool import AvgPool2d
-from vulnscope.certify.bounds.base import BoundOp, Interval, concretize, lower_linear
+from vulnscope.certify.bounds.base import (
+    BoundOp,
+    Interval,
+    concretize,
+    linear_range,
+    lower_linear,
+)
 from vulnscope.certify.bounds.batchnorm import BatchNorm
 from vulnscope.certify.bounds.conv import Conv2d
 from vulnscope.certify.bounds.elementwise import ScaleShift
@@ -45,6 +51,7 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "concretize",
+    "linear_range",
     "lower_linear",
 ]
 

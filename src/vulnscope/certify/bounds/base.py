@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["BoundOp", "Interval", "concretize", "lower_linear"]
+__all__ = ["BoundOp", "Interval", "concretize", "linear_range", "lower_linear"]
 
 Interval = tuple[Tensor, Tensor]
 """Lower and upper bounds of one node's output, each (B, *shape)."""
@@ -102,12 +102,21 @@ def lower_linear(coefficients: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     Shape:
         coefficients (B, S, *shape); lower, upper (B, *shape); returns (B, S).
     """
+    return linear_range(coefficients, lower, upper)[0]
+
+
+def linear_range(coefficients: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """Min and max of ``A . x`` over the box: ``A . m -+ |A| . r`` (centre m, radius r).
+
+    Shape:
+        coefficients (B, S, *shape); lower, upper (B, *shape); returns two (B, S).
+    """
     flat = coefficients.flatten(2)
-    low = lower.flatten(1).unsqueeze(-1)
-    high = upper.flatten(1).unsqueeze(-1)
-    positive = flat.clamp(min=0)
-    negative = flat.clamp(max=0)
-    return (torch.bmm(positive, low) + torch.bmm(negative, high)).squeeze(-1)
+    centre = ((upper + lower) / 2).flatten(1).unsqueeze(-1)
+    radius = ((upper - lower) / 2).flatten(1).unsqueeze(-1)
+    middle = torch.bmm(flat, centre).squeeze(-1)
+    spread = torch.bmm(flat.abs(), radius).squeeze(-1)
+    return middle - spread, middle + spread
 
 
 def concretize(coefficients: Tensor, bounds: Interval) -> Tensor:
