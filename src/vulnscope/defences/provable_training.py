@@ -6,10 +6,11 @@ and every class ``j``, a lower bound :math:`\underline m_j` of the margin
 
 .. math:: \hat z_j = -\underline m_j, \qquad \hat z_y = 0,
 
-are what a logit vector no worse than every point of the ball could look like, and their
-cross-entropy :math:`\ell(\hat z, y)` upper-bounds the robust cross-entropy (Wong and
-Kolter 2018, theorem 2). It is differentiable in the weights, so training on it makes the
-network easy to certify: its certificates tighten while its margins grow.
+dominate the logits of every point of the ball shifted to 0 at the label
+(:math:`z_j - z_y \le \hat z_j`). The cross-entropy depends only on those differences and
+grows with each, so :math:`\ell(\hat z, y)` upper-bounds the cross-entropy anywhere in the
+ball (Wong and Kolter 2018). It is differentiable in the weights: training on it makes the
+network easy to certify, its bounds tightening while its margins grow.
 
 - Wong and Kolter (2018), "Provable defenses against adversarial examples via the convex
   outer adversarial polytope": the bound of the dual network (``method="dual"``), the
