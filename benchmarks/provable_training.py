@@ -20,7 +20,15 @@ certified error 5.8% (their abstract), and 4.4% exact (a MILP) on the same model
 issue quotes them. Absolute times on a shared machine mean little; they are printed to
 size the work.
 
-    python benchmarks/provable_training.py [--method ibp] [--epochs 30] [--threads 1]
+    python benchmarks/provable_training.py [--method ibp] [--epochs 200] [--threads 1]
+        [--milp-seconds 30] [--json FILE]
+
+Measured (seed 0, one thread, a busy 2-core machine; clean / certified IBP, CROWN, best /
+attacked / exact bracket): ``--method ibp`` (200 epochs, 113 s of training) 98.7% / 88.4,
+79.3, 88.7% / 90.9%, a gap of 2.3 points, the MILP verifying 8 of the 9 gap points:
+robust accuracy in [90.7%, 90.9%]. ``--method crown-ibp`` (422 s) 98.0% / 89.9, 84.6,
+89.9% / 91.7%, a gap of 1.8 points, all 7 gap points verified: exactly 91.7%. No certified
+point was broken.
 """
 
 from __future__ import annotations
