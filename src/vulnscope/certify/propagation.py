@@ -256,8 +256,7 @@ def _refine(
             if mode == "crown":
                 return torch.maximum(lower, direct[0]), torch.minimum(upper, direct[1])
             return direct
-    lower, upper = lower.clone(), upper.clone()
-    flat_low, flat_high = lower.view(batch, -1), upper.view(batch, -1)
+    flat_low, flat_high = lower.reshape(batch, -1), upper.reshape(batch, -1)
     shared = bool(wanted.all())
     if shared:  # the same rows for every sample: the first affine step is shared too
         order = torch.arange(size, device=lower.device).expand(batch, size)
@@ -276,9 +275,10 @@ def _refine(
         if mode == "crown":
             low, high = torch.maximum(low, old_low), torch.minimum(high, old_high)
         needed = wanted.gather(1, chosen)
-        flat_low.scatter_(1, chosen, torch.where(needed, low, old_low))
-        flat_high.scatter_(1, chosen, torch.where(needed, high, old_high))
-    return lower, upper
+        # out of place: the bounds stay differentiable (Wong–Kolter training)
+        flat_low = flat_low.scatter(1, chosen, torch.where(needed, low, old_low))
+        flat_high = flat_high.scatter(1, chosen, torch.where(needed, high, old_high))
+    return flat_low.view_as(lower), flat_high.view_as(upper)
 
 
 def _size(shape: tuple[int, ...]) -> int:
