@@ -342,18 +342,6 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
     @override
     def report(self, result: CertifiedResult, report: Report) -> ReportSection:
         """The bracket per budget, and the MILP's answer on the sample."""
-        rows = [
-            (
-                NORM_NAMES[norm],
-                report.number(b.eps),
-                report.percent(b.certified),
-                report.percent(b.attacked),
-                report.percent(None if b.attacked is None else b.attacked - b.certified),
-            )
-            for norm, brackets in result.brackets.items()
-            for b in brackets
-        ]
-        header = ["threat model", "ε", "certified", "attacked", "gap"]
         method = _METHOD_NAMES[result.method]
         intro = (
             f"<p>{report.text(result.samples)} inputs certified with {report.text(method)}: "
@@ -365,7 +353,7 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
             for norm, brackets in result.brackets.items()
             for b in brackets
         )
-        body = f"{intro}\n<ul>{sentences}</ul>\n{report.table(header, rows)}"
+        body = f"{intro}\n<ul>{sentences}</ul>"
         if result.exact is not None:
             exact = result.exact
             body += (

@@ -15,7 +15,7 @@ count stays a sound lower bound (and CROWN is not run where it already failed).
 
 On ReLU networks of at most :data:`EXACT_NEURONS` ReLUs and no other nonlinearity (the
 digits MLP), the sampled points also go to
-:func:`~vulnscope.certify.verification.verify` at every L∞ budget: attack, CROWN, then
+:func:`~vulnscope.certify.verify` at every L∞ budget: attack, CROWN, then
 the MILP of Tjeng, Xiao and Tedrake (2019) for the rest, with a per-point time limit
 (so, on a loaded machine, a point may stay "unknown" in one run and be decided in
 another).
@@ -29,10 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vulnscope.certify import certify
+from vulnscope.certify import certify, verify
 from vulnscope.certify.bounds import ReLU
 from vulnscope.certify.graph import Graph
-from vulnscope.certify.verification import verify
 
 __all__ = [
     "ALPHA_LIMIT",
@@ -109,7 +108,7 @@ class ExactCounts:
     """On the sampled points at one L∞ budget: the certified ones, and the MILP's verdicts.
 
     ``certified`` counts the points the stage's method certified; the rest, what
-    :func:`~vulnscope.certify.verification.verify` decided.
+    :func:`~vulnscope.certify.verify` decided.
     """
 
     certified: int
@@ -164,7 +163,7 @@ def certified_chunk(
         quick: the ``--quick`` settings apply.
         sampled: indices into the chunk of the points sent to the MILP.
         exact_seconds: the MILP's time limit per point.
-        seed: the seed of :func:`~vulnscope.certify.verification.verify`'s attack.
+        seed: the seed of :func:`~vulnscope.certify.verify`'s attack.
         on_budget: called after each budget certified, and each the MILP decided.
 
     """
