@@ -96,7 +96,7 @@ def test_certified_accuracy_lies_under_the_attacks_and_the_milp(tiny_mlp, digits
     assert "<h2>Certified robustness</h2>" in page
     first = section["brackets"]["linf"][0]
     between = (
-        f"robust accuracy is between {first['certified']:.1%} (certified, α-CROWN) and "
+        f"robust accuracy is between {first['certified']:.1%} (certified, IBP + α-CROWN) and "
         f"{first['attacked']:.1%} (attacked)"
     )
     assert between in page
@@ -154,7 +154,8 @@ def test_the_verdict_calls_a_bracket_of_at_most_five_points_tight():
     )
     linf, l2 = stage.verdict(result, 0.99).sentences
     assert linf.startswith(
-        "At L∞ ε = 0.1, robust accuracy is between 85.0% (certified, CROWN) and 90.0% (attacked)."
+        "At L∞ ε = 0.1, robust accuracy is between 85.0% (certified, IBP + CROWN) and 90.0% "
+        "(attacked)."
     )
     assert "tight" in linf and "wide" in l2
     alone = CertifiedResult("ibp", 100, {"l2": [Bracket(0.5, 0.25, None)]}, None)

@@ -52,7 +52,8 @@ _EXACT = {False: (16, 2.0), True: (8, 1.0)}
 """By ``quick``: sampled points sent to the MILP, and its seconds per point."""
 
 _EXACT_KEYS = ("certified", "verified", "falsified", "unknown")
-_METHOD_NAMES = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "α-CROWN"}
+_METHOD_NAMES = {"ibp": "IBP", "crown": "IBP + CROWN", "alpha-crown": "IBP + α-CROWN"}
+"""How the report names each method (IBP runs first, the method on what it leaves)."""
 _FIGURE = "certified_accuracy.png"
 
 

@@ -9,7 +9,10 @@ times the audit's rows. α-CROWN (Xu et al. 2021) while that is at most
 :data:`CROWN_LIMIT` (about a minute on one core; :data:`QUICK_CROWN_LIMIT`, a few
 seconds, in ``--quick``), IBP (Gowal et al. 2018), one interval pass, above. So the
 default audit certifies the digits CNN with CROWN and the MLP with α-CROWN; ``--quick``
-the MLP with CROWN and the CNN with IBP. Budgets are certified in increasing order, each
+the MLP with CROWN and the CNN with IBP. IBP runs first everywhere (it costs one interval
+pass, and on an IBP-trained network it is often the tighter bound, Zhang et al. 2020);
+the chosen method then tries the points IBP did not certify, so each point keeps the
+better of two sound answers. Budgets are certified in increasing order, each
 only on the points certified at the one before: a point not tried is not counted, so the
 count stays a sound lower bound (and CROWN is not run where it already failed).
 
@@ -137,6 +140,24 @@ class CertifiedChunk:
     exact: list[ExactCounts]
 
 
+def _certified(
+    model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, method: str, batch: int
+) -> Tensor:
+    """(B,) bool: certified by IBP, or by ``method`` where IBP was not enough.
+
+    IBP costs one interval pass, and on an IBP-trained network it is often tighter than
+    CROWN (Zhang et al. 2020): each point keeps the better of the two sound answers.
+    """
+    found = certify(model, x, y, norm=norm, eps=eps, method="ibp").certified
+    rest = (~found).nonzero().flatten()
+    if method != "ibp" and rest.numel():
+        tighter = certify(
+            model, x[rest], y[rest], norm=norm, eps=eps, method=method, batch_size=batch
+        )
+        found[rest] = tighter.certified.to(found.device)
+    return found
+
+
 def certified_chunk(
     model: nn.Module,
     graph: Graph,
@@ -179,10 +200,8 @@ def certified_chunk(
         for eps in epsilons:
             tried = alive.nonzero().flatten()
             if tried.numel():
-                found = certify(
-                    model, x[tried], y[tried], norm=norm, eps=eps, method=method, batch_size=batch
-                )
-                alive[tried] = found.certified.to(alive.device)
+                found = _certified(model, x[tried], y[tried], norm, eps, method, batch)
+                alive[tried] = found.to(alive.device)
             counts.append(int(alive.sum()))
             if norm == "linf":
                 masks[eps] = alive.clone()
