@@ -35,6 +35,7 @@ from vulnscope.certify.bounds import (
     Sigmoid,
     Tanh,
 )
+from vulnscope.certify.scripted import eager_equivalent, is_scripted
 from vulnscope.errors import ModelError
 from vulnscope.models.normalized import Normalized
 
@@ -358,7 +359,8 @@ def read_graph(model: nn.Module, example: Tensor) -> Graph:
     """Read ``model`` into a :class:`Graph`, checked on the batch ``example``.
 
     Args:
-        model: the classifier (logits out), an ``nn.Module`` in eval mode.
+        model: the classifier (logits out), an ``nn.Module`` in eval mode; a TorchScript
+            module is read through :func:`~vulnscope.certify.scripted.eager_equivalent`.
         example: a batch of inputs (B, *in), used to infer shapes and to check that each
             node, and the whole graph, reproduce the model.
 
@@ -371,8 +373,9 @@ def read_graph(model: nn.Module, example: Tensor) -> Graph:
     if not isinstance(model, nn.Module):
         raise ModelError(f"certify bounds torch.nn.Module networks, got {type(model).__name__}")
     reader = _Reader(example.detach())
+    readable = eager_equivalent(model) if is_scripted(model) else model
     with torch.no_grad():
-        last = reader.module(model, "", 0)
+        last = reader.module(readable, "", 0)
         expected = model(example)
     if last == 0:
         raise ModelError("the model has no layer certify can bound: it is the identity")
