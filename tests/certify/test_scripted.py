@@ -42,6 +42,7 @@ def test_a_scripted_forward_that_is_not_its_children_in_order_is_refused():
         certify(model, x, model(x).argmax(1), eps=0.01)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch deprecates TorchScript
 def test_a_loaded_script_file_is_read_like_the_module_it_was_saved_from(tmp_path):
     torch.manual_seed(0)
     model = DigitsCNN().eval()
