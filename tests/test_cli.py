@@ -150,7 +150,8 @@ def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
             ["--stages", "linf,l7"],
             2,
             "vulnscope audit: error: argument --stages: unknown stage 'l7'; choose a "
-            "comma-separated list from linf, l2, minimal, spectra, amplification, dangerous, rg",
+            "comma-separated list from linf, l2, certified, minimal, spectra, amplification, "
+            "dangerous, rg",
         ),
         (
             ["--stages", "linf,linf"],
