@@ -250,7 +250,7 @@ def _refine(
     width = int(wanted.sum(dim=1).max())
     if width == 0:
         return interval
-    if inputs.center[0].numel() <= width:
+    if inputs.center[0].numel() <= 2 * width:  # forward: dim(x) rows; backward: 2 a neuron
         direct = _one_activation(graph, inputs, index, bounds, mode)
         if direct is not None:
             if mode == "crown":
