@@ -1,7 +1,7 @@
 """Figures of the audit that no single diagnostic draws.
 
-The robust-accuracy curves, the certified accuracy under them, and the image grid of the
-dangerous perturbation (matplotlib, PNG files written atomically).
+The robust-accuracy curves and the image grid of the dangerous perturbation (matplotlib,
+PNG files written atomically).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from vulnscope._plotting import new_figure, save_png
 
-__all__ = ["NORM_NAMES", "plot_certified_accuracy", "plot_dangerous", "plot_robust_accuracy"]
+__all__ = ["NORM_NAMES", "plot_dangerous", "plot_robust_accuracy"]
 
 NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 """How the figures, the report and the verdict write each norm."""
@@ -47,48 +47,6 @@ def plot_robust_accuracy(
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         ax.set_title(f"robust accuracy, {NORM_NAMES.get(norm, norm)}")
-        ax.legend()
-    return save_png(figure, path)
-
-
-def plot_certified_accuracy(
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float | None]]],
-    path: str | Path,
-    *,
-    clean: float,
-    method: str,
-) -> Path:
-    """Certified accuracy under the attacks' robust accuracy, one panel per norm.
-
-    The robust accuracy lies between the two curves: the band between them is shaded.
-
-    Args:
-        curves: per norm, the positive budgets, the certified accuracy at each, and the
-            attacked (robust) accuracy at each (None where no attack ran).
-        path: where to write the PNG.
-        clean: the clean accuracy, drawn at budget 0 for both curves.
-        method: how the legend names the certification method.
-
-    """
-    norms = list(curves)
-    figure, axes = new_figure(1, max(1, len(norms)), size=(5.5 * max(1, len(norms)), 4.0))
-    for ax, norm in zip(axes[0], norms, strict=False):
-        budgets, certified, attacked = curves[norm]
-        epsilons = [0.0, *budgets]
-        lower = [100 * clean, *(100 * value for value in certified)]
-        if all(value is not None for value in attacked):
-            upper = [100 * clean, *(100 * (value or 0.0) for value in attacked)]
-            ax.plot(epsilons, upper, "k-o", label="attacked (cascade)")
-            ax.fill_between(
-                epsilons, lower, upper, color="tab:blue", alpha=0.15, label="robust accuracy"
-            )
-        ax.plot(epsilons, lower, "-s", color="tab:blue", label=f"certified ({method})")
-        name = NORM_NAMES.get(norm, norm)
-        ax.set_xlabel(f"budget ε ({name})")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"certified and attacked accuracy, {name}")
         ax.legend()
     return save_png(figure, path)
 

@@ -59,19 +59,19 @@ def optimised_bound(
             slopes[index] = initial.expand(-1, specs, *initial.shape[2:]).detach().clone()
             ranges[index] = node.op.slope_range()
     coefficients = coefficients.detach()
-    with torch.no_grad():
-        best = backward_bound(graph, inputs, start, coefficients, bounds, mode="crown")
     if not slopes or steps == 0:
-        return best
+        with torch.no_grad():
+            return backward_bound(graph, inputs, start, coefficients, bounds, mode="crown")
     parameters = [slope.requires_grad_() for slope in slopes.values()]
     optimiser = torch.optim.Adam(parameters, lr=lr)
+    best = None  # the first step's bound is CROWN's: the slopes start there
     for _ in range(steps):
         with torch.enable_grad():
             bound = backward_bound(
                 graph, inputs, start, coefficients, bounds, mode="crown", alphas=slopes
             )
             gradients = torch.autograd.grad(-bound.sum(), parameters)
-        best = torch.maximum(best, bound.detach())
+        best = bound.detach() if best is None else torch.maximum(best, bound.detach())
         for parameter, gradient in zip(parameters, gradients, strict=True):
             parameter.grad = gradient
         optimiser.step()
@@ -82,4 +82,5 @@ def optimised_bound(
         final = backward_bound(
             graph, inputs, start, coefficients, bounds, mode="crown", alphas=slopes
         )
+    assert best is not None
     return torch.maximum(best, final)

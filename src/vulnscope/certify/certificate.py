@@ -10,6 +10,7 @@ perturbation figure, whose upper side is an attack's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -79,42 +80,41 @@ def _check_model(model: object) -> nn.Module:
 def _batches(graph: Graph, count: int, batch_size: int | None) -> int:
     if batch_size is not None:
         return check_int(batch_size, "batch_size")
-    widest = max(_numel(node.shape) for node in graph.nodes)
+    widest = max(math.prod(node.shape) for node in graph.nodes)
     classes = graph.nodes[-1].shape[0]
     return max(1, min(count, _ELEMENTS_PER_BATCH // max(1, widest * classes)))
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    size = 1
-    for dim in shape:
-        size *= dim
-    return size
+def _prepare(
+    model: nn.Module, inputs: object, labels: object, bounds: tuple[float, float]
+) -> tuple[Graph, Tensor, Tensor]:
+    """The model's graph and the validated inputs and labels."""
+    x = check_inputs(inputs, bounds=bounds, name="inputs")
+    y = check_labels(labels, n=x.shape[0], device=x.device, name="labels")
+    graph = read_graph(model, x[: min(8, x.shape[0])])
+    check_labels_in_range(y, graph.nodes[-1].shape[0], "labels")
+    return graph, x, y
 
 
 def _margins(
-    model: nn.Module,
-    inputs: object,
-    labels: object,
+    graph: Graph,
+    x: Tensor,
+    y: Tensor,
     *,
     norm: str,
     eps: Tensor,
     method: str,
     bounds: tuple[float, float],
-    batch_size: int | None,
-) -> tuple[Tensor, Tensor]:
-    """Validated inputs and labels and the (N, C) margin bounds at per-point radii ``eps``."""
-    x = check_inputs(inputs, bounds=bounds, name="inputs")
-    y = check_labels(labels, n=x.shape[0], device=x.device, name="labels")
-    graph = read_graph(model, x[: min(8, x.shape[0])])
-    check_labels_in_range(y, graph.nodes[-1].shape[0], "labels")
-    size = _batches(graph, x.shape[0], batch_size)
+    size: int,
+) -> Tensor:
+    """The (N, C) margin bounds at per-point radii ``eps``, ``size`` points at a time."""
     parts = []
     with torch.no_grad():
         for start in range(0, x.shape[0], size):
             stop = start + size
             region = input_set(x[start:stop], norm=norm, eps=eps[start:stop], bounds=bounds)
             parts.append(margin_bounds(graph, region, y[start:stop], method=method).detach())
-    return torch.cat(parts), y
+    return torch.cat(parts)
 
 
 def certify(
@@ -173,17 +173,10 @@ def certify(
     bounds = check_bounds(bounds)
     if not isinstance(inputs, Tensor):
         raise InvalidTypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    radii = torch.full((inputs.shape[0],), radius, dtype=inputs.dtype, device=inputs.device)
-    margins, _ = _margins(
-        network,
-        inputs,
-        labels,
-        norm=norm,
-        eps=radii,
-        method=method,
-        bounds=bounds,
-        batch_size=batch_size,
-    )
+    graph, x, y = _prepare(network, inputs, labels, bounds)
+    radii = torch.full((x.shape[0],), radius, dtype=x.dtype, device=x.device)
+    size = _batches(graph, x.shape[0], batch_size)
+    margins = _margins(graph, x, y, norm=norm, eps=radii, method=method, bounds=bounds, size=size)
     certified = (margins > 0).all(dim=1)
     return Certificate(certified=certified, margins=margins, method=method, norm=norm, eps=radius)
 
@@ -230,20 +223,14 @@ def certified_radius(
         raise InvalidTypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     if tol >= max_eps:
         raise InvalidArgumentError(f"tol must be smaller than max_eps ({max_eps}), got {tol}")
-    count = inputs.shape[0]
-    low = torch.zeros(count, dtype=inputs.dtype, device=inputs.device)
+    graph, x, y = _prepare(network, inputs, labels, bounds)
+    size = _batches(graph, x.shape[0], batch_size)
+    low = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     high = torch.full_like(low, max_eps)
 
     def certified_at(radii: Tensor) -> Tensor:
-        margins, _ = _margins(
-            network,
-            inputs,
-            labels,
-            norm=norm,
-            eps=radii,
-            method=method,
-            bounds=bounds,
-            batch_size=batch_size,
+        margins = _margins(
+            graph, x, y, norm=norm, eps=radii, method=method, bounds=bounds, size=size
         )
         return (margins > 0).all(dim=1)
 

@@ -20,6 +20,7 @@ fixed-slope backward pass (``mode="dual"``; ``tests/certify`` checks it against
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -263,7 +264,7 @@ def _refine(
     else:  # each sample's own neurons first, padded with others it does not need
         order = torch.argsort(wanted.to(torch.uint8), dim=1, descending=True, stable=True)
         order = order[:, :width]
-    widest = max(_size(other.shape) for other in graph.nodes[: index + 1])
+    widest = max(math.prod(other.shape) for other in graph.nodes[: index + 1])
     step = max(1, _ELEMENTS // max(1, 2 * batch * widest))
     for first in range(0, width, step):
         chosen = order[:, first : first + step]
@@ -281,24 +282,17 @@ def _refine(
     return flat_low.view_as(lower), flat_high.view_as(upper)
 
 
-def _size(shape: tuple[int, ...]) -> int:
-    size = 1
-    for dim in shape:
-        size *= dim
-    return size
-
-
 def _unit_rows(
     chosen: Tensor, shape: tuple[int, ...], dtype: torch.dtype, *, shared: bool
 ) -> Tensor:
     """``[+e_i; -e_i]`` for each sample's chosen neurons (B, k): (B, 2k, *shape)."""
     batch, count = chosen.shape
     if shared:
-        eye = torch.zeros(count, _size(shape), dtype=dtype, device=chosen.device)
+        eye = torch.zeros(count, math.prod(shape), dtype=dtype, device=chosen.device)
         eye[torch.arange(count, device=chosen.device), chosen[0]] = 1.0
         rows = torch.cat([eye, -eye]).view(2 * count, *shape)
         return rows.unsqueeze(0).expand(batch, *rows.shape)
-    units = torch.zeros(batch, count, _size(shape), dtype=dtype, device=chosen.device)
+    units = torch.zeros(batch, count, math.prod(shape), dtype=dtype, device=chosen.device)
     units.scatter_(2, chosen.unsqueeze(-1), 1.0)
     return torch.cat([units, -units], dim=1).view(batch, 2 * count, *shape)
 

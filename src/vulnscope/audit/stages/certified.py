@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 from typing_extensions import override
 
-from vulnscope.audit.figures import NORM_NAMES, plot_certified_accuracy
+from vulnscope._plotting import new_figure, save_png
+from vulnscope.audit.figures import NORM_NAMES
 from vulnscope.audit.settings import geometry_sample
 from vulnscope.audit.stage import (
     AuditPlan,
@@ -126,6 +128,48 @@ _EXACT_SCHEMA = {
         },
     },
 }
+
+
+def _plot(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float | None]]],
+    path: str | Path,
+    *,
+    clean: float,
+    method: str,
+) -> Path:
+    """Certified accuracy under the attacks' robust accuracy, one panel per norm.
+
+    The robust accuracy lies between the two curves: the band between them is shaded.
+
+    Args:
+        curves: per norm, the positive budgets, the certified accuracy at each, and the
+            attacked (robust) accuracy at each (None where no attack ran).
+        path: where to write the PNG.
+        clean: the clean accuracy, drawn at budget 0 for both curves.
+        method: how the legend names the certification method.
+
+    """
+    norms = list(curves)
+    figure, axes = new_figure(1, max(1, len(norms)), size=(5.5 * max(1, len(norms)), 4.0))
+    for ax, norm in zip(axes[0], norms, strict=False):
+        budgets, certified, attacked = curves[norm]
+        epsilons = [0.0, *budgets]
+        lower = [100 * clean, *(100 * value for value in certified)]
+        if all(value is not None for value in attacked):
+            upper = [100 * clean, *(100 * (value or 0.0) for value in attacked)]
+            ax.plot(epsilons, upper, "k-o", label="attacked (cascade)")
+            ax.fill_between(
+                epsilons, lower, upper, color="tab:blue", alpha=0.15, label="robust accuracy"
+            )
+        ax.plot(epsilons, lower, "-s", color="tab:blue", label=f"certified ({method})")
+        name = NORM_NAMES.get(norm, norm)
+        ax.set_xlabel(f"budget ε ({name})")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"certified and attacked accuracy, {name}")
+        ax.legend()
+    return save_png(figure, path)
 
 
 class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
@@ -279,7 +323,7 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
             norm: ([b.eps for b in rows], [b.certified for b in rows], [b.attacked for b in rows])
             for norm, rows in result.brackets.items()
         }
-        plot_certified_accuracy(
+        _plot(
             curves,
             plan.directory / _FIGURE,
             clean=clean_accuracy,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Sequence
 
@@ -91,9 +92,7 @@ class Affine(BoundOp):
             can handle.
 
         """
-        size = 1
-        for dim in self.input_shapes[0]:
-            size *= dim
+        size = math.prod(self.input_shapes[0])
         with torch.no_grad():
             basis = torch.eye(size, dtype=torch.float64).reshape(size, *self.input_shapes[0])
             columns = self.linear(basis).reshape(size, -1)
