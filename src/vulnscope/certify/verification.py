@@ -3,8 +3,8 @@
 A point is *verified* when no input of its threat set (the norm ball intersected with the
 input box) is classified otherwise than its label, *falsified* when one is found (and
 checked), *unknown* otherwise, with the reason. :func:`verify` asks the cheap questions
-first, as Tjeng, Xiao and Tedrake (2019) do: the first stage of the evaluation cascade
-(APGD-CE, :data:`~vulnscope.evaluate.DEFAULT_CASCADE`) looks for counterexamples, CROWN
+first, as Tjeng, Xiao and Tedrake (2019) do: an attack
+(APGD-CE, the first of AutoAttack's cascade) looks for counterexamples, CROWN
 (:func:`~vulnscope.certify.certify`) certifies, and only the points neither decides go to
 a complete solver: the mixed-integer program of Tjeng et al. (:mod:`.milp`) or the SMT
 formula of Huang, Kwiatkowska, Wang and Wu (2017) (:mod:`.smt`). Both are exact for L∞,
@@ -35,14 +35,13 @@ from vulnscope._validation import (
     check_real,
     check_seed,
 )
+from vulnscope.attacks import APGD
 from vulnscope.certify import milp, smt
 from vulnscope.certify.certificate import certify
 from vulnscope.certify.counterexamples import check_counterexamples
 from vulnscope.certify.exact import Solver, Status, solve_points, unsupported_node
 from vulnscope.certify.graph import read_graph
 from vulnscope.errors import InvalidTypeError
-from vulnscope.evaluate.cascade import cascade_chunk
-from vulnscope.evaluate.cascade_attacks import DEFAULT_CASCADE
 from vulnscope.models.state import preserved_model_state
 
 __all__ = ["SOLVERS", "Status", "Verification", "verify"]
@@ -190,20 +189,9 @@ def verify(
 
     started = time.perf_counter()
     verdicts = _Verdicts(model, x, y, norm=norm, eps=eps, bounds=bounds)
-    chunk = cascade_chunk(
-        model,
-        x,
-        y,
-        norm=norm,
-        epsilons=[eps],
-        seed=seed,
-        attacks=DEFAULT_CASCADE[:1],
-        bounds=bounds,
-    )
-    budget = chunk.budgets[0]
-    x_adv = x if budget.x_adv is None else budget.x_adv  # a chunk computed here has them
-    broken = [i for i, by in enumerate(budget.broken_by) if by is not None]
-    verdicts.falsify(broken, x_adv[broken])  # a candidate failing the check proves nothing
+    attack = APGD(norm=norm, eps=eps, loss="ce", seed=seed, bounds=bounds)(model, x, y)
+    broken = attack.success.nonzero()[:, 0].tolist()
+    verdicts.falsify(broken, attack.x_adv[broken])  # a candidate failing the check proves nothing
     rest = verdicts.undecided()
     if rest:
         certified = certify(
