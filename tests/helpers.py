@@ -1,9 +1,13 @@
-"""Shared test fixtures that are plain functions: tiny models and the attack catalogue."""
+"""Shared test fixtures that are plain functions: tiny models, the attack catalogue, data files."""
 
 from __future__ import annotations
 
+import gzip
+import struct
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -201,3 +205,24 @@ def check_attack_contract(model, build, x, y, target, *, norm, eps, bounds):
     # Same seed, same result.
     again = build(norm=norm, eps=eps, targeted=targeted, bounds=bounds)(model, x, y, target=target)
     assert torch.equal(again.x_adv, result.x_adv)
+
+
+IDX_CODES = {
+    np.dtype("u1"): 0x08,
+    np.dtype("i1"): 0x09,
+    np.dtype(">i2"): 0x0B,
+    np.dtype(">i4"): 0x0C,
+    np.dtype(">f4"): 0x0D,
+    np.dtype(">f8"): 0x0E,
+}
+
+
+def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> Path:
+    """Write an IDX file the way the MNIST distribution does (big-endian header and data)."""
+    big_endian = array.astype(array.dtype.newbyteorder(">")) if array.dtype.itemsize > 1 else array
+    header = bytes([0, 0, IDX_CODES[big_endian.dtype], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    payload = header + big_endian.tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path

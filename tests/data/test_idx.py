@@ -1,34 +1,12 @@
 from __future__ import annotations
 
-import gzip
-import struct
-
 import numpy as np
 import pytest
 import torch
 
+from helpers import write_idx
 from vulnscope.data import load_idx, read_idx
 from vulnscope.errors import DataError, MissingFileError
-
-CODES = {
-    np.dtype("u1"): 0x08,
-    np.dtype("i1"): 0x09,
-    np.dtype(">i2"): 0x0B,
-    np.dtype(">i4"): 0x0C,
-    np.dtype(">f4"): 0x0D,
-    np.dtype(">f8"): 0x0E,
-}
-
-
-def write_idx(path, array, *, compress=False):
-    """Write an IDX file the way the MNIST distribution does (big-endian header and data)."""
-    big_endian = array.astype(array.dtype.newbyteorder(">")) if array.dtype.itemsize > 1 else array
-    header = bytes([0, 0, CODES[big_endian.dtype], array.ndim]) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
-    payload = header + big_endian.tobytes()
-    path.write_bytes(gzip.compress(payload) if compress else payload)
-    return path
 
 
 @pytest.mark.parametrize("dtype", ["u1", "i1", ">i2", ">i4", ">f4", ">f8"])
@@ -103,3 +81,13 @@ def test_load_data_reads_an_idx_pair(tmp_path):
     images = write_idx(tmp_path / "images", np.zeros((4, 2, 2), dtype=np.uint8))
     labels = write_idx(tmp_path / "labels", np.arange(4, dtype=np.uint8))
     assert load_data(f"{images},{labels}").y.tolist() == [0, 1, 2, 3]
+
+
+def test_class_names_are_optional_and_set_the_class_count(tmp_path):
+    images = write_idx(tmp_path / "images", np.zeros((3, 2, 2), dtype=np.uint8))
+    labels = write_idx(tmp_path / "labels", np.array([0, 2, 1], dtype=np.uint8))
+    assert load_idx(images, labels).class_names is None
+    data = load_idx(images, labels, class_names=["zero", "one", "two", "three"])
+    assert data.class_names == ("zero", "one", "two", "three") and data.num_classes == 4
+    with pytest.raises(DataError, match=r"label 2 has no class name \(2 names given\)"):
+        load_idx(images, labels, class_names=["zero", "one"])

@@ -76,4 +76,51 @@ def test_load_data_resolves_every_spec(tmp_path):
     assert len(load_data(str(tmp_path / "d.npz"))) == 2
     assert len(load_data("digits")) == 397 and len(load_data("digits:train")) == 1400
     with pytest.raises(InvalidArgumentError, match="data must be 'digits'"):
-        load_data("mnist")
+        load_data("emnist")
+
+
+def test_class_names_are_read_without_pickle_and_set_the_class_count(tmp_path):
+    names = np.array(["cat", "dog", "émeu"])  # a NumPy unicode array, not objects
+    np.savez(
+        tmp_path / "d.npz", x=np.zeros((2, 3, 3), np.uint8), y=np.array([0, 1]), class_names=names
+    )
+    data = load_npz(tmp_path / "d.npz")
+    assert data.class_names == ("cat", "dog", "émeu") and data.num_classes == 3
+    assert load_npz(tmp_path / "d.npz", names_key="other").class_names is None
+
+
+def test_byte_string_class_names_are_decoded(tmp_path):
+    names = np.array([b"\xc3\xa9", b"b"])  # UTF-8 bytes of "é"
+    np.savez(
+        tmp_path / "d.npz", x=np.zeros((2, 3, 3), np.uint8), y=np.array([1, 0]), class_names=names
+    )
+    assert load_npz(tmp_path / "d.npz").class_names == ("é", "b")
+
+
+def test_object_class_names_are_refused_with_the_way_to_save_them(tmp_path):
+    names = np.array(["cat", "dog"], dtype=object)
+    np.savez(
+        tmp_path / "d.npz", x=np.zeros((2, 3, 3), np.uint8), y=np.array([0, 1]), class_names=names
+    )
+    with pytest.raises(
+        DataError, match=r"without unpickling .*save strings as a NumPy string array"
+    ):
+        load_npz(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize(
+    ("names", "num_classes", "message"),
+    [
+        (np.array(["cat"]), None, r"label 1 has no class name \(1 names given\)"),
+        (np.array([["a", "b"]]), None, "class names must be a 1-D array of strings"),
+        (np.array([1, 2]), None, "class names must be a 1-D array of strings"),
+        (np.array(["a", ""]), None, "class names must be non-empty strings"),
+        (np.array(["a", "b"]), 3, r"expected a class name per class \(3\), got 2 names"),
+    ],
+)
+def test_bad_class_names_are_refused(tmp_path, names, num_classes, message):
+    np.savez(
+        tmp_path / "d.npz", x=np.zeros((2, 3, 3), np.uint8), y=np.array([0, 1]), class_names=names
+    )
+    with pytest.raises(DataError, match=message):
+        load_npz(tmp_path / "d.npz", num_classes=num_classes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from vulnscope.errors import DataError
 
-__all__ = ["ImageData", "images_from_array", "labels_from_array"]
+__all__ = ["ImageData", "class_count", "class_names_from", "images_from_array", "labels_from_array"]
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,8 @@ class ImageData:
         y: labels, int64 of shape (N,).
         num_classes: number of classes (labels lie in ``[0, num_classes)``).
         source: where the data came from, for reports.
-        class_names: a name per class, when the data has them (an image folder's
-            sub-folders), else ``None``.
+        class_names: a name per class (``num_classes`` of them), when the data has
+            them (an image folder's sub-folders, Fashion-MNIST's garments), else ``None``.
 
     """
 
@@ -38,6 +39,11 @@ class ImageData:
             raise DataError(
                 f"{self.source}: expected images (N, C, H, W) and labels (N,), got "
                 f"{tuple(self.x.shape)} and {tuple(self.y.shape)}"
+            )
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise DataError(
+                f"{self.source}: expected a class name per class ({self.num_classes}), got "
+                f"{len(self.class_names)} names"
             )
 
     def __len__(self) -> int:
@@ -103,3 +109,40 @@ def labels_from_array(array: np.ndarray, count: int, source: str) -> Tensor:
     if array.min() < 0:
         raise DataError(f"{source}: labels must be >= 0, got {array.min()}")
     return torch.from_numpy(array.astype(np.int64))
+
+
+def class_names_from(names: object, labels: Tensor, source: str) -> tuple[str, ...]:
+    """Check class names given beside labels: non-empty strings, one per class at least.
+
+    Args:
+        names: a sequence of strings, or a 1-D NumPy array of ``str`` (or UTF-8 ``bytes``).
+        labels: the labels (N,) the names are for; each must index a name.
+        source: the data's name, for error messages.
+
+    Returns:
+        The names as a tuple of ``str``.
+
+    """
+    if isinstance(names, np.ndarray):
+        if names.ndim != 1 or names.dtype.kind not in "US":
+            raise DataError(
+                f"{source}: class names must be a 1-D array of strings, got an array of "
+                f"dtype {names.dtype} and shape {names.shape}"
+            )
+        names = [name.decode("utf-8") if isinstance(name, bytes) else str(name) for name in names]
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise DataError(f"{source}: class names must be a sequence of strings, got {names!r}")
+    if not all(isinstance(name, str) and name for name in names):
+        raise DataError(f"{source}: class names must be non-empty strings, got {list(names)!r}")
+    if len(labels) and int(labels.max()) >= len(names):
+        raise DataError(
+            f"{source}: label {int(labels.max())} has no class name ({len(names)} names given)"
+        )
+    return tuple(names)
+
+
+def class_count(num_classes: int | None, names: tuple[str, ...] | None, labels: Tensor) -> int:
+    """``num_classes`` if given, else the number of ``names``, else ``max(labels) + 1``."""
+    if num_classes is not None:
+        return num_classes
+    return len(names) if names is not None else int(labels.max()) + 1

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from vulnscope.data.dataset import ImageData, images_from_array, labels_from_array
+from vulnscope.data.dataset import (
+    ImageData,
+    class_count,
+    class_names_from,
+    images_from_array,
+    labels_from_array,
+)
 from vulnscope.errors import DataError, MissingFileError
 
 __all__ = ["load_idx", "read_idx"]
@@ -70,7 +77,11 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def load_idx(
-    images: str | Path, labels: str | Path, *, num_classes: int | None = None
+    images: str | Path,
+    labels: str | Path,
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> ImageData:
     """Load an image file and a label file in IDX format (e.g. MNIST's four files).
 
@@ -78,7 +89,9 @@ def load_idx(
         images: IDX file of shape (N, H, W) or (N, C, H, W); uint8 values are scaled to
             [0, 1], floats must already lie there.
         labels: IDX file of shape (N,) with integer class labels.
-        num_classes: number of classes; default ``max(label) + 1``.
+        num_classes: number of classes; default the number of ``class_names``, else
+            ``max(label) + 1``.
+        class_names: a name per class, label 0 first (IDX files carry none).
 
     Returns:
         :class:`ImageData`.
@@ -86,5 +99,6 @@ def load_idx(
     """
     x = images_from_array(read_idx(images), str(images))
     y = labels_from_array(read_idx(labels), x.shape[0], str(labels))
-    classes = num_classes if num_classes is not None else int(y.max()) + 1
-    return ImageData(x, y, classes, f"idx:{images}")
+    names = None if class_names is None else class_names_from(class_names, y, str(labels))
+    classes = class_count(num_classes, names, y)
+    return ImageData(x, y, classes, f"idx:{images}", class_names=names)
