@@ -513,9 +513,11 @@ def _add_model_and_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         default="digits",
-        help="'digits' (the embedded test split, default), an .npz file with arrays x "
-        "and y, 'IMAGES,LABELS' IDX files, or a folder with one sub-folder of images per "
-        "class",
+        help="'digits' (the embedded test split, default); 'fashion-mnist' (sudo apt install "
+        "dataset-fashion-mnist), 'mnist' or 'cifar10', read from installed files (test "
+        "split; add ':train' for the training split); an .npz file with arrays x, y and "
+        "optionally class_names; 'IMAGES,LABELS' IDX files; or a folder with one "
+        "sub-folder of images per class",
     )
 
 
