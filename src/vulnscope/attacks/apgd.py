@@ -91,6 +91,7 @@ class APGD(Attack):
     """
 
     supported_norms = ("linf", "l2")
+    takes_start = True
 
     def __init__(
         self,
@@ -127,10 +128,40 @@ class APGD(Attack):
         generator: torch.Generator,
     ) -> Tensor:
         """Restarts of one APGD run; each sample keeps its best result."""
+        return self._restarts(model, x, y, None, target, generator)
+
+    def run_from(
+        self,
+        model: CountingModel,
+        x: Tensor,
+        y: Tensor,
+        start: Tensor,
+        *,
+        target: Tensor | None,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """:meth:`run` whose first restart starts at ``start`` (N, ...)."""
+        return self._restarts(model, x, y, start, target, generator)
+
+    def _restarts(
+        self,
+        model: CountingModel,
+        x: Tensor,
+        y: Tensor,
+        first: Tensor | None,
+        target: Tensor | None,
+        generator: torch.Generator,
+    ) -> Tensor:
+        runs = 0
 
         def run_once(todo: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            nonlocal runs
             ts = None if target is None else target[todo]
-            start = self._start(x[todo], generator) if self.random_start else x[todo]
+            if runs == 0 and first is not None:
+                start = first[todo]
+            else:
+                start = self._start(x[todo], generator) if self.random_start else x[todo]
+            runs += 1
             return self._single_run(model, x[todo], start, y[todo], ts)
 
         return best_of_restarts(x, self.restarts, run_once)

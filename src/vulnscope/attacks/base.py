@@ -135,6 +135,9 @@ class Attack(abc.ABC):
     ``eps`` it is given is a cap: the result is projected onto the eps-ball."""
     gradient_free: ClassVar[bool] = False
     """True for attacks that only query the model's outputs and never call backward."""
+    takes_start: ClassVar[bool] = False
+    """True for attacks that can start from given points (:meth:`run_from`), as an
+    adaptive evaluation starts them from what broke other points or a smaller budget."""
 
     def __init__(
         self,
@@ -235,6 +238,7 @@ class Attack(abc.ABC):
         y: Tensor,
         *,
         target: Tensor | None = None,
+        start: Tensor | None = None,
     ) -> AttackResult:
         """Attack ``model`` at the inputs ``x`` with true labels ``y``.
 
@@ -245,19 +249,32 @@ class Attack(abc.ABC):
             x: inputs, floating, shape (N, ...), inside ``bounds``. Never modified.
             y: true labels, integer, shape (N,).
             target: target labels (N,), required when the attack is targeted.
+            start: (N, ...) where to start instead of the attack's own starting points
+                (its first restart; later ones start as usual), for attacks with
+                ``takes_start``; projected onto the ball and the bounds first.
 
         Returns:
             An :class:`AttackResult`.
 
         """
         with self._session(model, x, y, target) as session:
-            x_adv = self.run(
-                session.model,
-                session.x,
-                session.y,
-                target=session.target,
-                generator=session.generator,
-            )
+            if start is None:
+                x_adv = self.run(
+                    session.model,
+                    session.x,
+                    session.y,
+                    target=session.target,
+                    generator=session.generator,
+                )
+            else:
+                x_adv = self.run_from(
+                    session.model,
+                    session.x,
+                    session.y,
+                    self._check_start(start, session.x),
+                    target=session.target,
+                    generator=session.generator,
+                )
             x = session.x
             if x_adv.shape != x.shape:
                 raise RuntimeError(
@@ -373,6 +390,46 @@ class Attack(abc.ABC):
         the same answer as one early-stopping run per budget on the samples still robust.
         """
         return None
+
+    def _check_start(self, start: Any, x: Tensor) -> Tensor:
+        """``start`` checked against ``x`` and projected onto the threat model."""
+        if not self.takes_start:
+            raise InvalidArgumentError(
+                f"start: {type(self).__name__} takes no starting points (only attacks with "
+                "takes_start, such as APGD, do)"
+            )
+        if not isinstance(start, Tensor) or start.shape != x.shape:
+            got = tuple(start.shape) if isinstance(start, Tensor) else type(start).__name__
+            raise InvalidArgumentError(
+                f"start must be a tensor shaped like the inputs {tuple(x.shape)}, got {got}"
+            )
+        if not torch.isfinite(start).all():
+            raise InvalidArgumentError("start holds NaN or infinite values")
+        start = start.detach().to(device=x.device, dtype=x.dtype)
+        return project(x, start, norm=self.norm, eps=self.budget(), bounds=self.bounds)
+
+    def run_from(
+        self,
+        model: CountingModel,
+        x: Tensor,
+        y: Tensor,
+        start: Tensor,
+        *,
+        target: Tensor | None,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """:meth:`run` with the first restart at ``start`` (attacks with ``takes_start``).
+
+        Args:
+            model: as for :meth:`run`.
+            x: as for :meth:`run`.
+            y: as for :meth:`run`.
+            start: (N, ...) starting points inside the ball and the bounds.
+            target: as for :meth:`run`.
+            generator: as for :meth:`run`.
+
+        """
+        raise NotImplementedError(f"{type(self).__name__} takes no starting points")
 
     @abc.abstractmethod
     def run(

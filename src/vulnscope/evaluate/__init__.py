@@ -1,6 +1,11 @@
-"""Clean accuracy, robust curves, the standard cascade, minimal perturbations, transfer."""
+"""Clean accuracy, robust curves, the standard and adaptive cascades, minimal perturbations."""
 
 from vulnscope.evaluate.accuracy import accuracy, predict
+from vulnscope.evaluate.adaptive import (
+    adaptive_chunk,
+    adaptive_evaluation,
+    adaptive_evaluation_curve,
+)
 from vulnscope.evaluate.cascade import cascade_chunk
 from vulnscope.evaluate.cascade_attacks import CASCADE_ATTACKS, DEFAULT_CASCADE, check_cascade
 from vulnscope.evaluate.masking import MaskingCheck, MaskingSymptoms
@@ -42,6 +47,9 @@ __all__ = [
     "StandardEvaluationCurve",
     "Transfer",
     "accuracy",
+    "adaptive_chunk",
+    "adaptive_evaluation",
+    "adaptive_evaluation_curve",
     "cascade_chunk",
     "check_cascade",
     "merge_cascade_chunks",

@@ -87,6 +87,9 @@ class CascadeBudget:
             not run (a cascade without an iterative white-box attack).
         single_step_attacked: (B,) the points it attacked (those every attack left
             robust); ``None`` when it did not run.
+        certified: (B,) the points a certificate (CROWN) proved robust at this budget, so
+            that no attack ran on them; ``None`` when no certificate was tried (the
+            standard cascade).
         x_adv: (B, ...) each point's adversarial example, the point itself where none
             was found; ``None`` for a chunk read back from JSON (it is not serialised).
 
@@ -98,6 +101,7 @@ class CascadeBudget:
     stages: tuple[StageReport, ...]
     single_step_broken: tuple[bool, ...] | None
     single_step_attacked: tuple[bool, ...] | None
+    certified: tuple[bool, ...] | None = None
     x_adv: Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
@@ -171,6 +175,7 @@ class CascadeChunk:
                     stages=tuple(StageReport(**stage) for stage in budget["stages"]),
                     single_step_broken=_flags(budget["single_step_broken"]),
                     single_step_attacked=_flags(budget["single_step_attacked"]),
+                    certified=_flags(budget.get("certified")),
                 )
                 for budget in data["budgets"]
             )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -42,7 +42,7 @@ from vulnscope.attacks import Attack
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.evaluate._chunks import map_chunks
 from vulnscope.evaluate.cascade import run_cascade_chunk
-from vulnscope.evaluate.cascade_attacks import DEFAULT_CASCADE, check_cascade
+from vulnscope.evaluate.cascade_attacks import DEFAULT_CASCADE, CascadeAttack, check_cascade
 from vulnscope.evaluate.masking import (
     MaskingCheck,
     MaskingSymptoms,
@@ -79,6 +79,9 @@ class StandardEvaluation:
         stages: one :class:`StageReport` per attack, in cascade order.
         checks: every gradient-masking check that ran.
         warnings: the messages of the triggered checks.
+        certified: (N,) bool, the points a certificate proved robust, so that no attack
+            ran on them (:func:`~vulnscope.evaluate.adaptive_evaluation`); ``None`` when
+            no certificate was tried.
 
     """
 
@@ -92,9 +95,10 @@ class StandardEvaluation:
     stages: tuple[StageReport, ...]
     checks: tuple[MaskingCheck, ...]
     warnings: tuple[str, ...]
+    certified: Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (without the tensors)."""
+        """A JSON-ready summary (without the tensors); ``certified`` is a count or None."""
         counts: dict[str, int] = {}
         for name in self.broken_by:
             if name is not None:
@@ -108,6 +112,7 @@ class StandardEvaluation:
             "stages": [stage.to_dict() for stage in self.stages],
             "checks": {check.name: check.triggered for check in self.checks},
             "warnings": list(self.warnings),
+            "certified": None if self.certified is None else int(self.certified.sum()),
         }
 
 
@@ -226,6 +231,10 @@ def _merge_budget(
         broken = [flag for part in parts for flag in part.single_step_broken or ()]
         attacked = [flag for part in parts for flag in part.single_step_attacked or ()]
         checks.append(check_single_step_gap(torch.tensor(broken), ~torch.tensor(attacked), "FGSM"))
+    certified = None
+    if all(part.certified is not None for part in parts):
+        flags = [flag for part in parts for flag in part.certified or ()]
+        certified = torch.tensor(flags, dtype=torch.bool, device=device)
     return StandardEvaluation(
         robust_accuracy=sum(robust_flags) / len(robust_flags),
         clean_accuracy=clean_accuracy,
@@ -237,6 +246,7 @@ def _merge_budget(
         stages=tuple(reports),
         checks=tuple(checks),
         warnings=tuple(check.message for check in checks if check.triggered),
+        certified=certified,
     )
 
 
@@ -295,6 +305,63 @@ def standard_evaluation_curve(
         :class:`StandardEvaluationCurve`.
 
     """
+    return evaluate_in_chunks(
+        run_cascade_chunk,
+        model,
+        x,
+        y,
+        norm=norm,
+        epsilons=epsilons,
+        seed=seed,
+        attacks=attacks,
+        n_target_classes=n_target_classes,
+        bounds=bounds,
+        batch_size=batch_size,
+        on_budget=on_budget,
+        shard=shard,
+    )
+
+
+class ChunkRunner(Protocol):
+    """Runs a cascade on one chunk of validated points: ``run_cascade_chunk``'s signature."""
+
+    def __call__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        x: Tensor,
+        y: Tensor,
+        *,
+        norm: str,
+        epsilons: Sequence[float],
+        seed: int,
+        stages: Sequence[CascadeAttack],
+        n_target_classes: int,
+        bounds: tuple[float, float],
+        on_budget: Callable[[float], None] | None = None,
+    ) -> CascadeChunk: ...
+
+
+def evaluate_in_chunks(
+    run_chunk: ChunkRunner,
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str,
+    epsilons: Sequence[float],
+    seed: int,
+    attacks: Sequence[str | Attack],
+    n_target_classes: int,
+    bounds: tuple[float, float],
+    batch_size: int | None,
+    on_budget: Callable[[float], None] | None,
+    shard: bool,
+) -> StandardEvaluationCurve:
+    """Validate a cascade's arguments, run ``run_chunk`` on each chunk (sharded), merge.
+
+    The one loop of :func:`standard_evaluation_curve` and
+    :func:`~vulnscope.evaluate.adaptive_evaluation_curve`, which differ in ``run_chunk``.
+    """
     model = check_model(model)
     norm = check_norm(norm, allowed=("linf", "l2"))
     budgets = sorted(set(check_epsilons(epsilons)))
@@ -317,7 +384,7 @@ def standard_evaluation_curve(
 
     def compute(k: int) -> CascadeChunk:
         rows = chunks[k]
-        return run_cascade_chunk(
+        return run_chunk(
             model,
             x[rows],
             y[rows],
