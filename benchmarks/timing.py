@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -22,3 +23,10 @@ def timed_rounds(
             contenders[name]()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over the rounds of ``timed_rounds`` of the time ratio, paired within each round."""
+    return statistics.median(
+        a / b for a, b in zip(times[numerator], times[denominator], strict=True)
+    )
