@@ -145,6 +145,7 @@ def _joined(values: Sequence[Any]) -> str:
 
 def _add_audit(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     from vulnscope.audit import DEFAULT_BATCH_SIZE, DEFAULT_EPSILONS, QUICK, STAGES
+    from vulnscope.audit.budgets import CONVENTIONAL_BUDGETS
     from vulnscope.audit.stages.minimal import QUICK_MINIMAL_ATTACKS
     from vulnscope.evaluate import CASCADE_ATTACKS, DEFAULT_CASCADE
 
@@ -175,13 +176,16 @@ def _add_audit(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     audit.add_argument(
         "--linf-eps",
         type=_eps_list,
-        help=f"comma-separated L-inf budgets (default {_joined(DEFAULT_EPSILONS['linf'])}; "
-        "for inputs in [0, 1])",
+        help="comma-separated L-inf budgets, for inputs in [0, 1] (default: the data set's "
+        f"conventional ones, {_joined(DEFAULT_EPSILONS['linf'])} for the digits, "
+        f"{_joined(CONVENTIONAL_BUDGETS['mnist'][1]['linf'])} for MNIST; for unknown data, "
+        "three chosen from the model's minimal perturbations)",
     )
     audit.add_argument(
         "--l2-eps",
         type=_eps_list,
-        help=f"comma-separated L2 budgets (default {_joined(DEFAULT_EPSILONS['l2'])})",
+        help="comma-separated L2 budgets (default: as --linf-eps; "
+        f"{_joined(DEFAULT_EPSILONS['l2'])} for the digits)",
     )
     others = [name for name in CASCADE_ATTACKS if name not in DEFAULT_CASCADE]
     audit.add_argument(
@@ -615,6 +619,10 @@ def _print_summary(result: AuditResult) -> None:
     from vulnscope.audit import registered_stages
 
     stages = registered_stages()
+    budgets = result.settings.budgets
+    if budgets is not None and any(stages[name].uses_budgets for name in result.results):
+        for norm in ("linf", "l2"):
+            print(f"{norm} budgets {', '.join(budgets[norm].labels)}: {budgets[norm].how}")
     for name, value in result.results.items():
         for line in stages[name].summary(value):
             print(line)

@@ -4,9 +4,17 @@
 :mod:`vulnscope.audit.stages`, more with :func:`register_stage`) and returns an
 :class:`AuditResult`, whose ``to_dict()`` is the record ``results.json`` holds (described by
 :func:`results_schema`); given a directory it also writes the figures and the
-self-contained ``report.html``, checkpointing every piece.
+self-contained ``report.html``, checkpointing every piece. The budgets not given are
+chosen by :func:`choose_budgets` (conventional for a named data set, else from the model's
+minimal perturbations), and the record says how.
 """
 
+from vulnscope.audit.budgets import (
+    CONVENTIONAL_BUDGETS,
+    BudgetChoice,
+    NormBudgets,
+    choose_budgets,
+)
 from vulnscope.audit.pipeline import audit, audit_pieces
 from vulnscope.audit.record import AuditResult, DataInfo, ModelInfo, Settings, Timing, Verdict
 from vulnscope.audit.report import render_report, write_report
@@ -34,6 +42,7 @@ from vulnscope.audit.verdict import LEVELS, verdict
 
 __all__ = [
     "CLOCK_FIELDS",
+    "CONVENTIONAL_BUDGETS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_EPSILONS",
     "LEVELS",
@@ -42,8 +51,10 @@ __all__ = [
     "STAGES",
     "AuditPlan",
     "AuditResult",
+    "BudgetChoice",
     "DataInfo",
     "ModelInfo",
+    "NormBudgets",
     "Piece",
     "QuickSettings",
     "Report",
@@ -55,6 +66,7 @@ __all__ = [
     "Verdict",
     "audit",
     "audit_pieces",
+    "choose_budgets",
     "default_stages",
     "register_stage",
     "registered_stages",

@@ -87,6 +87,7 @@ def audit_pieces(
         geometry_samples=None,
         device=torch.device("cpu"),
         directory=None,
+        measure_budgets=False,  # the pieces are the same at any budgets
     )
     return sum(len(stage.pieces(plan)) for stage in chosen)
 
@@ -122,7 +123,10 @@ def audit(
             first 100 samples, APGD-CE and APGD-DLR, 16 geometry inputs; DeepFool alone for
             the minimal perturbations); explicit ``attacks`` still win.
         epsilons: budgets per norm, e.g. ``{"linf": [0.05, 0.1]}``; the norms left out
-            keep :data:`~vulnscope.audit.DEFAULT_EPSILONS`.
+            get the conventional budgets of a data set that names itself (the digits,
+            MNIST, Fashion-MNIST, CIFAR-10), else three chosen from DeepFool's minimal
+            perturbations of the model on the data (:func:`~vulnscope.audit.choose_budgets`);
+            ``settings.budgets`` in the record says how.
         attacks: the cascade (names from :data:`vulnscope.evaluate.CASCADE_ATTACKS`);
             default AutoAttack's standard four.
         seed: seed of every attack's randomness and of the geometry sample.
@@ -175,6 +179,7 @@ def audit(
         device=target,
         directory=directory,
         extra=options,
+        measure_budgets=any(stage.uses_budgets for stage in chosen),
     )
     rank, workers = rank_and_world()
     store = _checkpoint(plan, model_name, chosen, resume, rank, workers)
@@ -259,6 +264,7 @@ def _merge(
             attacks=list(plan.attack_names),
             epsilons={norm: list(values) for norm, values in plan.epsilons.items()},
             geometry_samples=int(plan.sample.numel()),
+            budgets=plan.budgets,
         ),
         clean_accuracy=clean,
         results=results,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vulnscope.audit.budgets import BudgetChoice
 from vulnscope.audit.codec import from_json, to_json
 from vulnscope.audit.stage import registered_stages
 from vulnscope.errors import DataError
@@ -43,7 +44,13 @@ class DataInfo:
 
 @dataclass(frozen=True)
 class Settings:
-    """The settings that make the record what it is (the same for any worker count)."""
+    """The settings that make the record what it is (the same for any worker count).
+
+    Attributes:
+        budgets: how each norm's budgets (``epsilons``) were chosen (None in a record
+            written before vulnscope said so).
+
+    """
 
     seed: int
     stages: list[str]
@@ -53,6 +60,7 @@ class Settings:
     attacks: list[str]
     epsilons: dict[str, list[float]]
     geometry_samples: int
+    budgets: BudgetChoice | None = None
 
 
 @dataclass(frozen=True)

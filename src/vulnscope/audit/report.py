@@ -296,7 +296,11 @@ def _settings(result: AuditResult) -> str:
         ("classes", _number(model.num_classes)),
         ("input shape", " × ".join(str(size) for size in data.input_shape)),
     ]
-    rows += [(key, _plain(value)) for key, value in to_json(result.settings).items()]
+    settings = to_json(result.settings)
+    budgets = settings.pop("budgets", None)
+    rows += [(key, _plain(value)) for key, value in settings.items()]
+    for norm, chosen in (budgets or {}).items():
+        rows.append((f"budgets ({norm})", f"{', '.join(chosen['labels'])}: {chosen['how']}"))
     rows.append(("total time", _seconds(timing.total)))
     rows += [(f"time: {stage}", _seconds(s)) for stage, s in timing.stages.items()]
     return _section("Settings and timing", _table(None, rows))

@@ -18,10 +18,11 @@ from torch import Tensor, nn
 from vulnscope import __version__
 from vulnscope._checkpoint import tensor_digest
 from vulnscope._random import make_generator
-from vulnscope._validation import check_epsilons, check_int, check_logits, check_seed
+from vulnscope._validation import check_int, check_logits, check_seed
+from vulnscope.audit.budgets import DEFAULT_EPSILONS, check_budgets, choose_budgets
 from vulnscope.audit.stage import AuditPlan, Stage, registered_stages
 from vulnscope.data.dataset import ImageData
-from vulnscope.errors import InvalidArgumentError, ModelError
+from vulnscope.errors import DataError, InvalidArgumentError, ModelError
 from vulnscope.evaluate import DEFAULT_CASCADE, check_cascade
 
 __all__ = [
@@ -32,19 +33,12 @@ __all__ = [
     "QuickSettings",
     "check_device",
     "check_fits",
+    "check_unit_range",
     "choose_stages",
     "default_stages",
     "geometry_sample",
     "make_plan",
 ]
-
-DEFAULT_EPSILONS: dict[str, tuple[float, ...]] = {
-    "linf": (0.05, 0.1, 0.2),
-    "l2": (0.25, 0.5, 1.0),
-}
-"""Budgets for inputs in [0, 1] when the user gives none: three per norm, from where most
-of an undefended model's points survive to where few do (the cascade's cost grows with
-the points still robust at each budget, so the small budgets are the expensive ones)."""
 
 DEFAULT_BATCH_SIZE = 512
 """Samples per attack call and per checkpointed chunk."""
@@ -102,20 +96,6 @@ def choose_stages(
     return [stage for name, stage in registry.items() if name in stages]
 
 
-def check_budgets(epsilons: Mapping[str, Sequence[float]] | None) -> dict[str, list[float]]:
-    """Budgets per norm: the given ones checked, :data:`DEFAULT_EPSILONS` for the rest."""
-    given = dict(epsilons or {})
-    unknown = [norm for norm in given if norm not in DEFAULT_EPSILONS]
-    if unknown:
-        raise InvalidArgumentError(
-            f"epsilons: expected budgets for 'linf' and/or 'l2', got a key {unknown[0]!r}"
-        )
-    return {
-        norm: check_epsilons(list(given.get(norm, DEFAULT_EPSILONS[norm])), f"epsilons[{norm!r}]")
-        for norm in DEFAULT_EPSILONS
-    }
-
-
 def check_device(device: str | torch.device | None) -> torch.device:
     """``device`` as a torch device that exists here (default the CPU)."""
     if device is None:
@@ -164,6 +144,17 @@ def check_fits(model: Callable[[Tensor], Tensor], data: ImageData, device: torch
     return num_outputs
 
 
+def check_unit_range(data: ImageData) -> None:
+    """Refuse data whose values leave [0, 1]: the budgets are in the data's units."""
+    low, high = float(data.x.min()), float(data.x.max())
+    if low < 0 or high > 1:
+        raise DataError(
+            f"data: {data.source} holds values in [{low:.4g}, {high:.4g}], but the audit's "
+            "budgets and attacks are for inputs in [0, 1]; scale the images to [0, 1] and put "
+            "any normalisation in the model (--mean/--std)"
+        )
+
+
 def geometry_sample(samples: int, count: int, seed: int) -> Tensor:
     """The sorted indices of a seeded random sample of ``count`` of ``samples`` inputs."""
     chosen = torch.randperm(samples, generator=make_generator(seed))[: min(count, samples)]
@@ -183,8 +174,13 @@ def make_plan(
     device: torch.device,
     directory: Path | None,
     extra: Mapping[str, Any] | None = None,
+    measure_budgets: bool = True,
 ) -> AuditPlan:
-    """The checked settings as a plan (``model`` already on ``device``; ``quick`` applied)."""
+    """The checked settings as a plan (``model`` already on ``device``; ``quick`` applied).
+
+    The budgets not given are chosen by :func:`~vulnscope.audit.budgets.choose_budgets`
+    (``measure_budgets``: whether it may run DeepFool, i.e. whether a stage uses them).
+    """
     if len(data) == 0:
         raise InvalidArgumentError(f"data: expected at least one sample, got none ({data.source})")
     cascade = (
@@ -201,6 +197,14 @@ def make_plan(
         "geometry_samples",
     )
     seed = check_seed(seed) or 0
+    batch = None if batch_size is None else check_int(batch_size, "batch_size")
+    check_budgets(epsilons)  # before the model runs: a bad budget is the user's to fix first
+    num_classes = check_fits(model, data, device)
+    check_unit_range(data)
+    # from the whole data, so that --quick runs the budgets of a full audit
+    budgets = choose_budgets(
+        model, data, epsilons, seed=seed, device=device, measure=measure_budgets
+    )
     if quick and len(data) > QUICK.samples:
         data = data.take(QUICK.samples)
     return AuditPlan(
@@ -209,14 +213,15 @@ def make_plan(
         device=device,
         seed=seed,
         quick=quick,
-        epsilons=check_budgets(epsilons),
+        epsilons=budgets.epsilons,
         attacks=cascade,
         attack_names=checked,
-        batch_size=None if batch_size is None else check_int(batch_size, "batch_size"),
+        batch_size=batch,
         sample=geometry_sample(len(data), geometry, seed),
         directory=directory,
-        num_classes=check_fits(model, data, device),
+        num_classes=num_classes,
         extra=dict(extra or {}),
+        budgets=budgets,
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from torch import Tensor
 
+from vulnscope.audit.budgets import BudgetChoice
 from vulnscope.audit.codec import from_json, to_json
 from vulnscope.data.dataset import ImageData
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, PluginError
@@ -71,6 +72,7 @@ class AuditPlan:
         directory: where figures go (None: nowhere).
         num_classes: the model's number of outputs.
         extra: settings of stages outside the package (``audit(..., options=...)``).
+        budgets: how each norm's budgets were chosen (None: a plan made by hand).
 
     """
 
@@ -87,6 +89,7 @@ class AuditPlan:
     directory: Path | None
     num_classes: int
     extra: Mapping[str, Any] = field(default_factory=dict)
+    budgets: BudgetChoice | None = None
 
     @property
     def chunks(self) -> list[tuple[int, int]]:
@@ -203,6 +206,8 @@ class Stage(ABC, Generic[P, R]):
         schema: the JSON Schema of its section (may use the shared ``#/$defs``).
         reads: stages whose settings or results it uses (the registry runs them first).
         default: runs when the user names no stages (and it applies).
+        uses_budgets: runs at the plan's budgets (``epsilons``): the audit chooses them
+            only when such a stage runs.
         tolerant: a piece that raises RuntimeError or NotImplementedError (a model that
             cannot take the stage's derivatives, say) drops this stage only, with a
             warning, instead of failing the audit.
@@ -218,6 +223,7 @@ class Stage(ABC, Generic[P, R]):
     reads: ClassVar[tuple[str, ...]] = ()
     default: ClassVar[bool] = True
     tolerant: ClassVar[bool] = False
+    uses_budgets: ClassVar[bool] = False
 
     def applies_to(self, model: Callable[[Tensor], Tensor]) -> str | None:
         """None when the stage can run on ``model``; otherwise why not (one sentence)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from vulnscope.audit.budgets import budget_label
 from vulnscope.audit.record import Verdict
 from vulnscope.audit.stage import registered_stages
 
@@ -45,11 +46,11 @@ def verdict(clean_accuracy: float, results: Mapping[str, Any]) -> Verdict:
         eps, accuracy = references[worst]
         headline = (
             f"{level.capitalize()} vulnerability: at {worst} "
-            f"ε = {eps:g}, accuracy falls from {_percent(clean_accuracy)} to "
+            f"ε = {budget_label(eps)}, accuracy falls from {_percent(clean_accuracy)} to "
             f"{_percent(accuracy)}."
         )
         sentences += [
-            f"At {norm} ε = {other_eps:g} it is {_percent(other)}."
+            f"At {norm} ε = {budget_label(other_eps)} it is {_percent(other)}."
             for norm, (other_eps, other) in references.items()
             if norm != worst
         ]

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from vulnscope._plotting import new_figure, save_png
+from vulnscope.audit.budgets import budget_label
 from vulnscope.audit.figures import NORM_NAMES
 from vulnscope.audit.settings import geometry_sample
 from vulnscope.audit.stage import (
@@ -182,6 +183,7 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
     result_type = CertifiedResult
     reads = ("linf", "l2")
     tolerant = True
+    uses_budgets = True
     schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "required": ["method", "samples", "brackets", "exact"],
@@ -303,7 +305,8 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
     def warnings(self, result: CertifiedResult) -> list[str]:
         return [
             f"certified accuracy {b.certified:.1%} exceeds the attacked {b.attacked:.1%} at "
-            f"{NORM_NAMES[norm]} ε = {b.eps:g}: one of the two is wrong (please report it)"
+            f"{NORM_NAMES[norm]} ε = {budget_label(b.eps)}: one of the two is wrong (please "
+            "report it)"
             for norm, rows in result.brackets.items()
             for b in rows
             if b.attacked is not None and b.certified > b.attacked
@@ -332,7 +335,7 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
         return {"certified_accuracy": _FIGURE}
 
     def _sentence(self, norm: str, bracket: Bracket, method: str) -> str:
-        where = f"At {NORM_NAMES[norm]} ε = {bracket.eps:g}"
+        where = f"At {NORM_NAMES[norm]} ε = {budget_label(bracket.eps)}"
         certified = f"{bracket.certified:.1%} (certified, {_METHOD_NAMES[method]})"
         if bracket.attacked is None:
             return f"{where}, {certified} of the inputs are proved robust."
@@ -362,14 +365,15 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
             for b in rows:
                 attacked = "—" if b.attacked is None else f"{b.attacked:.1%} (attacked)"
                 lines.append(
-                    f"  {norm} eps {b.eps:g}: between {b.certified:.1%} (certified) and {attacked}"
+                    f"  {norm} eps {budget_label(b.eps)}: between {b.certified:.1%} (certified) "
+                    f"and {attacked}"
                 )
         if result.exact is not None:
             exact = result.exact
             for eps, c in zip(exact.epsilons, exact.counts, strict=True):
                 lines.append(
-                    f"  MILP on {exact.samples} sampled points, linf eps {eps:g}: {c.verified} "
-                    f"verified, {c.falsified} falsified, {c.unknown} unknown"
+                    f"  MILP on {exact.samples} sampled points, linf eps {budget_label(eps)}: "
+                    f"{c.verified} verified, {c.falsified} falsified, {c.unknown} unknown"
                 )
         return lines
 
@@ -377,7 +381,7 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
     def key_figures(self, result: CertifiedResult, report: Report) -> list[tuple[str, str]]:
         return [
             (
-                f"certified accuracy, {NORM_NAMES[norm]} ε = {report.number(b.eps)}",
+                f"certified accuracy, {NORM_NAMES[norm]} ε = {budget_label(b.eps)}",
                 report.percent(b.certified),
             )
             for norm, rows in result.brackets.items()
@@ -408,7 +412,7 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
                 + report.table(
                     ["L∞ ε", f"certified ({method})", "verified", "falsified", "unknown"],
                     [
-                        (report.number(eps), c.certified, c.verified, c.falsified, c.unknown)
+                        (budget_label(eps), c.certified, c.verified, c.falsified, c.unknown)
                         for eps, c in zip(exact.epsilons, exact.counts, strict=True)
                     ],
                 )

@@ -9,7 +9,7 @@ __all__ = ["L2Stage"]
 
 
 class L2Stage(RobustnessStage):
-    """The cascade's curve at the L2 budgets (default 0.25, 0.5, 1 for inputs in [0, 1])."""
+    """The cascade's curve at the plan's L2 budgets (:mod:`vulnscope.audit.budgets`)."""
 
     name = "l2"
     description = "robust accuracy under the standard cascade, L2"

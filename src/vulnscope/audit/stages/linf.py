@@ -9,7 +9,7 @@ __all__ = ["LinfStage"]
 
 
 class LinfStage(RobustnessStage):
-    """The cascade's curve at the L∞ budgets (default 0.05, 0.1, 0.2 for inputs in [0, 1])."""
+    """The cascade's curve at the plan's L∞ budgets (:mod:`vulnscope.audit.budgets`)."""
 
     name = "linf"
     description = "robust accuracy under the standard cascade, L∞"

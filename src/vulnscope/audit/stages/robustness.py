@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from typing_extensions import override
 
+from vulnscope.audit.budgets import budget_label
 from vulnscope.audit.codec import IN_MEMORY, from_json
 from vulnscope.audit.figures import NORM_NAMES, plot_robust_accuracy
 from vulnscope.audit.stage import AuditPlan, Piece, Report, ReportSection, Stage, StageVerdict
@@ -84,6 +85,7 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
     piece_type = CascadeChunk
     result_type = Robustness
     schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/curve"}
+    uses_budgets = True
     norm: ClassVar[str]
 
     @property
@@ -192,14 +194,14 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
         for eps, robust in zip(result.epsilons, result.accuracy, strict=True):
             broken = by_eps[eps].broken_by if eps in by_eps else {}
             cells = "".join(f"{broken.get(name, 0):>10}" for name in names)
-            lines.append("  " + f"{eps:>8g}{robust:>9.1%}" + cells)
+            lines.append("  " + f"{budget_label(eps):>8}{robust:>9.1%}" + cells)
         return lines
 
     @override
     def key_figures(self, result: Robustness, report: Report) -> list[tuple[str, str]]:
         label = self._label
         return [
-            (f"robust accuracy, {label} ε = {report.number(eps)}", report.percent(accuracy))
+            (f"robust accuracy, {label} ε = {budget_label(eps)}", report.percent(accuracy))
             for eps, accuracy in zip(result.epsilons, result.accuracy, strict=True)
             if eps > 0  # at eps 0 the curve repeats the clean accuracy
         ]
@@ -215,11 +217,11 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
             counts = [  # an attack that ran at this budget and broke nothing broke 0
                 report.number(broken.get(a, 0)) if broken is not None else "—" for a in attacks
             ]
-            rows.append([report.number(eps), report.percent(accuracy), *counts])
+            rows.append([budget_label(eps), report.percent(accuracy), *counts])
         header = ["ε", "robust accuracy", *(f"broken by {attack}" for attack in attacks)]
         label = self._label
         notes = tuple(
-            (warning, f"{label} ε = {report.number(evaluation.eps)}")
+            (warning, f"{label} ε = {budget_label(evaluation.eps)}")
             for evaluation in result.evaluations
             for warning in evaluation.warnings
         )
