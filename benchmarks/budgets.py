@@ -8,7 +8,8 @@ measures, on models it builds itself:
    the budget at which the cascade leaves a fraction 1 - q robust (log-interpolated
    between measured budgets), divided by DeepFool's quantile;
 2. the bracket: the cascade's robust accuracy at the three budgets ``choose_budgets``
-   picks, as a share of the clean accuracy (the aim: about 85%, 50%, 15%).
+   picks, on the correctly classified points (the aim: about 85%, 50%, 15%), and for
+   Fashion-MNIST at MNIST's conventional budgets, which the audit keeps beside them.
 
 Models: the embedded digits CNN and MLP (397 test digits, shown to the choice under an
 unknown source), and, when ``dataset-fashion-mnist`` is installed, a small 28x28 CNN
@@ -34,7 +35,12 @@ import torch
 from torch import nn
 
 from vulnscope.attacks import DeepFool
-from vulnscope.audit.budgets import DEEPFOOL_SCALE, QUANTILES, choose_budgets
+from vulnscope.audit.budgets import (
+    CONVENTIONAL_BUDGETS,
+    DEEPFOOL_SCALE,
+    QUANTILES,
+    choose_budgets,
+)
 from vulnscope.data import ImageData, load_digits, load_installed
 from vulnscope.errors import MissingFileError
 from vulnscope.evaluate import standard_evaluation_curve
@@ -66,9 +72,14 @@ def _fashion_cnn(samples: int) -> tuple[nn.Module, ImageData] | None:
 
 
 def _measure(
-    name: str, model: nn.Module, data: ImageData, samples: int, attacks: list[str]
+    name: str,
+    model: nn.Module,
+    data: ImageData,
+    samples: int,
+    attacks: list[str],
+    conventional: dict[str, tuple[float, ...]] | None = None,
 ) -> dict[str, object]:
-    """The scale at each probe, and the cascade at the chosen budgets, for both norms."""
+    """The scale at each probe, and the cascade at the chosen (and conventional) budgets."""
     model.eval()
     # the choice sees points the evaluation does not: all but the last ``samples``
     seen = ImageData(data.x[:-samples], data.y[:-samples], data.num_classes, "npz:unknown")
@@ -86,7 +97,8 @@ def _measure(
         sizes[~result.success.numpy()] = np.inf
         grid = sorted({float(f"{0.9 * np.quantile(sizes, q):.3g}") for q in (0.1, *PROBES, 0.9)})
         chosen = choice[norm].epsilons
-        budgets = sorted({*grid, *chosen})
+        others = list(conventional[norm]) if conventional is not None else []
+        budgets = sorted({*grid, *chosen, *others})
         curve = standard_evaluation_curve(
             model, x[correct], y[correct], norm=norm, epsilons=budgets, seed=0, attacks=attacks
         )
@@ -102,6 +114,7 @@ def _measure(
             "budgets": choice[norm].labels,
             "how": choice[norm].how,
             "robust_share_of_clean": [round(robust[eps], 3) for eps in chosen],
+            "conventional": {f"{eps:g}": round(robust[eps], 3) for eps in others},
         }
         print(
             f"{name} {norm}: cascade / DeepFool at quantiles "
@@ -109,6 +122,14 @@ def _measure(
             + f"; budgets {', '.join(choice[norm].labels)} leave "
             + ", ".join(f"{robust[eps]:.0%}" for eps in chosen)
             + " of the correct points robust"
+            + (
+                "; the conventional "
+                + ", ".join(f"{eps:g}" for eps in others)
+                + " leave "
+                + ", ".join(f"{robust[eps]:.0%}" for eps in others)
+                if others
+                else ""
+            )
         )
     return figures
 
@@ -134,9 +155,15 @@ def main() -> None:
     if fashion is not None:
         models["fashion-cnn"] = fashion
     samples = min(args.samples, len(digits) - 100)
+    mnist = CONVENTIONAL_BUDGETS["fashion-mnist"][1]
     figures = {
         name: _measure(
-            name, model, data, samples if name != "fashion-cnn" else args.samples, attacks
+            name,
+            model,
+            data,
+            samples if name != "fashion-cnn" else args.samples,
+            attacks,
+            mnist if name == "fashion-cnn" else None,
         )
         for name, (model, data) in models.items()
     }

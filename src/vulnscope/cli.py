@@ -176,10 +176,10 @@ def _add_audit(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
     audit.add_argument(
         "--linf-eps",
         type=_eps_list,
-        help="comma-separated L-inf budgets, for inputs in [0, 1] (default: the data set's "
-        f"conventional ones, {_joined(DEFAULT_EPSILONS['linf'])} for the digits, "
-        f"{_joined(CONVENTIONAL_BUDGETS['mnist'][1]['linf'])} for MNIST; for unknown data, "
-        "three chosen from the model's minimal perturbations)",
+        help="comma-separated L-inf budgets, for inputs in [0, 1] (default: three chosen from "
+        "the model's minimal perturbations, beside a known data set's conventional ones, "
+        f"e.g. MNIST's {_joined(CONVENTIONAL_BUDGETS['mnist'][1]['linf'])}; for the digits "
+        f"{_joined(DEFAULT_EPSILONS['linf'])} alone)",
     )
     audit.add_argument(
         "--l2-eps",

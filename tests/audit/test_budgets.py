@@ -154,34 +154,53 @@ def test_given_budgets_win_silently(caplog):
     assert caplog.records == []
 
 
-@pytest.mark.parametrize(
-    ("source", "known"),
-    [
-        ("digits:test:seed0", "digits"),
-        ("mnist:t10k", "mnist"),
-        ("fashion-mnist:test", "fashion-mnist"),
-        ("cifar10:test", "cifar10"),
-    ],
-)
-def test_data_that_names_itself_keeps_its_conventional_budgets(source, known):
-    data = ImageData(torch.rand(4, 1, 2, 2), torch.arange(4), 4, source)
+def test_the_digits_keep_their_conventional_budgets_without_running_the_model():
+    data = ImageData(torch.rand(4, 1, 8, 8), torch.arange(4), 4, "digits:test:seed0")
     choice = choose_budgets(_never_called, data, {"l2": [0.7]}, seed=0, device=CPU)
-    assert choice["linf"].epsilons == list(CONVENTIONAL_BUDGETS[known][1]["linf"])
-    assert choice["linf"].how.startswith("conventional (")
+    assert choice["linf"].epsilons == list(DEFAULT_EPSILONS["linf"])
+    assert choice["linf"].how == "conventional (the embedded digits)"
     assert choice["l2"].epsilons == [0.7]
+
+
+def test_a_known_set_keeps_its_conventional_budgets_and_gets_the_measured_ones_too(
+    digits_cnn, digits_test
+):
+    data = digits_test.take(40)
+    measured = choose_budgets(digits_cnn, _unknown(data), None, seed=0, device=CPU, points=20)
+    for source, known, name in [
+        ("mnist:t10k", "mnist", "MNIST"),
+        ("fashion-mnist:test", "fashion-mnist", "Fashion-MNIST, as MNIST"),
+        ("cifar10:test", "cifar10", "CIFAR-10"),
+    ]:
+        named = ImageData(data.x, data.y, 10, source)
+        choice = choose_budgets(digits_cnn, named, None, seed=0, device=CPU, points=20)
+        for norm in ("linf", "l2"):
+            conventional = list(CONVENTIONAL_BUDGETS[known][1][norm])
+            new = [
+                eps
+                for eps in measured[norm].epsilons
+                if all(abs(eps - other) > 0.1 * other for other in conventional)
+            ]
+            assert choice[norm].epsilons == sorted(conventional + new)
+            assert choice[norm].how.startswith(f"conventional ({name}); ")
+            assert choice[norm].how.endswith(measured[norm].how)
+        # the digits CNN breaks far below MNIST's L∞ budgets: the measured ones add some
+        assert len(choice["linf"].epsilons) > 3 or known != "mnist"
 
 
 def test_conventional_cifar_budgets_show_as_255ths_and_mnist_s_as_decimals():
     cifar = ImageData(torch.rand(2, 3, 2, 2), torch.arange(2), 2, "cifar10:test")
     mnist = ImageData(torch.rand(2, 1, 2, 2), torch.arange(2), 2, "mnist:test")
-    assert choose_budgets(_never_called, cifar, None, seed=0, device=CPU)["linf"].labels == [
+    conventional = {"seed": 0, "device": CPU, "measure": False}
+    assert choose_budgets(_never_called, cifar, None, **conventional)["linf"].labels == [
         "2/255",
         "4/255",
         "8/255",
     ]
-    choice = choose_budgets(_never_called, mnist, None, seed=0, device=CPU)
+    choice = choose_budgets(_never_called, mnist, None, **conventional)
     assert choice["linf"].labels == ["0.1", "0.2", "0.3"]
     assert choice["l2"].epsilons == [1.0, 2.0, 3.0]
+    assert choice["l2"].how == "conventional (MNIST)"
 
 
 def test_no_minimal_perturbation_found_falls_back_to_the_digits_defaults(digits_test):
@@ -198,6 +217,13 @@ def test_no_minimal_perturbation_found_falls_back_to_the_digits_defaults(digits_
             f"default (fallback: DeepFool found no adversarial example for {nines} of "
             f"{nines} points)"
         )
+    named = ImageData(data.x, data.y, 10, "mnist:test")
+    mnist = choose_budgets(constant, named, None, seed=0, device=CPU, points=20)
+    assert mnist["linf"].epsilons == [0.1, 0.2, 0.3]
+    assert mnist["linf"].how == (
+        "conventional (MNIST); none added from minimal perturbations: DeepFool found no "
+        f"adversarial example for {nines} of {nines} points"
+    )
     zeros = ImageData(data.x, torch.zeros_like(data.y), 10, data.source)  # never class 9
     never_right = choose_budgets(constant, zeros, None, seed=0, device=CPU, points=20)
     assert "classifies none of the sampled points correctly" in never_right["l2"].how

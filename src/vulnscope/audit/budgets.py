@@ -1,19 +1,24 @@
-"""The audit's budgets when none are given: conventional for named data, else from the model.
+"""The audit's budgets when none are given: conventional for named data, and from the model.
 
-Each norm's budgets come from the first of these that applies:
+Each norm's budgets are, in this order of precedence:
 
-1. **given** by the user (they always win);
+1. **given** by the user: they always win, and nothing is measured;
 2. **conventional** when the data names a data set whose published evaluations use fixed
    budgets (:data:`CONVENTIONAL_BUDGETS`: the embedded digits, MNIST, Fashion-MNIST,
-   CIFAR-10), so that the curve compares with the literature;
+   CIFAR-10), so that the curve compares with the literature; apart from the digits
+   (whose budgets were chosen for its models), the budgets measured as below are added,
+   so that the curve also spans this model's transition (an undefended Fashion-MNIST CNN
+   is broken everywhere at MNIST's L∞ 0.1/0.2/0.3, a robust MNIST model robust at the
+   digits' 0.05/0.1/0.2);
 3. **from minimal perturbations**: DeepFool (Moosavi-Dezfooli, Fawzi and Frossard 2016) in
    that norm on a seeded sample of at most :data:`BUDGET_POINTS` correctly classified
    points gives each one's minimal perturbation; the budgets are three quantiles of those
    sizes (:data:`QUANTILES`: mostly robust, half, mostly broken) scaled by
-   :data:`DEEPFOOL_SCALE`, rounded to readable values;
-4. **default** (:data:`DEFAULT_EPSILONS`, the digits' budgets) when DeepFool finds no
-   adversarial example for more than half of the sampled points, none is classified
-   correctly, or DeepFool cannot run on the model: its sizes say nothing then.
+   :data:`DEEPFOOL_SCALE`, rounded to readable values (multiples of 1/255 for 8-bit data);
+4. **default** (:data:`DEFAULT_EPSILONS`, the digits' budgets) for data that names no set
+   when DeepFool finds no adversarial example for more than half of the sampled points,
+   none is classified correctly, or DeepFool cannot run on the model: its sizes say
+   nothing then.
 
 The choice is deterministic given the model, the data and the seed (it is part of a
 checkpoint's identity), and :class:`BudgetChoice` says for each norm how it was made.
@@ -70,6 +75,14 @@ CONVENTIONAL_BUDGETS: dict[str, tuple[str, dict[str, tuple[float, ...]]]] = {
 name in reports and its budgets per norm, on the scales published evaluations use: MNIST
 up to L∞ 0.3 (Madry et al. 2018), CIFAR-10 up to L∞ 8/255 and around L2 0.5 (RobustBench;
 Croce et al. 2021). Fashion-MNIST takes MNIST's: same size, same pixel range."""
+
+_CHOSEN_FROM_ITS_MODELS = {"digits"}
+"""Data sets whose conventional budgets were chosen from the transitions of the models
+trained on them, so that DeepFool has nothing to add: on the digits CNN it picks L∞
+0.05/0.1/0.15 and L2 0.25/0.5/0.8, on the MLP 0.04/0.08/0.15 and 0.2/0.4/0.6."""
+
+_SAME_BUDGET = 0.1
+"""A measured budget within this relative distance of a conventional one adds nothing."""
 
 BUDGET_POINTS = 200
 """Most correctly classified points DeepFool runs on to choose the budgets."""
@@ -234,7 +247,7 @@ def choose_budgets(
     points: int = BUDGET_POINTS,
     measure: bool = True,
 ) -> BudgetChoice:
-    """Each norm's budgets: given, conventional for the data, or from the model's data.
+    """Each norm's budgets: given, conventional for the data, and from the model's data.
 
     See the module docstring for the order. The minimal perturbations are DeepFool's in
     each norm (all classes as candidates up to 10, then the 10 most likely, as Foolbox),
@@ -266,22 +279,29 @@ def choose_budgets(
     for norm in DEFAULT_EPSILONS:
         if norm in given:
             chosen[norm] = NormBudgets(given[norm], "given", _labels(given[norm]))
-        elif known is not None:
+            continue
+        conventional = None
+        if known is not None:
             name, budgets = CONVENTIONAL_BUDGETS[known]
-            values = list(budgets[norm])
-            chosen[norm] = NormBudgets(values, f"conventional ({name})", _labels(values))
-        elif not measure:
+            conventional = NormBudgets(
+                list(budgets[norm]), f"conventional ({name})", _labels(budgets[norm])
+            )
+        if conventional is not None and (known in _CHOSEN_FROM_ITS_MODELS or not measure):
+            chosen[norm] = conventional
+            continue
+        if not measure:
             values = list(DEFAULT_EPSILONS[norm])
             chosen[norm] = NormBudgets(
                 values, "default (no stage runs at these budgets)", _labels(values)
             )
-        else:
-            if sample is None:
-                sample = _correct_sample(model, data, seed=seed, device=device, points=points)
-            chosen[norm] = _from_minimal_perturbations(
-                model, *sample, norm=norm, eight_bit=eight_bit and norm == "linf"
-            )
-            logger.info("%s budgets %s", norm, chosen[norm].how)
+            continue
+        if sample is None:
+            sample = _correct_sample(model, data, seed=seed, device=device, points=points)
+        measured = _from_minimal_perturbations(
+            model, *sample, norm=norm, eight_bit=eight_bit and norm == "linf"
+        )
+        chosen[norm] = _combined(conventional, measured, norm)
+        logger.info("%s budgets %s", norm, chosen[norm].how)
     return BudgetChoice(linf=chosen["linf"], l2=chosen["l2"])
 
 
@@ -311,35 +331,21 @@ def _correct_sample(
 
 def _from_minimal_perturbations(
     model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *, norm: str, eight_bit: bool
-) -> NormBudgets:
-    """Budgets from DeepFool's sizes on ``x`` (all classified correctly), or the fallback."""
-    fallback = list(DEFAULT_EPSILONS[norm])
+) -> NormBudgets | str:
+    """Budgets from DeepFool's sizes on ``x`` (all classified correctly), or why there are none."""
     if x.shape[0] == 0:
-        return NormBudgets(
-            fallback,
-            "default (fallback: the model classifies none of the sampled points correctly)",
-            _labels(fallback),
-        )
+        return "the model classifies none of the sampled points correctly"
     with torch.no_grad():
         classes = int(model(x[:1]).shape[1])
     try:
         result = DeepFool(norm=norm, candidates=min(classes, 10))(model, x, y)
     except (RuntimeError, NotImplementedError) as error:  # no input gradient, say
         cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return NormBudgets(
-            fallback,
-            f"default (fallback: DeepFool failed on this model: {cause})",
-            _labels(fallback),
-        )
+        return f"DeepFool failed on this model: {cause}"
     sizes = result.norms[result.success].double().cpu()
     total, missed = int(x.shape[0]), int(x.shape[0] - sizes.numel())
     if 2 * missed > total:
-        return NormBudgets(
-            fallback,
-            f"default (fallback: DeepFool found no adversarial example for {missed} of "
-            f"{total} points)",
-            _labels(fallback),
-        )
+        return f"DeepFool found no adversarial example for {missed} of {total} points"
     quantiles = torch.quantile(sizes, torch.tensor(QUANTILES, dtype=torch.float64))
     budgets = readable_budgets((DEEPFOOL_SCALE * quantiles).tolist(), eight_bit=eight_bit)
     shown = "/".join(f"{q:g}" for q in QUANTILES)
@@ -351,3 +357,29 @@ def _from_minimal_perturbations(
         + ")"
     )
     return NormBudgets(budgets, how, _labels(budgets))
+
+
+def _combined(
+    conventional: NormBudgets | None, measured: NormBudgets | str, norm: str
+) -> NormBudgets:
+    """The measured budgets, added to the conventional ones (if any); the fallback if none."""
+    if isinstance(measured, str):
+        if conventional is not None:
+            how = f"{conventional.how}; none added from minimal perturbations: {measured}"
+            return NormBudgets(conventional.epsilons, how, conventional.labels)
+        fallback = list(DEFAULT_EPSILONS[norm])
+        return NormBudgets(fallback, f"default (fallback: {measured})", _labels(fallback))
+    if conventional is None:
+        return measured
+    added = [
+        eps
+        for eps in measured.epsilons
+        if all(abs(eps / other - 1) > _SAME_BUDGET for other in conventional.epsilons)
+    ]
+    values = sorted([*conventional.epsilons, *added])
+    how = (
+        f"{conventional.how}; {', '.join(_labels(added))} added {measured.how}"
+        if added
+        else f"{conventional.how}; nothing new {measured.how}"
+    )
+    return NormBudgets(values, how, _labels(values))

@@ -123,10 +123,10 @@ def audit(
             first 100 samples, APGD-CE and APGD-DLR, 16 geometry inputs; DeepFool alone for
             the minimal perturbations); explicit ``attacks`` still win.
         epsilons: budgets per norm, e.g. ``{"linf": [0.05, 0.1]}``; the norms left out
-            get the conventional budgets of a data set that names itself (the digits,
-            MNIST, Fashion-MNIST, CIFAR-10), else three chosen from DeepFool's minimal
-            perturbations of the model on the data (:func:`~vulnscope.audit.choose_budgets`);
-            ``settings.budgets`` in the record says how.
+            get three chosen from DeepFool's minimal perturbations of the model on the
+            data, beside the conventional budgets of a data set that names itself
+            (MNIST, Fashion-MNIST, CIFAR-10; the embedded digits keep theirs alone)
+            (:func:`~vulnscope.audit.choose_budgets`); ``settings.budgets`` says how.
         attacks: the cascade (names from :data:`vulnscope.evaluate.CASCADE_ATTACKS`);
             default AutoAttack's standard four.
         seed: seed of every attack's randomness and of the geometry sample.
