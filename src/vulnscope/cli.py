@@ -620,8 +620,9 @@ def _print_summary(result: AuditResult) -> None:
 
     stages = registered_stages()
     budgets = result.settings.budgets
-    if budgets is not None and any(stages[name].uses_budgets for name in result.results):
-        for norm in ("linf", "l2"):
+    used = {norm for name in result.results for norm in stages[name].budget_norms}
+    for norm in ("linf", "l2"):
+        if budgets is not None and norm in used:
             print(f"{norm} budgets {', '.join(budgets[norm].labels)}: {budgets[norm].how}")
     for name, value in result.results.items():
         for line in stages[name].summary(value):

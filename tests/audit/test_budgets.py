@@ -154,6 +154,13 @@ def test_given_budgets_win_silently(caplog):
     assert caplog.records == []
 
 
+def test_norms_no_stage_runs_at_are_not_measured():
+    data = ImageData(torch.rand(4, 1, 2, 2), torch.arange(4), 4, "npz:mine.npz")
+    choice = choose_budgets(_never_called, data, None, seed=0, device=CPU, measure=())
+    assert choice.epsilons == {norm: list(values) for norm, values in DEFAULT_EPSILONS.items()}
+    assert choice["l2"].how == "default (no stage runs at these budgets)"
+
+
 def test_the_digits_keep_their_conventional_budgets_without_running_the_model():
     data = ImageData(torch.rand(4, 1, 8, 8), torch.arange(4), 4, "digits:test:seed0")
     choice = choose_budgets(_never_called, data, {"l2": [0.7]}, seed=0, device=CPU)
@@ -191,7 +198,7 @@ def test_a_known_set_keeps_its_conventional_budgets_and_gets_the_measured_ones_t
 def test_conventional_cifar_budgets_show_as_255ths_and_mnist_s_as_decimals():
     cifar = ImageData(torch.rand(2, 3, 2, 2), torch.arange(2), 2, "cifar10:test")
     mnist = ImageData(torch.rand(2, 1, 2, 2), torch.arange(2), 2, "mnist:test")
-    conventional = {"seed": 0, "device": CPU, "measure": False}
+    conventional = {"seed": 0, "device": CPU, "measure": ()}
     assert choose_budgets(_never_called, cifar, None, **conventional)["linf"].labels == [
         "2/255",
         "4/255",
@@ -282,7 +289,7 @@ def test_the_cli_prints_how_the_budgets_were_chosen(digits_cnn, capsys, tmp_path
     arguments = ["audit", "--stages", "linf", "--attacks", "fgsm", "--limit", "20"]
     assert main([*arguments, "--workers", "1", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1:3] == [
+    assert lines[1:3] == [  # no L2 line: no stage ran at L2 budgets
         "linf budgets 0.05, 0.1, 0.2: conventional (the embedded digits)",
-        "l2 budgets 0.25, 0.5, 1: conventional (the embedded digits)",
+        "robust accuracy (linf) and the points each attack broke:",
     ]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -245,7 +245,7 @@ def choose_budgets(
     seed: int,
     device: torch.device,
     points: int = BUDGET_POINTS,
-    measure: bool = True,
+    measure: Collection[str] = ("linf", "l2"),
 ) -> BudgetChoice:
     """Each norm's budgets: given, conventional for the data, and from the model's data.
 
@@ -261,8 +261,8 @@ def choose_budgets(
         seed: seed of the sample.
         device: where the model runs.
         points: most correctly classified samples DeepFool runs on.
-        measure: run DeepFool where needed; False (no stage runs at the budgets) puts
-            :data:`DEFAULT_EPSILONS` in its place.
+        measure: the norms DeepFool may run for (those of the stages that run); another
+            norm not given gets its conventional or :data:`DEFAULT_EPSILONS` budgets.
 
     Returns:
         :class:`BudgetChoice`.
@@ -286,10 +286,10 @@ def choose_budgets(
             conventional = NormBudgets(
                 list(budgets[norm]), f"conventional ({name})", _labels(budgets[norm])
             )
-        if conventional is not None and (known in _CHOSEN_FROM_ITS_MODELS or not measure):
+        if conventional is not None and (known in _CHOSEN_FROM_ITS_MODELS or norm not in measure):
             chosen[norm] = conventional
             continue
-        if not measure:
+        if norm not in measure:
             values = list(DEFAULT_EPSILONS[norm])
             chosen[norm] = NormBudgets(
                 values, "default (no stage runs at these budgets)", _labels(values)

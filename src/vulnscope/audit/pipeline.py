@@ -87,7 +87,7 @@ def audit_pieces(
         geometry_samples=None,
         device=torch.device("cpu"),
         directory=None,
-        measure_budgets=False,  # the pieces are the same at any budgets
+        measure_budgets=(),  # the pieces are the same at any budgets
     )
     return sum(len(stage.pieces(plan)) for stage in chosen)
 
@@ -179,7 +179,7 @@ def audit(
         device=target,
         directory=directory,
         extra=options,
-        measure_budgets=any(stage.uses_budgets for stage in chosen),
+        measure_budgets={norm for stage in chosen for norm in stage.budget_norms},
     )
     rank, workers = rank_and_world()
     store = _checkpoint(plan, model_name, chosen, resume, rank, workers)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,12 +174,12 @@ def make_plan(
     device: torch.device,
     directory: Path | None,
     extra: Mapping[str, Any] | None = None,
-    measure_budgets: bool = True,
+    measure_budgets: Collection[str] = ("linf", "l2"),
 ) -> AuditPlan:
     """The checked settings as a plan (``model`` already on ``device``; ``quick`` applied).
 
     The budgets not given are chosen by :func:`~vulnscope.audit.budgets.choose_budgets`
-    (``measure_budgets``: whether it may run DeepFool, i.e. whether a stage uses them).
+    (``measure_budgets``: the norms it may run DeepFool for, those of the stages that run).
     """
     if len(data) == 0:
         raise InvalidArgumentError(f"data: expected at least one sample, got none ({data.source})")

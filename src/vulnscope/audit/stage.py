@@ -206,8 +206,8 @@ class Stage(ABC, Generic[P, R]):
         schema: the JSON Schema of its section (may use the shared ``#/$defs``).
         reads: stages whose settings or results it uses (the registry runs them first).
         default: runs when the user names no stages (and it applies).
-        uses_budgets: runs at the plan's budgets (``epsilons``): the audit chooses them
-            only when such a stage runs.
+        budget_norms: the norms at whose budgets (``epsilons``) it runs: the audit
+            measures budgets only for the norms of the stages that run.
         tolerant: a piece that raises RuntimeError or NotImplementedError (a model that
             cannot take the stage's derivatives, say) drops this stage only, with a
             warning, instead of failing the audit.
@@ -223,7 +223,7 @@ class Stage(ABC, Generic[P, R]):
     reads: ClassVar[tuple[str, ...]] = ()
     default: ClassVar[bool] = True
     tolerant: ClassVar[bool] = False
-    uses_budgets: ClassVar[bool] = False
+    budget_norms: ClassVar[tuple[str, ...]] = ()
 
     def applies_to(self, model: Callable[[Tensor], Tensor]) -> str | None:
         """None when the stage can run on ``model``; otherwise why not (one sentence)."""

@@ -183,7 +183,7 @@ class CertifiedStage(Stage[CertifiedChunk, CertifiedResult]):
     result_type = CertifiedResult
     reads = ("linf", "l2")
     tolerant = True
-    uses_budgets = True
+    budget_norms = ("linf", "l2")
     schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "required": ["method", "samples", "brackets", "exact"],

@@ -15,6 +15,7 @@ class L2Stage(RobustnessStage):
     description = "robust accuracy under the standard cascade, L2"
     section = ("robustness", "l2")
     norm = "l2"
+    budget_norms = ("l2",)
 
 
 register_stage(L2Stage())

@@ -15,6 +15,7 @@ class LinfStage(RobustnessStage):
     description = "robust accuracy under the standard cascade, L∞"
     section = ("robustness", "linf")
     norm = "linf"
+    budget_norms = ("linf",)
 
 
 register_stage(LinfStage())

@@ -85,7 +85,6 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
     piece_type = CascadeChunk
     result_type = Robustness
     schema: ClassVar[Mapping[str, Any]] = {"$ref": "#/$defs/curve"}
-    uses_budgets = True
     norm: ClassVar[str]
 
     @property
