@@ -91,6 +91,8 @@ def test_attacks_benchmark_runs_every_section(tmp_path, digits_cnn, isolated_cac
             "5",
             "--cw-searches",
             "2",
+            "--cw-models",
+            "digits-cnn",
             "--cascade-norms",
             "linf",
             "--json",
@@ -106,7 +108,7 @@ def test_attacks_benchmark_runs_every_section(tmp_path, digits_cnn, isolated_cac
     assert set(figures) == {"cw", "deepfool", "cascade", "jsma"}
     for norm in ("l2", "linf"):
         assert figures["deepfool"][norm]["vulnscope"]["success"] == 1.0  # uncapped, complete
-    assert 0.0 <= figures["cw"]["vulnscope"]["success"] <= 1.0
+    assert 0.0 <= figures["cw"]["digits-cnn"]["vulnscope"]["success"] <= 1.0
     # JSMA changes at most gamma = 10% of the 64 pixels (rounded down to pairs: 6)
     assert figures["jsma"]["vulnscope"]["changed_fraction"] <= 6 / 64 + 1e-9
     for entry in figures["cascade"].values():
