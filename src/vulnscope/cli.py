@@ -144,7 +144,14 @@ def _joined(values: Sequence[Any]) -> str:
 
 
 def _add_audit(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
-    from vulnscope.audit import DEFAULT_BATCH_SIZE, DEFAULT_EPSILONS, QUICK, STAGES
+    from vulnscope.audit import (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_EPSILONS,
+        DEFAULT_EVALUATION,
+        EVALUATIONS,
+        QUICK,
+        STAGES,
+    )
     from vulnscope.audit.budgets import CONVENTIONAL_BUDGETS
     from vulnscope.audit.stages.minimal import QUICK_MINIMAL_ATTACKS
     from vulnscope.evaluate import CASCADE_ATTACKS, DEFAULT_CASCADE
@@ -196,10 +203,23 @@ def _add_audit(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
         f"{_joined(DEFAULT_CASCADE)}; also {', '.join(others)})",
     )
     audit.add_argument(
+        "--evaluation",
+        choices=EVALUATIONS,
+        default=DEFAULT_EVALUATION,
+        help="how the robustness stages attack: 'adaptive' (default: the cascade scheduled "
+        "from what it learns, certified points skipped; the same robust accuracy in a "
+        "fraction of the time) or 'standard' (AutoAttack's, comparable with published figures)",
+    )
+    audit.add_argument(
         "--out", default="vulnscope-audit", type=Path, help="output directory (default %(default)s)"
     )
     audit.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
-    audit.add_argument("--limit", type=_positive_int, help="evaluate only the first LIMIT samples")
+    audit.add_argument(
+        "--limit",
+        type=_positive_int,
+        help="evaluate only the first LIMIT samples (with --quick too, instead of its "
+        f"{QUICK.samples})",
+    )
     audit.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -872,6 +892,7 @@ def _run_audit(args: argparse.Namespace) -> int:
             quick=args.quick,
             batch_size=args.batch_size,
             device=args.device,
+            samples=args.limit,
         )
         limit = launch.worker_limit(pieces)
         if workers is None:
@@ -915,6 +936,8 @@ def _run_audit(args: argparse.Namespace) -> int:
             resume=not args.fresh,
             progress=None,
             model_metadata=_model_metadata(args.model),
+            evaluation=args.evaluation,
+            samples=args.limit,
         )
     except PeerLostError:
         if launch.launched():  # the launcher names the worker that stopped first

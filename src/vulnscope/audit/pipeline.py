@@ -30,6 +30,7 @@ from vulnscope.audit.runner import PieceRunner, StageOutcome
 from vulnscope.audit.schema import SCHEMA_VERSION
 from vulnscope.audit.settings import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_EVALUATION,
     check_device,
     checkpoint_settings,
     choose_stages,
@@ -62,6 +63,7 @@ def audit_pieces(
     quick: bool = False,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     device: str | torch.device | None = None,
+    samples: int | None = None,
 ) -> int:
     """How many pieces a sharded :func:`audit` of ``model`` on ``data`` shares out.
 
@@ -88,6 +90,7 @@ def audit_pieces(
         device=torch.device("cpu"),
         directory=None,
         measure_budgets=(),  # the pieces are the same at any budgets
+        samples=samples,
     )
     return sum(len(stage.pieces(plan)) for stage in chosen)
 
@@ -110,6 +113,8 @@ def audit(
     progress: bool | None = False,
     model_metadata: dict[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    evaluation: str = DEFAULT_EVALUATION,
+    samples: int | None = None,
 ) -> AuditResult:
     """Run the audit's stages on ``model`` and ``data``; return the typed result.
 
@@ -147,6 +152,12 @@ def audit(
         model_metadata: what the model file says about itself (``vulnscope defend``).
         options: settings of registered stages from outside vulnscope (JSON-ready; part of
             the checkpoint's identity), read from :attr:`AuditPlan.extra`.
+        evaluation: how the robustness stages attack: ``"adaptive"`` (default,
+            :func:`~vulnscope.evaluate.adaptive_evaluation`'s schedule of the cascade:
+            the same robust accuracy at a fraction of the time) or ``"standard"``
+            (AutoAttack's, for figures comparable with published ones).
+        samples: evaluate the first ``samples`` points (with ``quick`` too, whose own
+            cap is 100).
 
     Returns:
         :class:`~vulnscope.audit.AuditResult` (``.to_dict()`` is ``results.json``, described
@@ -180,6 +191,8 @@ def audit(
         directory=directory,
         extra=options,
         measure_budgets={norm for stage in chosen for norm in stage.budget_norms},
+        evaluation=evaluation,
+        samples=samples,
     )
     rank, workers = rank_and_world()
     store = _checkpoint(plan, model_name, chosen, resume, rank, workers)
@@ -262,6 +275,7 @@ def _merge(
             device=str(plan.device),
             batch_size=plan.batch_size or len(plan.data),
             attacks=list(plan.attack_names),
+            evaluation=plan.evaluation,
             epsilons={norm: list(values) for norm, values in plan.epsilons.items()},
             geometry_samples=int(plan.sample.numel()),
             budgets=plan.budgets,

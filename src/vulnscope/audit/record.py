@@ -49,6 +49,8 @@ class Settings:
     Attributes:
         budgets: how each norm's budgets (``epsilons``) were chosen (None in a record
             written before vulnscope said so).
+        evaluation: how the robustness stages attacked, ``"adaptive"`` or ``"standard"``
+            (``"standard"`` in a record written before the adaptive evaluation).
 
     """
 
@@ -61,6 +63,7 @@ class Settings:
     epsilons: dict[str, list[float]]
     geometry_samples: int
     budgets: BudgetChoice | None = None
+    evaluation: str = "standard"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from vulnscope import __version__
 from vulnscope._checkpoint import tensor_digest
 from vulnscope._random import make_generator
-from vulnscope._validation import check_int, check_logits, check_seed
+from vulnscope._validation import check_choice, check_int, check_logits, check_seed
 from vulnscope.audit.budgets import DEFAULT_EPSILONS, check_budgets, choose_budgets
 from vulnscope.audit.stage import AuditPlan, Stage, registered_stages
 from vulnscope.data.dataset import ImageData
@@ -28,6 +28,8 @@ from vulnscope.evaluate import DEFAULT_CASCADE, check_cascade
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_EPSILONS",
+    "DEFAULT_EVALUATION",
+    "EVALUATIONS",
     "GEOMETRY_SAMPLES",
     "QUICK",
     "QuickSettings",
@@ -40,14 +42,22 @@ __all__ = [
     "make_plan",
 ]
 
+EVALUATIONS = ("adaptive", "standard")
+"""How the robustness stages attack: :func:`~vulnscope.evaluate.adaptive_chunk` (A³'s
+schedule of the cascade, the default) or :func:`~vulnscope.evaluate.cascade_chunk`
+(AutoAttack's, for figures comparable with published ones)."""
+
+DEFAULT_EVALUATION = "adaptive"
+"""The robustness stages' evaluation when none is asked for."""
+
 DEFAULT_BATCH_SIZE = 512
 """Samples per attack call and per checkpointed chunk."""
 
 GEOMETRY_SAMPLES = 64
 """Inputs of the stages that run on a sample of the data (spectra, amplification...)."""
 
-CHECKPOINT_LAYOUT = 3
-"""Version of the checkpoint's piece files (3: the evaluation's chunk pieces)."""
+CHECKPOINT_LAYOUT = 4
+"""Version of the checkpoint's piece files (4: the chunk pieces carry certified points)."""
 
 
 @dataclass(frozen=True)
@@ -175,8 +185,13 @@ def make_plan(
     directory: Path | None,
     extra: Mapping[str, Any] | None = None,
     measure_budgets: Collection[str] = ("linf", "l2"),
+    evaluation: str = DEFAULT_EVALUATION,
+    samples: int | None = None,
 ) -> AuditPlan:
     """The checked settings as a plan (``model`` already on ``device``; ``quick`` applied).
+
+    ``samples`` keeps the first ``samples`` points (``quick``'s own cap otherwise);
+    ``evaluation`` is ``"adaptive"`` or ``"standard"`` (:data:`EVALUATIONS`).
 
     The budgets not given are chosen by :func:`~vulnscope.audit.budgets.choose_budgets`
     (``measure_budgets``: the norms it may run DeepFool for, those of the stages that run).
@@ -205,7 +220,10 @@ def make_plan(
     budgets = choose_budgets(
         model, data, epsilons, seed=seed, device=device, measure=measure_budgets
     )
-    if quick and len(data) > QUICK.samples:
+    evaluation = check_choice(evaluation, "evaluation", EVALUATIONS)
+    if samples is not None:
+        data = data.take(check_int(samples, "samples"))
+    elif quick and len(data) > QUICK.samples:
         data = data.take(QUICK.samples)
     return AuditPlan(
         model=model,
@@ -222,6 +240,7 @@ def make_plan(
         num_classes=num_classes,
         extra=dict(extra or {}),
         budgets=budgets,
+        evaluation=evaluation,
     )
 
 
@@ -240,6 +259,7 @@ def checkpoint_settings(
         "epsilons": {k: list(v) for k, v in plan.epsilons.items()},
         "seed": plan.seed,
         "attacks": list(plan.attacks),
+        "evaluation": plan.evaluation,
         "chunk_size": plan.batch_size,
         "geometry_samples": int(plan.sample.numel()),
         "extra": dict(plan.extra),

@@ -73,6 +73,9 @@ class AuditPlan:
         num_classes: the model's number of outputs.
         extra: settings of stages outside the package (``audit(..., options=...)``).
         budgets: how each norm's budgets were chosen (None: a plan made by hand).
+        evaluation: how the robustness stages attack: ``"adaptive"``
+            (:func:`~vulnscope.evaluate.adaptive_chunk`) or ``"standard"``
+            (:func:`~vulnscope.evaluate.cascade_chunk`).
 
     """
 
@@ -90,6 +93,7 @@ class AuditPlan:
     num_classes: int
     extra: Mapping[str, Any] = field(default_factory=dict)
     budgets: BudgetChoice | None = None
+    evaluation: str = "adaptive"
 
     @property
     def chunks(self) -> list[tuple[int, int]]:

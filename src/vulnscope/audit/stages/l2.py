@@ -12,7 +12,7 @@ class L2Stage(RobustnessStage):
     """The cascade's curve at the plan's L2 budgets (:mod:`vulnscope.audit.budgets`)."""
 
     name = "l2"
-    description = "robust accuracy under the standard cascade, L2"
+    description = "robust accuracy under the attack cascade, L2"
     section = ("robustness", "l2")
     norm = "l2"
     budget_norms = ("l2",)

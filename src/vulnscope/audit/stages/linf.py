@@ -12,7 +12,7 @@ class LinfStage(RobustnessStage):
     """The cascade's curve at the plan's L∞ budgets (:mod:`vulnscope.audit.budgets`)."""
 
     name = "linf"
-    description = "robust accuracy under the standard cascade, L∞"
+    description = "robust accuracy under the attack cascade, L∞"
     section = ("robustness", "linf")
     norm = "linf"
     budget_norms = ("linf",)

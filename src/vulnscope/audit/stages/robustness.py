@@ -1,10 +1,13 @@
-"""Robust accuracy under the standard cascade, as an audit stage for one norm.
+"""Robust accuracy under the attack cascade, as an audit stage for one norm.
 
 Croce and Hein (2020): AutoAttack's cascade (APGD-CE, APGD-T, FAB-T, Square by default),
 each attack run only on the points the ones before it left robust, then the
-gradient-masking checks. The data is cut into chunks by sample index (chunk ``k`` seeded
-``seed + k``); each chunk is a piece whose counts add up across chunks, so the curve is the
-same whichever rank computed which chunk. :mod:`~vulnscope.audit.stages.linf` and
+gradient-masking checks; by default scheduled adaptively (Liu et al. 2022, A³:
+:func:`~vulnscope.evaluate.adaptive_chunk`, which skips certified points), or as
+AutoAttack runs it (``evaluation="standard"``, :func:`~vulnscope.evaluate.cascade_chunk`).
+The data is cut into chunks by sample index (chunk ``k`` seeded ``seed + k``); each chunk
+is a piece whose counts add up across chunks, so the curve is the same whichever rank
+computed which chunk. :mod:`~vulnscope.audit.stages.linf` and
 :mod:`~vulnscope.audit.stages.l2` register one stage each.
 """
 
@@ -21,7 +24,7 @@ from vulnscope.audit.budgets import budget_label
 from vulnscope.audit.codec import IN_MEMORY, from_json
 from vulnscope.audit.figures import NORM_NAMES, plot_robust_accuracy
 from vulnscope.audit.stage import AuditPlan, Piece, Report, ReportSection, Stage, StageVerdict
-from vulnscope.evaluate import CascadeChunk, cascade_chunk, merge_cascade_chunks
+from vulnscope.evaluate import CascadeChunk, adaptive_chunk, cascade_chunk, merge_cascade_chunks
 
 __all__ = ["Robustness", "RobustnessStage"]
 
@@ -39,6 +42,8 @@ class Evaluation:
         stages: what each attack of the cascade did (without its time).
         checks: each gradient-masking check, and whether it fired.
         warnings: the messages of the checks that fired.
+        certified: points a certificate proved robust, so not attacked (the adaptive
+            evaluation; None when no certificate was tried).
 
     """
 
@@ -50,6 +55,7 @@ class Evaluation:
     stages: list[dict[str, Any]]
     checks: dict[str, bool]
     warnings: list[str]
+    certified: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,8 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
     @override
     def compute(self, piece: Piece, plan: AuditPlan, tick: Callable[[], None]) -> CascadeChunk:
         x, y = plan.rows(piece.start, piece.stop)
-        return cascade_chunk(
+        run = adaptive_chunk if plan.evaluation == "adaptive" else cascade_chunk
+        return run(
             plan.model,
             x,
             y,
@@ -194,6 +201,10 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
             broken = by_eps[eps].broken_by if eps in by_eps else {}
             cells = "".join(f"{broken.get(name, 0):>10}" for name in names)
             lines.append("  " + f"{budget_label(eps):>8}{robust:>9.1%}" + cells)
+        certified = [(e.eps, e.certified) for e in result.evaluations if e.certified]
+        if certified:
+            counts = ", ".join(f"{count} at {budget_label(eps)}" for eps, count in certified)
+            lines.append(f"  certified first, so not attacked: {counts}")
         return lines
 
     @override
@@ -210,14 +221,21 @@ class RobustnessStage(Stage[CascadeChunk, Robustness]):
         """Robust accuracy per budget and which attack broke how many points."""
         attacks = _attacks(result)
         by_eps = {evaluation.eps: evaluation for evaluation in result.evaluations}
+        certifies = any(e.certified is not None for e in result.evaluations)
         rows = []
         for eps, accuracy in zip(result.epsilons, result.accuracy, strict=True):
             broken = by_eps[eps].broken_by if eps in by_eps else None
             counts = [  # an attack that ran at this budget and broke nothing broke 0
                 report.number(broken.get(a, 0)) if broken is not None else "—" for a in attacks
             ]
-            rows.append([budget_label(eps), report.percent(accuracy), *counts])
+            row = [budget_label(eps), report.percent(accuracy), *counts]
+            if certifies:
+                done = by_eps[eps].certified if eps in by_eps else None
+                row.append(report.number(done) if done is not None else "—")
+            rows.append(row)
         header = ["ε", "robust accuracy", *(f"broken by {attack}" for attack in attacks)]
+        if certifies:
+            header.append("certified (not attacked)")
         label = self._label
         notes = tuple(
             (warning, f"{label} ε = {budget_label(evaluation.eps)}")
