@@ -22,9 +22,10 @@ times on a shared machine mean little; ratios are paired within each round):
    same settings and targets: success rate, mean fraction of changed features, time.
 
 Everything runs on ``--threads`` intra-op threads (default 1): on a shared 2-core machine,
-two threads that wait on each other made the C&W ratio range 0.52-1.03x between rounds. The minimal attacks are timed in CPU seconds of the process (on one thread, what a
-quiet machine's wall clock would show; the wall clock also counts the time another
-process held the core). Peers that are not installed are reported and skipped.
+two threads that wait on each other made the C&W ratio range 0.52-1.03x between rounds.
+The minimal attacks are timed in CPU seconds of the process (on one thread, what a quiet
+machine's wall clock would show; the wall clock also counts the time another process held
+the core). Peers that are not installed are reported and skipped.
 
     python benchmarks/attacks_vs_peers.py [--repeats 3] [--samples 397] [--json out.json]
         [--only cw,deepfool,cascade,jsma] [--cascade-norms linf,l2] [--threads 1]
