@@ -74,16 +74,8 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 def backward_work(graph: Graph) -> int:
-    """Coefficients CROWN's backward passes carry per point: its cost estimate.
-
-    For each node a nonlinear operator reads (and the logits), its neurons times the
-    neurons of every node before it: a backward pass from it holds one coefficient per
-    pair.
-    """
-    sizes = [max(1, _numel(node.shape)) for node in graph.nodes]
-    read = {i for index in graph.nonlinear() for i in graph.nodes[index].inputs}
-    read.add(len(graph.nodes) - 1)
-    return sum(sizes[index] * sum(sizes[:index]) for index in sorted(read))
+    """CROWN's cost estimate per point: :meth:`~vulnscope.certify.graph.Graph.backward_work`."""
+    return graph.backward_work()
 
 
 def choose_method(work: int, rows: int, *, quick: bool) -> str:
