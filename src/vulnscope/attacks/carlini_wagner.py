@@ -343,8 +343,10 @@ class CarliniWagner(Attack):
         goes, as in ``argmax``, to the class of lower index.
         """
         own = (run.y if run.target is None else run.target)[:, None]
-        rival_logit, rival = logits.scatter(1, own, -math.inf).max(dim=1, keepdim=True)
-        margins = rival_logit - logits.gather(1, own)
+        # argmax, not max(dim): with two threads on a busy machine, max(dim) waits on the
+        # second thread even for a few rows (8 ms for 4 of them, against 5 us)
+        rival = logits.scatter(1, own, -math.inf).argmax(dim=1, keepdim=True)
+        margins = logits.gather(1, rival) - logits.gather(1, own)
         # the logit the attack raises, and the one it lowers
         up, down = (own, rival) if run.target is None else (rival, own)
         if run.target is not None:
