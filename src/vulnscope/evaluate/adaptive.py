@@ -18,21 +18,12 @@ from torch import Tensor
 
 from vulnscope._validation import (
     check_bool,
-    check_bounds,
-    check_epsilons,
-    check_inputs,
-    check_int,
-    check_labels,
-    check_model,
-    check_model_matches_inputs,
-    check_norm,
     check_real,
-    check_seed,
 )
 from vulnscope.attacks import Attack
-from vulnscope.errors import InvalidArgumentError
 from vulnscope.evaluate.adaptive_chunk import run_adaptive_chunk
-from vulnscope.evaluate.cascade_attacks import DEFAULT_CASCADE, check_cascade
+from vulnscope.evaluate.cascade import checked_chunk
+from vulnscope.evaluate.cascade_attacks import DEFAULT_CASCADE
 from vulnscope.evaluate.pieces import CascadeChunk
 from vulnscope.evaluate.standard import (
     StandardEvaluation,
@@ -81,26 +72,17 @@ def adaptive_chunk(
         points certified at each budget.
 
     """
-    model = check_model(model)
-    norm = check_norm(norm, allowed=("linf", "l2"))
-    budgets = sorted(set(check_epsilons(epsilons)))
-    if not budgets or budgets[0] <= 0:
-        raise InvalidArgumentError(f"epsilons must be > 0, got {budgets}")
-    bounds = check_bounds(bounds)
-    x = check_inputs(x, bounds=bounds)
-    y = check_labels(y, n=x.shape[0], device=x.device)
-    check_model_matches_inputs(model, x)
-    return run_adaptive_chunk(
+    return checked_chunk(
+        partial(run_adaptive_chunk, certify_points=check_bool(certify, "certify")),
         model,
         x,
         y,
         norm=norm,
-        epsilons=budgets,
-        seed=check_seed(seed) or 0,
-        stages=check_cascade(attacks, norm),
-        n_target_classes=check_int(n_target_classes, "n_target_classes"),
+        epsilons=epsilons,
+        seed=seed,
+        attacks=attacks,
+        n_target_classes=n_target_classes,
         bounds=bounds,
-        certify_points=check_bool(certify, "certify"),
         on_budget=on_budget,
     )
 

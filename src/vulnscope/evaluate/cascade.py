@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -97,6 +98,55 @@ def cascade_chunk(
         ((0.1, 0.2), 5)
 
     """
+    return checked_chunk(
+        run_cascade_chunk,
+        model,
+        x,
+        y,
+        norm=norm,
+        epsilons=epsilons,
+        seed=seed,
+        attacks=attacks,
+        n_target_classes=n_target_classes,
+        bounds=bounds,
+        on_budget=on_budget,
+    )
+
+
+class ChunkRunner(Protocol):
+    """Runs a cascade on one chunk of validated points: :func:`run_cascade_chunk`'s signature."""
+
+    def __call__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        x: Tensor,
+        y: Tensor,
+        *,
+        norm: str,
+        epsilons: Sequence[float],
+        seed: int,
+        stages: Sequence[CascadeAttack],
+        n_target_classes: int,
+        bounds: tuple[float, float],
+        on_budget: Callable[[float], None] | None = None,
+    ) -> CascadeChunk: ...
+
+
+def checked_chunk(
+    run: ChunkRunner,
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str,
+    epsilons: Sequence[float],
+    seed: int,
+    attacks: Sequence[str | Attack],
+    n_target_classes: int,
+    bounds: tuple[float, float],
+    on_budget: Callable[[float], None] | None,
+) -> CascadeChunk:
+    """Validate one chunk's arguments, then ``run`` it (the standard or adaptive cascade)."""
     model = check_model(model)
     norm = check_norm(norm, allowed=("linf", "l2"))
     none = isinstance(epsilons, list | tuple) and not epsilons  # the clean pass alone
@@ -107,7 +157,7 @@ def cascade_chunk(
     x = check_inputs(x, bounds=bounds)
     y = check_labels(y, n=x.shape[0], device=x.device)
     check_model_matches_inputs(model, x)
-    return run_cascade_chunk(
+    return run(
         model,
         x,
         y,

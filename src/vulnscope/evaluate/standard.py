@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,8 +41,8 @@ from vulnscope._validation import (
 from vulnscope.attacks import Attack
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.evaluate._chunks import map_chunks
-from vulnscope.evaluate.cascade import run_cascade_chunk
-from vulnscope.evaluate.cascade_attacks import DEFAULT_CASCADE, CascadeAttack, check_cascade
+from vulnscope.evaluate.cascade import ChunkRunner, run_cascade_chunk
+from vulnscope.evaluate.cascade_attacks import DEFAULT_CASCADE, check_cascade
 from vulnscope.evaluate.masking import (
     MaskingCheck,
     MaskingSymptoms,
@@ -320,25 +320,6 @@ def standard_evaluation_curve(
         on_budget=on_budget,
         shard=shard,
     )
-
-
-class ChunkRunner(Protocol):
-    """Runs a cascade on one chunk of validated points: ``run_cascade_chunk``'s signature."""
-
-    def __call__(
-        self,
-        model: Callable[[Tensor], Tensor],
-        x: Tensor,
-        y: Tensor,
-        *,
-        norm: str,
-        epsilons: Sequence[float],
-        seed: int,
-        stages: Sequence[CascadeAttack],
-        n_target_classes: int,
-        bounds: tuple[float, float],
-        on_budget: Callable[[float], None] | None = None,
-    ) -> CascadeChunk: ...
 
 
 def evaluate_in_chunks(
