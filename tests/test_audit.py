@@ -23,7 +23,12 @@ from vulnscope.audit.stages.robustness import Evaluation, Robustness
 from vulnscope.data import ImageData
 from vulnscope.diagnostics.fisher import input_fisher
 from vulnscope.errors import InvalidArgumentError, ModelError
-from vulnscope.evaluate import adaptive_evaluation, minimal_perturbations, standard_evaluation
+from vulnscope.evaluate import (
+    CASCADE_ATTACKS,
+    adaptive_evaluation,
+    minimal_perturbations,
+    standard_evaluation,
+)
 
 SMALL = {"geometry_samples": 8, "batch_size": 16}
 _RG = RGResult(
@@ -47,30 +52,33 @@ _RG = RGResult(
 
 
 @pytest.mark.parametrize(
-    "evaluation, direct_evaluation",
-    [("adaptive", adaptive_evaluation), ("standard", standard_evaluation)],
+    "evaluation, direct_evaluation, attacks",
+    [
+        ("adaptive", adaptive_evaluation, ["apgd-ce", "apgd-t"]),
+        ("standard", standard_evaluation, ["apgd-ce", "square"]),
+    ],
 )
 def test_audit_record_agrees_with_the_cascade(
-    digits_cnn, digits_test, evaluation, direct_evaluation
+    digits_cnn, digits_test, evaluation, direct_evaluation, attacks
 ):
-    data = digits_test.take(50)
+    data = digits_test.take(50 if evaluation == "standard" else 30)
     record = audit(
         digits_cnn,
         data,
         model_name="cnn",
         stages=["linf"],
         epsilons={"linf": [0.0, 0.1]},
-        attacks=["apgd-ce", "square"],
+        attacks=attacks,
         evaluation=evaluation,
     ).to_dict()
     clean = float((digits_cnn(data.x).argmax(1) == data.y).double().mean())
     curve = record["robustness"]["linf"]
     assert record["clean_accuracy"] == pytest.approx(clean)
     assert curve["accuracy"][0] == pytest.approx(clean)
-    direct = direct_evaluation(digits_cnn, data.x, data.y, eps=0.1, attacks=["apgd-ce", "square"])
+    direct = direct_evaluation(digits_cnn, data.x, data.y, eps=0.1, attacks=attacks)
     assert curve["accuracy"][1] == pytest.approx(direct.robust_accuracy)
     assert curve["evaluations"][0] == direct.to_dict()
-    assert set(curve["attack_seconds"]["0.1"]) == {"APGD-CE", "Square"}
+    assert set(curve["attack_seconds"]["0.1"]) == {CASCADE_ATTACKS[a].name for a in attacks}
     assert record["settings"]["stages"] == ["linf"] and "l2" not in record["robustness"]
     assert record["settings"]["evaluation"] == evaluation
 

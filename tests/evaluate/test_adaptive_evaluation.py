@@ -78,8 +78,8 @@ def test_never_weaker_than_the_standard_cascade(digits_mlp, variant, norm, epsil
         "saturated": _Saturated(digits_mlp),
     }[variant].eval()
     test = load_digits("test")
-    x, y = test.x[:24], test.y[:24]
-    cascade = ["apgd-ce", "apgd-t", "fab-t", Square(norm=norm, queries=500, p_init=0.8, seed=0)]
+    x, y = test.x[:20], test.y[:20]
+    cascade = ["apgd-ce", "apgd-t", "fab-t", Square(norm=norm, queries=300, p_init=0.8, seed=0)]
     adaptive = adaptive_evaluation_curve(
         model, x, y, norm=norm, epsilons=epsilons, attacks=cascade, seed=1
     )

@@ -59,7 +59,6 @@ from vulnscope._validation import check_labels_in_range, check_logits
 from vulnscope.attacks import FGSM, Attack
 from vulnscope.certify import certify
 from vulnscope.certify.graph import read_graph
-from vulnscope.errors import VulnscopeError
 from vulnscope.evaluate.cascade_attacks import CascadeAttack
 from vulnscope.evaluate.masking import MaskingSymptoms, masking_symptoms
 from vulnscope.evaluate.pieces import (
@@ -339,9 +338,10 @@ class _Budget:
                 if state.use_crown and rest.numel():
                     proved = prove("crown", rows[rest])
                     certified[rows[rest][proved]] = True
-        except VulnscopeError:
-            # a model certify cannot read (an unsupported layer, a scripted or ONNX model
-            # it cannot rebuild) is attacked whole, at this budget and the next
+        except Exception:  # certificates only spare work: never fail for them
+            # a model certify cannot read (an unsupported layer, a scripted, exported or
+            # ONNX model it cannot rebuild, a forward torch.fx cannot trace) is attacked
+            # whole, at this budget and the next
             state.can_certify = False
             return torch.zeros_like(self.robust)
         return certified
@@ -545,8 +545,8 @@ def _crown_pays(model: Callable[[Tensor], Tensor], example: Tensor) -> bool:
         return False
     try:
         return read_graph(model, example).backward_work() <= CROWN_WORK
-    except VulnscopeError:
-        return False  # certify cannot read it either: the first budget finds out
+    except Exception:  # any model certify cannot read gets IBP's try alone
+        return False
 
 
 def _subset(rows: Tensor, generator: torch.Generator) -> Tensor:
