@@ -1,8 +1,8 @@
 """The adaptive evaluation: the standard cascade's attacks, scheduled from what they learn.
 
 Liu et al. (2022), "Practical Evaluation of Adversarial Robustness via Adaptive Auto
-Attack" (A³): certified points are not attacked, starts adapt from what broke other
-points and from a smaller budget, hopeless points are discarded, and a random subset run
+Attack" (A³): certified points are not attacked, the targets follow what the first attack
+found, hopeless points are discarded, and a random subset run
 at full strength checks that the schedule lost nothing (the algorithm is in
 :mod:`vulnscope.evaluate.adaptive_chunk`). The result has the standard evaluation's type,
 so everything that reads one reads the other; :func:`~vulnscope.evaluate.standard_evaluation`
@@ -105,9 +105,8 @@ def adaptive_evaluation_curve(
 ) -> StandardEvaluationCurve:
     """:func:`adaptive_evaluation` at several budgets, each starting where the last ended.
 
-    A point broken at one budget stays broken at the larger ones; a point still robust
-    starts the lead attack from its highest-loss iterate at the smaller budget, scaled to
-    the larger ball; only the points certified at one budget are tried at the next.
+    A point broken at one budget stays broken at the larger ones, and only the points
+    certified at one budget are tried at the next.
     Chunks, sharding and the arguments are as for
     :func:`~vulnscope.evaluate.standard_evaluation_curve`, plus ``certify``.
 
@@ -153,10 +152,9 @@ def adaptive_evaluation(
 
     The standard cascade's attacks (AutoAttack's: APGD-CE, APGD-T, FAB-T, Square by
     default), scheduled as A³ (Liu et al. 2022) schedules them
-    (:mod:`vulnscope.evaluate.adaptive_chunk`): points CROWN certifies are not attacked;
-    the lead attack's starts adapt from what broke other points of the same class; the
-    targeted attack takes its targets in the order the lead attack's best iterate ranks
-    them and discards points far from the boundary; the later attacks run on a random
+    (:mod:`vulnscope.evaluate.adaptive_chunk`): points IBP or CROWN certifies are not
+    attacked; the targeted attack takes its targets in the order the lead attack's best
+    iterate ranks them and discards points far from the boundary; the later attacks run on a random
     subset; and a random subset at full strength checks each shortcut, falling back to
     the full attack on every point when the check shows it would lose a point. The
     gradient-masking checks run as in :func:`~vulnscope.evaluate.standard_evaluation`.
