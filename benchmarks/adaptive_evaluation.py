@@ -75,6 +75,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 import warnings
@@ -368,6 +369,20 @@ def section_check(model, x, y, norm: str, args, peer, section: str) -> dict[str,
     return record
 
 
+def source_commit() -> str:
+    """The checkout's commit, ``+`` when ``src`` has uncommitted changes (``?`` outside git)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*words: str) -> str:
+        done = subprocess.run(["git", *words], cwd=here, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "?"
+    return commit + ("+" if git("status", "--porcelain", "--", str(here.parent / "src")) else "")
+
+
 def write_json(path: str, record: dict[str, Any]) -> None:
     """Write ``record`` to ``path`` atomically (a reader never sees half a file)."""
     target = Path(path)
@@ -402,16 +417,17 @@ def main() -> None:
         peer = None
     data = load_digits("test").take(args.samples)
     x, y = data.x, data.y
+    commit = source_commit()
     print(
-        f"digits test split, {x.shape[0]} points; {args.repeats} rounds, ratios paired "
-        f"within each round (median shown); {args.clock} time; torch threads "
+        f"vulnscope at {commit}; digits test split, {x.shape[0]} points; {args.repeats} "
+        f"rounds, ratios paired within each round (median shown); {args.clock} time; torch threads "
         f"{torch.get_num_threads()} for every contender; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     if peer is None:
         print(f"{PEER} is not installed (see benchmarks/README.md): compared with standard only")
     chosen = args.only.split(",")
-    record: dict[str, Any] = {"samples": x.shape[0], "repeats": args.repeats}
+    record: dict[str, Any] = {"commit": commit, "samples": x.shape[0], "repeats": args.repeats}
     for key in args.models.split(","):
         model = pretrained(MODELS[key])
         args.model_name = MODELS[key]
