@@ -18,7 +18,7 @@ from vulnscope.attacks.losses import is_adversarial
 from vulnscope.attacks.norms import lp_norm
 from vulnscope.attacks.refine import bisect_to_boundary, fit_in_cap
 
-__all__ = ["DeepFool"]
+__all__ = ["DeepFool", "deepfool_points"]
 
 _PUSH = 1e-4
 
@@ -135,46 +135,102 @@ class DeepFool(Attack):
     def _deepfool(
         self, model: CountingModel, x: Tensor, y: Tensor, target: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """The DeepFool iterations: first adversarial points (else ``x``) and where found."""
-        result, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        with torch.no_grad():
-            logits = model(x)
-        hit = is_adversarial(logits, y, target)
-        index = (~hit).nonzero()[:, 0]
-        x0, ys = x[index], y[index]
-        ts = None if target is None else target[index]
-        logits = logits[index]
+        """The DeepFool iterations with this attack's settings."""
+        return deepfool_points(
+            model,
+            x,
+            y,
+            target,
+            norm=self.norm,
+            steps=self.steps,
+            overshoot=self.overshoot,
+            candidates=self.candidates,
+            bounds=self.bounds,
+        )
+
+
+def deepfool_points(
+    model: CountingModel,
+    x: Tensor,
+    y: Tensor,
+    target: Tensor | None,
+    *,
+    norm: str,
+    steps: int,
+    overshoot: float,
+    candidates: int | None,
+    bounds: tuple[float, float],
+    basis: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The DeepFool iterations: first adversarial points (else ``x``) and where found.
+
+    The loop of :class:`DeepFool`, on validated inputs, for callers that need it outside
+    the attack contract. ``basis`` (N, D, m), orthonormal columns, restricts every step to
+    the subspace each sample's columns span: the boundary gradients are projected with
+    ``P = S S^T`` before the closest boundary is chosen and stepped onto, which is
+    DeepFool in that subspace (the semi-random noise of Fawzi, Moosavi-Dezfooli and
+    Frossard 2016). ``bounds`` may be infinite (no box).
+
+    Args:
+        model: the counted model.
+        x: inputs (N, ...).
+        y: true labels (N,).
+        target: target labels (N,), or ``None`` when untargeted.
+        norm: ``"l2"`` or ``"linf"``.
+        steps: most linearisation steps.
+        overshoot: relative overshoot.
+        candidates: most likely classes considered, ``None`` for all.
+        bounds: the box every iterate is clipped to.
+        basis: (N, D, m) subspace bases with ``D`` the flattened feature size, or ``None``.
+
+    Returns:
+        ``(points, found)``: (N, ...) first adversarial points (``x`` where none was
+        found) and (N,) bool.
+
+    """
+    result, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    with torch.no_grad():
+        logits = model(x)
+    hit = is_adversarial(logits, y, target)
+    index = (~hit).nonzero()[:, 0]
+    x0, ys = x[index], y[index]
+    ts = None if target is None else target[index]
+    bases = None if basis is None else basis[index]
+    logits = logits[index]
+    if ts is None:
+        # The most likely other classes at the clean point, as Foolbox takes them.
+        classes = logits.shape[1] if candidates is None else candidates
+        others = logits.scatter(1, ys[:, None], float("-inf"))
+        up = others.topk(min(classes, logits.shape[1]) - 1, dim=1).indices
+    else:
+        up = ts[:, None]
+    current, total = x0.clone(), torch.zeros_like(x0.flatten(1))
+    for step in range(steps + 1):
+        if step > 0:
+            with torch.no_grad():
+                logits = model(current)
+            hit = is_adversarial(logits, ys, ts)
+            if bool(hit.any()):
+                result[index[hit]], found[index[hit]] = current[hit], True
+                keep = ~hit
+                index, x0, ys, up = index[keep], x0[keep], ys[keep], up[keep]
+                current, total = current[keep], total[keep]
+                ts = None if ts is None else ts[keep]
+                bases = None if bases is None else bases[keep]
+        if step == steps or index.numel() == 0:
+            break
         if ts is None:
-            # The most likely other classes at the clean point, as Foolbox takes them.
-            classes = logits.shape[1] if self.candidates is None else self.candidates
-            others = logits.scatter(1, ys[:, None], float("-inf"))
-            up = others.topk(min(classes, logits.shape[1]) - 1, dim=1).indices
-        else:
-            up = ts[:, None]
-        current, total = x0.clone(), torch.zeros_like(x0.flatten(1))
-        for step in range(self.steps + 1):
-            if step > 0:
-                with torch.no_grad():
-                    logits = model(current)
-                hit = is_adversarial(logits, ys, ts)
-                if bool(hit.any()):
-                    result[index[hit]], found[index[hit]] = current[hit], True
-                    keep = ~hit
-                    index, x0, ys, up = index[keep], x0[keep], ys[keep], up[keep]
-                    current, total = current[keep], total[keep]
-                    ts = None if ts is None else ts[keep]
-            if step == self.steps or index.numel() == 0:
-                break
-            if ts is None:
-                gaps, grads = linearise(model, current, up, ys)
-            else:  # the target against the class it must beat at the current point
-                gaps, grads = linearise_target(model, current, up[:, 0])
-            closest = boundary_distances(gaps, grads, self.norm).argmin(dim=1)
-            pick = torch.arange(index.numel(), device=x.device)
-            # Clipping eats part of every step towards a bound, so a trajectory along one
-            # can approach the boundary geometrically without crossing; landing a little
-            # beyond it (1e-4 of the way come so far; Foolbox adds 1e-4 absolute) ends that.
-            push = _PUSH * lp_norm(total, self.norm)
-            total += step_onto(gaps[pick, closest], grads[pick, closest], self.norm, beyond=push)
-            current = (x0 + (1.0 + self.overshoot) * total.view_as(x0)).clamp(*self.bounds)
-        return result, found
+            gaps, grads = linearise(model, current, up, ys)
+        else:  # the target against the class it must beat at the current point
+            gaps, grads = linearise_target(model, current, up[:, 0])
+        if bases is not None:
+            grads = (grads @ bases) @ bases.transpose(1, 2)
+        closest = boundary_distances(gaps, grads, norm).argmin(dim=1)
+        pick = torch.arange(index.numel(), device=x.device)
+        # Clipping eats part of every step towards a bound, so a trajectory along one
+        # can approach the boundary geometrically without crossing; landing a little
+        # beyond it (1e-4 of the way come so far; Foolbox adds 1e-4 absolute) ends that.
+        push = _PUSH * lp_norm(total, norm)
+        total += step_onto(gaps[pick, closest], grads[pick, closest], norm, beyond=push)
+        current = (x0 + (1.0 + overshoot) * total.view_as(x0)).clamp(*bounds)
+    return result, found
