@@ -24,6 +24,7 @@ from vulnscope.attacks import (
     DeepFool,
     FisherAttack,
     Square,
+    StAdv,
     UniversalPerturbation,
 )
 
@@ -109,6 +110,8 @@ ATTACK_CASES: list[tuple[str, tuple[str, ...], AttackBuilder]] = [
         ("l0",),
         lambda norm, eps, **kw: JSMA(theta=-0.4, gamma=0.7, jacobian="softmax", **kw),
     ),
+    # --- stAdv: a flow field; norm and eps are those of the reported pixel change ---
+    ("StAdv", ("l2",), lambda **kw: StAdv(steps=5, step_size=0.1, **kw)),
     # --- universal perturbations ---
     (
         "Universal",

@@ -20,6 +20,7 @@ from vulnscope.attacks.jsma import JSMA
 from vulnscope.attacks.lbfgs import LBFGS
 from vulnscope.attacks.pgd import PGD
 from vulnscope.attacks.square import Square
+from vulnscope.attacks.stadv import StAdv
 from vulnscope.attacks.universal import UniversalPerturbation
 
 __all__ = [
@@ -36,5 +37,6 @@ __all__ = [
     "DeepFool",
     "FisherAttack",
     "Square",
+    "StAdv",
     "UniversalPerturbation",
 ]
