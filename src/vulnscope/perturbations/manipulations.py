@@ -1,0 +1,634 @@
+r"""Verified image manipulations: a whole family of them certified, or a counterexample.
+
+Huang, Kwiatkowska, Wang and Wu ("Safety verification of deep neural networks", CAV 2017)
+verify that no manipulation of a set (a scratch, a change of lighting) changes a
+classification. Here a family is *affine in its parameters* θ, which range over a box:
+
+.. math::
+
+    x'(\theta) = \operatorname{clip}\big(x + A_x\,\theta\big),
+    \qquad \theta \in [\theta_{lo}, \theta_{hi}]^k,
+
+with ``A_x`` possibly depending on the point (a contrast change scales the image itself)
+and the clip to the input bounds exact with two ReLUs:
+``clip(v, lo, hi) = hi - relu(hi - lo - relu(v - lo))``. :func:`verify_manipulation`
+prepends that map, with θ normalised to ``t ∈ [-1, 1]^k``, to the model as a linear layer
+and certifies the composed network with :func:`vulnscope.certify.certify` on the L∞ ball of
+radius 1 around ``t = 0`` inside the input box ``(-1, 1)``, which is exactly the parameter
+box: a certified point is classified as its label under *every* manipulation of the
+family. Where the certificate fails, an attack on θ looks for a counterexample (confirmed
+by a plain forward pass); a point with neither is ``"unknown"``, never ``"verified"``.
+
+A finite family (a grid of rotations, translations and scalings) is checked exhaustively by
+:func:`verify_transformations`: verified or a counterexample, never unknown.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from vulnscope._random import make_generator
+from vulnscope._validation import (
+    check_bounds,
+    check_choice,
+    check_int,
+    check_labels,
+    check_logits,
+    check_model,
+    check_real,
+    check_seed,
+    check_tensor,
+    describe,
+)
+from vulnscope.attacks.losses import margin
+from vulnscope.certify.certificate import METHODS, certify
+from vulnscope.errors import InvalidArgumentError, InvalidTypeError
+from vulnscope.models.state import preserved_model_state
+from vulnscope.perturbations.spatial import worst_over_transformations
+from vulnscope.perturbations.transforms import PARAMETERS, Fill, SpatialGrid
+
+__all__ = [
+    "STATUSES",
+    "BrightnessContrast",
+    "FreePixels",
+    "Manipulation",
+    "ManipulationVerification",
+    "Scratch",
+    "brightness_contrast",
+    "free_pixels",
+    "scratch",
+    "verify_manipulation",
+    "verify_transformations",
+]
+
+STATUSES = ("verified", "counterexample", "unknown")
+"""The answers per point: certified for the whole set, broken by a given member, neither."""
+
+_ALL_CORNERS_UP_TO = 8
+"""Families with at most this many parameters have every corner of their box tried."""
+
+
+def _check_interval(value: Any, name: str) -> tuple[float, float]:
+    """A pair ``(low, high)`` of finite numbers with ``low <= high`` (equal: a fixed value)."""
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        raise InvalidTypeError(f"{name} must be a pair (low, high), got {describe(value)}")
+    low, high = check_real(value[0], f"{name}[0]"), check_real(value[1], f"{name}[1]")
+    if low > high:
+        raise InvalidArgumentError(
+            f"{name} must satisfy low <= high (an empty box otherwise), got ({low}, {high})"
+        )
+    return low, high
+
+
+def _check_mask(value: Any) -> Tensor:
+    mask = check_tensor(value, "mask", of=" of pixels")
+    if mask.dtype != torch.bool or mask.ndim not in (2, 3):
+        raise InvalidArgumentError(
+            f"mask must be a bool tensor of shape (H, W) or (C, H, W), got {describe(mask)}"
+        )
+    if not bool(mask.any()):
+        raise InvalidArgumentError("mask must select at least one pixel, got an all-False mask")
+    return mask.detach().clone()
+
+
+def _check_images(inputs: Any, name: str = "inputs") -> Tensor:
+    x = check_tensor(inputs, name)
+    if not x.is_floating_point() or x.ndim != 4 or x.shape[0] == 0:
+        raise InvalidArgumentError(
+            f"{name} must be images: a floating tensor of shape (N, C, H, W) with N >= 1, "
+            f"got {describe(x)}"
+        )
+    return x
+
+
+class Manipulation(abc.ABC):
+    """A family of image manipulations affine in parameters θ that range over a box.
+
+    Subclasses give the manipulation in closed form (:meth:`manipulate`) and as the affine
+    map ``x + A_x θ`` (:meth:`affine`); :func:`verify_manipulation` certifies the latter and
+    attacks the former, and the tests check that they agree.
+
+    Attributes:
+        name: the family's name.
+        parameter_names: the names of θ's k components.
+        lower, upper: (k,) float64 bounds of the parameter box (``lower <= upper``).
+        clip: the input bounds the result is clipped to, or ``None`` for no clip.
+
+    """
+
+    name: ClassVar[str]
+    parameter_names: tuple[str, ...]
+    lower: Tensor
+    upper: Tensor
+    clip: tuple[float, float] | None
+
+    @property
+    def parameter_box(self) -> tuple[Tensor, Tensor]:
+        """``(lower, upper)``, two (k,) tensors."""
+        return self.lower, self.upper
+
+    def check_inputs(self, inputs: Any) -> Tensor:
+        """The inputs, checked to be images (N, C, H, W) this family applies to."""
+        return _check_images(inputs)
+
+    @abc.abstractmethod
+    def manipulate(self, x: Tensor, theta: Tensor) -> Tensor:
+        """The manipulated images before the clip: (N, C, H, W) and (N, k) to (N, C, H, W)."""
+
+    @abc.abstractmethod
+    def affine(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(offset, matrix)`` with ``manipulate(x, θ) = offset + matrix @ θ``.
+
+        Shapes: ``offset`` (N, C, H, W), ``matrix`` (N, C, H, W, k).
+        """
+
+    def apply(self, x: Tensor, theta: Tensor) -> Tensor:
+        """The manipulated images, clipped to ``clip``: (N, C, H, W) and (N, k)."""
+        x = self.check_inputs(x)
+        k = len(self.parameter_names)
+        theta = check_tensor(theta, "theta")
+        if theta.shape != (x.shape[0], k):
+            raise InvalidArgumentError(
+                f"theta must have shape ({x.shape[0]}, {k}) for {x.shape[0]} inputs and the "
+                f"{k} parameters of {self.name}, got shape {tuple(theta.shape)}"
+            )
+        out = self.manipulate(x, theta.to(x.dtype))
+        return out if self.clip is None else out.clamp(*self.clip)
+
+
+@dataclass(frozen=True, eq=False)
+class BrightnessContrast(Manipulation):
+    """``x' = c·x + b``: θ = (b, c), brightness b and contrast c, the same on every pixel."""
+
+    lower: Tensor
+    upper: Tensor
+    clip: tuple[float, float] | None
+    name: ClassVar[str] = "brightness-contrast"
+    parameter_names: tuple[str, ...] = ("brightness", "contrast")
+
+    def manipulate(self, x: Tensor, theta: Tensor) -> Tensor:
+        """``c·x + b`` per image."""
+        b, c = theta[:, 0].view(-1, 1, 1, 1), theta[:, 1].view(-1, 1, 1, 1)
+        return c * x + b
+
+    def affine(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Offset 0; columns ``1`` (brightness) and ``x`` (contrast)."""
+        return torch.zeros_like(x), torch.stack([torch.ones_like(x), x], dim=-1)
+
+
+@dataclass(frozen=True, eq=False)
+class _Masked(Manipulation):
+    """A family acting on the pixels of a mask (H, W) (every channel) or (C, H, W)."""
+
+    mask: Tensor
+    lower: Tensor
+    upper: Tensor
+    clip: tuple[float, float] | None
+
+    def check_inputs(self, inputs: Any) -> Tensor:
+        """Images whose (H, W) or (C, H, W) match the mask's shape."""
+        x = _check_images(inputs)
+        shape = tuple(x.shape[-self.mask.ndim :])
+        if shape != tuple(self.mask.shape):
+            raise InvalidArgumentError(
+                f"mask must match the images: shape {tuple(x.shape[-self.mask.ndim :])} for "
+                f"inputs of shape {tuple(x.shape)}, got mask shape {tuple(self.mask.shape)}"
+            )
+        return x
+
+    def full_mask(self, x: Tensor) -> Tensor:
+        """The mask broadcast to one image, (C, H, W) bool."""
+        return self.mask.to(x.device).expand(x.shape[1:])
+
+
+@dataclass(frozen=True, eq=False)
+class Scratch(_Masked):
+    """A scratch: the mask's pixels drawn with one free intensity s, ``x' = x(1-m) + s m``."""
+
+    name: ClassVar[str] = "scratch"
+    parameter_names: tuple[str, ...] = ("intensity",)
+
+    def manipulate(self, x: Tensor, theta: Tensor) -> Tensor:
+        """The image with every masked pixel set to its intensity."""
+        return torch.where(self.full_mask(x), theta[:, 0].view(-1, 1, 1, 1), x)
+
+    def affine(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Offset ``x`` off the mask and 0 on it; one column, the mask."""
+        mask = self.full_mask(x).to(x.dtype)
+        return x * (1 - mask), mask.expand_as(x).unsqueeze(-1)
+
+
+@dataclass(frozen=True, eq=False)
+class FreePixels(_Masked):
+    """Each masked pixel free in a box: θ_j is the value of the j-th masked pixel.
+
+    The pixels are numbered in row-major order of the mask; an (H, W) mask sets every
+    channel of a pixel to its one value, a (C, H, W) mask frees each channel on its own.
+    """
+
+    name: ClassVar[str] = "free-pixels"
+    parameter_names: tuple[str, ...] = ()
+
+    def manipulate(self, x: Tensor, theta: Tensor) -> Tensor:
+        """The image with the masked pixels replaced by θ."""
+        out = x.clone()
+        if self.mask.ndim == 2:
+            out[:, :, self.mask.to(x.device)] = theta.unsqueeze(1)
+        else:
+            out[:, self.mask.to(x.device)] = theta
+        return out
+
+    def affine(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Offset ``x`` off the mask; one one-hot column per masked pixel."""
+        mask = self.full_mask(x)
+        pixels = self.mask.to(x.device).flatten().nonzero().squeeze(1)
+        columns = torch.zeros(self.mask.numel(), pixels.numel(), dtype=x.dtype, device=x.device)
+        columns[pixels, torch.arange(pixels.numel(), device=x.device)] = 1.0
+        matrix = columns.view(*self.mask.shape, -1).expand(*x.shape[1:], -1)
+        return x * (~mask).to(x.dtype), matrix.unsqueeze(0).expand(x.shape[0], *matrix.shape)
+
+
+def _box(values: Sequence[tuple[float, float]]) -> tuple[Tensor, Tensor]:
+    box = torch.tensor(values, dtype=torch.float64).view(-1, 2)
+    return box[:, 0].clone(), box[:, 1].clone()
+
+
+def _check_clip(clip: Any) -> tuple[float, float] | None:
+    return None if clip is None else check_bounds(clip, "clip")
+
+
+def brightness_contrast(
+    *,
+    brightness: tuple[float, float] = (0.0, 0.0),
+    contrast: tuple[float, float] = (1.0, 1.0),
+    clip: tuple[float, float] | None = (0.0, 1.0),
+) -> BrightnessContrast:
+    """Every lighting change ``x' = c·x + b`` with b in ``brightness`` and c in ``contrast``.
+
+    Args:
+        brightness: ``(low, high)`` of the added constant b.
+        contrast: ``(low, high)`` of the factor c.
+        clip: input bounds the result is clipped to (``None``: no clip).
+
+    """
+    lower, upper = _box(
+        [_check_interval(brightness, "brightness"), _check_interval(contrast, "contrast")]
+    )
+    return BrightnessContrast(lower=lower, upper=upper, clip=_check_clip(clip))
+
+
+def scratch(
+    mask: Tensor,
+    *,
+    intensity: tuple[float, float] = (0.0, 1.0),
+    clip: tuple[float, float] | None = (0.0, 1.0),
+) -> Scratch:
+    """A scratch along ``mask`` (bool, (H, W) or (C, H, W)) drawn with any intensity in range."""
+    checked = _check_mask(mask)
+    lower, upper = _box([_check_interval(intensity, "intensity")])
+    return Scratch(mask=checked, lower=lower, upper=upper, clip=_check_clip(clip))
+
+
+def free_pixels(
+    mask: Tensor,
+    *,
+    box: tuple[float, float] = (0.0, 1.0),
+    clip: tuple[float, float] | None = (0.0, 1.0),
+) -> FreePixels:
+    """The pixels of ``mask`` (bool, (H, W) or (C, H, W)), each free in ``box`` on its own."""
+    checked = _check_mask(mask)
+    low, high = _check_interval(box, "box")
+    count = int(checked.sum())
+    lower, upper = _box([(low, high)] * count)
+    names = tuple(f"pixel{j}" for j in range(count))
+    return FreePixels(
+        mask=checked, lower=lower, upper=upper, clip=_check_clip(clip), parameter_names=names
+    )
+
+
+@dataclass(frozen=True)
+class ManipulationVerification:
+    """Per point: the whole manipulation set verified, a counterexample, or unknown.
+
+    Attributes:
+        status: one of :data:`STATUSES` per point. ``"verified"``: every manipulation of
+            the set is classified as the label (a certificate, or an exhaustive check of a
+            finite set); ``"counterexample"``: a member of the set that is not (checked by
+            a forward pass); ``"unknown"``: neither was found.
+        counterexamples: (N, C, H, W) the manipulated input where the status is
+            ``"counterexample"``, NaN elsewhere.
+        parameters: (N, k) the manipulation's parameters for that input, NaN elsewhere.
+        parameter_names: the names of the k parameters.
+        manipulation: the family's name.
+        method: the certification method, or ``"exhaustive"`` for a finite set.
+
+    """
+
+    status: tuple[str, ...]
+    counterexamples: Tensor
+    parameters: Tensor
+    parameter_names: tuple[str, ...]
+    manipulation: str
+    method: str
+
+    @property
+    def verified(self) -> Tensor:
+        """(N,) bool: the point is verified for every manipulation of the set."""
+        return torch.tensor([s == "verified" for s in self.status], dtype=torch.bool)
+
+    @property
+    def falsified(self) -> Tensor:
+        """(N,) bool: the point has a counterexample."""
+        return torch.tensor([s == "counterexample" for s in self.status], dtype=torch.bool)
+
+    @property
+    def verified_fraction(self) -> float:
+        """The share of points verified: a lower bound of the accuracy over the set."""
+        return float(self.verified.float().mean())
+
+
+class _Parameterised(nn.Module):
+    """``model(clip(bias + weight t))``: one point's manipulation family as one network.
+
+    The clip is written with ReLUs, ``hi - relu(hi - lo - relu(v - lo))``, exact and
+    bounded by :mod:`vulnscope.certify` like any other ReLU.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weight: Tensor,
+        bias: Tensor,
+        shape: Sequence[int],
+        clip: tuple[float, float] | None,
+    ) -> None:
+        super().__init__()
+        self.parameterisation = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype)
+        with torch.no_grad():
+            self.parameterisation.weight.copy_(weight)
+            self.parameterisation.bias.copy_(bias)
+        self.parameterisation.requires_grad_(False)
+        self.model = model
+        self.shape = tuple(shape)
+        self.clip = clip
+
+    def forward(self, t: Tensor) -> Tensor:
+        """Logits (B, K) for normalised parameters t (B, k)."""
+        v = self.parameterisation(t).reshape(-1, *self.shape)
+        if self.clip is not None:
+            low, high = self.clip
+            v = high - torch.relu((high - low) - torch.relu(v - low))
+        return self.model(v)  # type: ignore[no-any-return]
+
+
+def _manipulated(manipulation: Manipulation, x: Tensor, theta: Tensor) -> Tensor:
+    out = manipulation.manipulate(x, theta)
+    return out if manipulation.clip is None else out.clamp(*manipulation.clip)
+
+
+def _corners(k: int, count: int, generator: torch.Generator, like: Tensor) -> Tensor:
+    """The box's corners in normalised units, (M, k): all of them for small k, else a sample."""
+    if k <= _ALL_CORNERS_UP_TO:
+        signs = list(itertools.product((-1.0, 1.0), repeat=k))
+        return torch.tensor(signs, dtype=like.dtype, device=like.device)
+    draws = torch.randint(0, 2, (count, k), generator=generator, device=like.device)
+    return draws.to(like.dtype) * 2 - 1
+
+
+def _search(
+    model: Callable[[Tensor], Tensor],
+    manipulation: Manipulation,
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """The parameters θ (n, k) of each point's worst member found, and its logits (n, K).
+
+    The centre and the corners of the box (all of them up to 2**8, else 64 drawn), then
+    sign-gradient ascent on the margin ``max_{j != y} z_j - z_y`` over the normalised box
+    from a random start, step size shrinking from 0.5 to 0 (as PGD, Madry et al. 2018).
+    """
+    n, k = x.shape[0], len(manipulation.parameter_names)
+    mid = ((manipulation.lower + manipulation.upper) / 2).to(x)
+    half = ((manipulation.upper - manipulation.lower) / 2).to(x)
+    candidates = torch.cat([torch.zeros(1, k).to(x), _corners(k, 64, generator, x)])
+    count = candidates.shape[0]
+    theta = mid + half * candidates
+    with torch.no_grad():
+        logits = model(
+            _manipulated(manipulation, x.repeat_interleave(count, 0), theta.repeat(n, 1))
+        )
+        scores = margin(logits, y.repeat_interleave(count), None).view(n, count)
+    best_score, best = scores.max(dim=1)
+    best_t = candidates[best]
+    t = torch.rand(n, k, generator=generator, device=x.device).to(x) * 2 - 1
+    for step in range(steps):
+        t.requires_grad_(True)
+        with torch.enable_grad():
+            score = margin(model(_manipulated(manipulation, x, mid + half * t)), y, None)
+            (gradient,) = torch.autograd.grad(score.sum(), t)
+        with torch.no_grad():
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            best_t = torch.where(better.unsqueeze(1), t, best_t)
+            size = 0.5 * (1 - step / steps)
+            t = (t + size * gradient.sign()).clamp(-1, 1).detach()
+    with torch.no_grad():
+        score = margin(model(_manipulated(manipulation, x, mid + half * t)), y, None)
+        best_t = torch.where((score > best_score).unsqueeze(1), t, best_t)
+        found = mid + half * best_t
+        return found, model(_manipulated(manipulation, x, found))
+
+
+def _parameterisation(manipulation: Manipulation, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per point, ``x'`` before the clip as ``weight t + bias`` for t in [-1, 1]^k.
+
+    Returns:
+        weights (N, d, k) and biases (N, d), with ``d`` the number of input features.
+
+    """
+    lower, upper = manipulation.lower.to(x), manipulation.upper.to(x)
+    mid, half = (lower + upper) / 2, (upper - lower) / 2
+    offset, matrix = manipulation.affine(x)
+    columns = matrix.flatten(1, -2)
+    return columns * half, offset.flatten(1) + columns @ mid
+
+
+def _certified(
+    model: nn.Module,
+    weight: Tensor,
+    bias: Tensor,
+    label: Tensor,
+    manipulation: Manipulation,
+    x: Tensor,
+    method: str,
+) -> bool:
+    """Whether certify proves one point's family (weight (d, k), bias (d,)) keeps ``label``.
+
+    The clip is left out where the family provably stays inside its bounds (the interval
+    ``bias ± |weight|·1``): it would change nothing but cost two ReLU layers.
+    """
+    clip = manipulation.clip
+    if clip is not None:
+        reach = weight.abs().sum(1)
+        if bool((bias - reach >= clip[0]).all() and (bias + reach <= clip[1]).all()):
+            clip = None
+    network = _Parameterised(model, weight, bias, x.shape[1:], clip)
+    zero = torch.zeros(1, weight.shape[1], dtype=x.dtype, device=x.device)
+    certificate = certify(network, zero, label.view(1), eps=1.0, method=method, bounds=(-1.0, 1.0))
+    return bool(certificate.certified[0])
+
+
+def verify_manipulation(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    manipulation: Manipulation,
+    *,
+    method: str = "crown",
+    steps: int = 20,
+    seed: int | None = 0,
+) -> ManipulationVerification:
+    """Verify each point against every manipulation of an affine family, or break it.
+
+    The family's map ``t ↦ clip(x + A_x (mid + half·t))`` becomes a linear layer (and two
+    ReLUs for the clip) in front of ``model``, and :func:`vulnscope.certify.certify`
+    bounds the composed network over ``t ∈ [-1, 1]^k`` (Huang et al., CAV 2017, verify
+    manipulations layer by layer; here the certificate is CROWN's or another of
+    :data:`vulnscope.certify.METHODS`). ``A_x`` depends on the point, so each point gets
+    its own composed network and its own :func:`certify` call. Points not certified are
+    attacked in parameter space (box corners, then sign-gradient steps); a member that is
+    misclassified, confirmed by a forward pass, is the counterexample.
+
+    The verdict is about the set alone: a point whose clean input is misclassified can be
+    verified for a set that does not contain the clean input (a brightness range away
+    from 0). Certificates are sound up to float rounding (about 1e-6 of the logits).
+
+    Args:
+        model: the classifier, logits out; its layers must be ones certify can bound.
+        inputs: (N, C, H, W) images.
+        labels: (N,) int64 classes the manipulations must keep.
+        manipulation: the family, from :func:`brightness_contrast`, :func:`scratch` or
+            :func:`free_pixels`.
+        method: ``"ibp"``, ``"crown"``, ``"alpha-crown"`` or ``"dual"``.
+        steps: gradient steps of the counterexample search (0: corners only).
+        seed: seed of the search's random start and sampled corners.
+
+    Returns:
+        A :class:`ManipulationVerification`.
+
+    """
+    if not isinstance(manipulation, Manipulation):
+        raise InvalidTypeError(
+            "manipulation must be a Manipulation (from brightness_contrast, scratch or "
+            f"free_pixels), got {describe(manipulation)}"
+        )
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {describe(model)}")
+    x = manipulation.check_inputs(inputs)
+    if not bool(torch.isfinite(x).all()):
+        raise InvalidArgumentError("inputs must be finite, got NaN or infinite entries")
+    y = check_labels(labels, n=x.shape[0], device=x.device, name="labels")
+    method = check_choice(method, "method", METHODS)
+    steps = check_int(steps, "steps", minimum=0)
+    generator = make_generator(check_seed(seed), x.device)
+    n, k = x.shape[0], len(manipulation.parameter_names)
+    weights, biases = _parameterisation(manipulation, x)
+    status = [
+        "verified"
+        if _certified(model, weights[i], biases[i], y[i], manipulation, x, method)
+        else "unknown"
+        for i in range(n)
+    ]
+    parameters = torch.full((n, k), math.nan, dtype=x.dtype, device=x.device)
+    counterexamples = torch.full_like(x, math.nan)
+    open_points = torch.tensor([s != "verified" for s in status], device=x.device)
+    if bool(open_points.any()):
+        with preserved_model_state(model):
+            theta, logits = _search(
+                check_model(model),
+                manipulation,
+                x[open_points],
+                y[open_points],
+                steps=steps,
+                generator=generator,
+            )
+        check_logits(logits, theta.shape[0])
+        broken = logits.argmax(1) != y[open_points]
+        where = open_points.nonzero().squeeze(1)[broken]
+        parameters[where] = theta[broken]
+        counterexamples[where] = _manipulated(manipulation, x[where], theta[broken])
+        for i in where.tolist():
+            status[i] = "counterexample"
+    return ManipulationVerification(
+        status=tuple(status),
+        counterexamples=counterexamples,
+        parameters=parameters,
+        parameter_names=manipulation.parameter_names,
+        manipulation=manipulation.name,
+        method=method,
+    )
+
+
+def verify_transformations(
+    model: Callable[[Tensor], Tensor],
+    inputs: Tensor,
+    labels: Tensor,
+    grid: Tensor | SpatialGrid,
+    *,
+    fill: Fill = 0.0,
+    batch_size: int | None = None,
+) -> ManipulationVerification:
+    """Verify each point against a finite set of transformations by trying every one.
+
+    The exhaustive check of :func:`~vulnscope.perturbations.spatial.worst_over_transformations`
+    (bilinear rotations, translations and scalings of
+    :mod:`~vulnscope.perturbations.transforms`): its worst transformed input is a
+    misclassified one whenever any is, so one forward pass on it decides. The answer is
+    ``"verified"`` or ``"counterexample"``, never ``"unknown"``. As for
+    :func:`verify_manipulation`, the verdict is about the set alone: the untransformed
+    input counts only if the grid holds the identity.
+
+    Args:
+        model: maps (M, C, H, W) inputs to (M, K) logits; its state is left as found.
+        inputs: (N, C, H, W) images.
+        labels: (N,) int64 classes.
+        grid: (G, 4) rows ``(rotation°, dx px, dy px, scale)``, or a
+            :class:`~vulnscope.perturbations.transforms.SpatialGrid`.
+        fill: value of pixels from outside the image, or ``"circular"``.
+        batch_size: the most transformed images per model call (``None``: all at once).
+
+    Returns:
+        A :class:`ManipulationVerification` whose parameters are the counterexamples'
+        transformation rows and whose method is ``"exhaustive"``.
+
+    """
+    params = grid.params() if isinstance(grid, SpatialGrid) else grid
+    result = worst_over_transformations(
+        model, inputs, labels, params, fill=fill, batch_size=batch_size
+    )
+    x = result.x_worst
+    y = check_labels(labels, n=x.shape[0], device=x.device, name="labels")
+    with preserved_model_state(model), torch.no_grad():
+        broken = check_logits(model(x), x.shape[0]).argmax(1) != y
+    mask = broken.view(-1, 1, 1, 1)
+    return ManipulationVerification(
+        status=tuple("counterexample" if b else "verified" for b in broken.tolist()),
+        counterexamples=torch.where(mask, x, torch.full_like(x, math.nan)),
+        parameters=torch.where(
+            broken.unsqueeze(1), result.worst_params, torch.full_like(result.worst_params, math.nan)
+        ),
+        parameter_names=PARAMETERS,
+        manipulation="transformations",
+        method="exhaustive",
+    )
