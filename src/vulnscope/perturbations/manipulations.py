@@ -527,6 +527,17 @@ def verify_manipulation(
     Returns:
         A :class:`ManipulationVerification`.
 
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        >>> with torch.no_grad():
+        ...     _ = model[1].weight.copy_(torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, 1]]))
+        ...     _ = model[1].bias.zero_()
+        >>> x = torch.tensor([[[[0.9, 0.8], [0.1, 0.0]]]])
+        >>> family = brightness_contrast(brightness=(-0.1, 0.1), contrast=(0.9, 1.1))
+        >>> verify_manipulation(model, x, torch.tensor([0]), family).status
+        ('verified',)
+
     """
     if not isinstance(manipulation, Manipulation):
         raise InvalidTypeError(

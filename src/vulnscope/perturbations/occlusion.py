@@ -30,6 +30,7 @@ from vulnscope._validation import (
     check_real,
     describe,
 )
+from vulnscope.attacks.losses import margin
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.models.checks import warn_if_training_mode
 from vulnscope.models.state import preserved_model_state
@@ -119,13 +120,6 @@ def _masks(
     return (in_rows.unsqueeze(2) & in_cols.unsqueeze(1)).unsqueeze(1)
 
 
-def _margins(logits: Tensor, labels: Tensor) -> Tensor:
-    """Label logit minus the largest other logit, (B,)."""
-    own = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
-    others = logits.scatter(1, labels.unsqueeze(1), -math.inf)
-    return own - others.max(dim=1).values
-
-
 def occlusion_worst_case(
     model: Callable[[Tensor], Tensor],
     inputs: Tensor,
@@ -211,14 +205,14 @@ def occlusion_worst_case(
                     for i in range(0, flat.shape[0], images)
                 ]
             )
-            margins.append(_margins(outputs, labels_flat).view(-1, count))
+            margins.append(-margin(outputs, labels_flat, None).view(-1, count))
             hits.append((outputs.argmax(1) == labels_flat).view(-1, count))
             probabilities.append(
                 outputs.softmax(1).gather(1, labels_flat.unsqueeze(1)).view(-1, count)
             )
-    margin = torch.cat(margins)
+    margins_all = torch.cat(margins)
     drop = clean_probability.unsqueeze(1) - torch.cat(probabilities)
-    worst = margin.argmin(dim=1)
+    worst = margins_all.argmin(dim=1)
     clean_correct = logits.argmax(1) == y
     robust = clean_correct & torch.cat(hits).all(dim=1)
     worst_position = positions.to(x.device)[worst]
