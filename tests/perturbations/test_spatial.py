@@ -35,10 +35,11 @@ def _data(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_grid_search_equals_one_transformation_at_a_time() -> None:
-    model = _tiny_cnn(1)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
     x, _ = _data()
     y = model(x).argmax(1)
-    rotations, translations = [-20.0, 0.0, 20.0], [-1.0, 0.5]
+    rotations, translations = [-10.0, 0.0, 10.0], [-0.5, 0.25]
     result = spatial_worst_case(
         model, x, y, rotations=rotations, translations=translations, fill=0.2, batch_size=5
     )
@@ -52,6 +53,18 @@ def test_grid_search_equals_one_transformation_at_a_time() -> None:
     others = logits.scatter(2, y[:, None, None].expand(-1, len(grid), 1), -torch.inf)
     margins = logits.gather(2, y[:, None, None].expand(-1, len(grid), 1))[..., 0] - others.amax(2)
     assert torch.equal(result.robust, correct.all(1))
+    assert 0 < float(correct.float().mean()) < 1
+    fast = spatial_worst_case(
+        model,
+        x,
+        y,
+        rotations=rotations,
+        translations=translations,
+        fill=0.2,
+        batch_size=4,
+        grid_accuracy=False,
+    )
+    assert torch.equal(fast.robust, result.robust) and fast.grid_accuracy is None
     assert torch.allclose(result.grid_accuracy, correct.float().mean(0))
     for i in range(len(x)):
         wrong = ~correct[i]
