@@ -145,6 +145,24 @@ def test_certificates_agree_with_an_exhaustive_grid_and_counterexamples_are_real
     assert bool(result.counterexamples[~found].isnan().all())
 
 
+def test_splitting_the_box_verifies_more_and_is_never_contradicted() -> None:
+    manipulation = FAMILIES["brightness-contrast"]()
+    model, x, y = _points()
+    whole = verify_manipulation(model, x, y, manipulation, steps=0)
+    split = verify_manipulation(model, x, y, manipulation, splits=4, steps=0)
+    grid = _grid(manipulation, 21)
+    with torch.no_grad():
+        correct = torch.stack(
+            [
+                model(manipulation.apply(x, theta.expand(len(x), -1))).argmax(1) == y
+                for theta in grid
+            ]
+        ).all(0)
+    assert bool(correct[split.verified].all())
+    assert bool((split.verified >= whole.verified).all())
+    assert int(split.verified.sum()) > int(whole.verified.sum())
+
+
 def test_the_finite_case_is_exhaustive_and_never_unknown() -> None:
     model, x, y = _points()
     grid = transformation_grid([-5.0, 0.0, 5.0], [0.0, 0.5])
@@ -219,6 +237,13 @@ def test_bad_families_raise_one_clear_error(
             {"method": "milp"},
             InvalidArgumentError,
             "method",
+        ),
+        (
+            torch.rand(2, 1, 5, 5),
+            free_pixels(torch.ones(5, 5, dtype=torch.bool)),
+            {"splits": 2},
+            InvalidArgumentError,
+            r"splits must leave at most 4096 cells",
         ),
     ],
 )
