@@ -23,6 +23,7 @@ PUBLIC_MODULES = [
     "vulnscope.audit",
     "vulnscope.report",
     "vulnscope.models.onnx_program",
+    "vulnscope.perturbations",
     "vulnscope.rbm",
     "vulnscope.rg",
 ]
@@ -66,6 +67,15 @@ def test_issue_contract_names_exist():
     from vulnscope.diagnostics import input_fisher, input_hessian_eigenvalues  # noqa: F401
     from vulnscope.evaluate import robust_accuracy, standard_evaluation  # noqa: F401
     from vulnscope.rbm import DeepRBM, train_layerwise_kl  # noqa: F401
+    from vulnscope.perturbations import (  # noqa: F401
+        StAdv,
+        TransformResult,
+        noise_robustness,
+        occlusion_worst_case,
+        spatial_worst_case,
+        verify_manipulation,
+        worst_of_k,
+    )
     from vulnscope.rg import stability_matrix  # noqa: F401
 
 

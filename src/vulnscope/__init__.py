@@ -7,6 +7,8 @@ Subpackages:
     evaluate: clean accuracy and robust-accuracy curves.
     data: the embedded 8x8 digits, IDX and ``.npz`` loaders.
     models: reference digits models, training, the weight cache, safe model loading.
+    perturbations: spatial transformations, flow fields, random and semi-random noise,
+        occlusion, and verified manipulation sets: perturbations beyond the Lp ball.
     rbm: deep networks of stacked RBMs, their passes and training.
     rg: the renormalisation-group analysis of a deep RBM network.
 """

@@ -11,11 +11,13 @@ from torch import Tensor, nn
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.perturbations.manipulations import (
     Manipulation,
-    _parameterisation,
-    _Parameterised,
     brightness_contrast,
     free_pixels,
     scratch,
+)
+from vulnscope.perturbations.verified import (
+    _parameterisation,
+    _Parameterised,
     verify_manipulation,
     verify_transformations,
 )
