@@ -293,7 +293,9 @@ def test_a_stage_is_checked_when_it_registers(toy):
     class Shouting(ToyStage):
         name = "Toy"
 
-    with pytest.raises(InvalidArgumentError, match="lower-case identifier, got 'Toy'"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"lower-case identifier \(hyphens allowed\), got 'Toy'"
+    ):
         register_stage(Shouting())
 
     class Reader(ToyStage):

@@ -309,8 +309,15 @@ def register_stage(stage: Stage[Any, Any], *, before: str | None = None) -> Stag
         raise InvalidTypeError(f"stage must be a Stage instance, got {got}")
     _load_builtin()  # a plug-in's stage comes after the built-in ones
     name = getattr(stage, "name", "")
-    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
-        raise InvalidArgumentError(f"stage.name must be a lower-case identifier, got {name!r}")
+    if (
+        not isinstance(name, str)
+        or not name.replace("-", "_").isidentifier()
+        or name != name.lower()
+        or name.startswith("-")
+    ):
+        raise InvalidArgumentError(
+            f"stage.name must be a lower-case identifier (hyphens allowed), got {name!r}"
+        )
     if name in _REGISTRY:
         raise InvalidArgumentError(f"stage {name!r} is registered already")
     for field_name in ("piece_type", "result_type"):

@@ -8,8 +8,19 @@ from importlib import import_module
 
 __all__ = ["BUILTIN"]
 
-BUILTIN = ("linf", "l2", "certified", "minimal", "spectra", "amplification", "dangerous", "rg")
-"""The built-in stages' modules (and names), in the order they run."""
+BUILTIN = (
+    "linf",
+    "l2",
+    "certified",
+    "minimal",
+    "spectra",
+    "amplification",
+    "dangerous",
+    "beyond_lp",
+    "rg",
+)
+"""The built-in stages' modules, in the order they run (each stage is named after its
+module, with a hyphen for the underscore: ``beyond_lp.py`` holds ``beyond-lp``)."""
 
 for _module in BUILTIN:
     import_module(f"{__name__}.{_module}")  # each module registers its stage
