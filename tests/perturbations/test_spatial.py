@@ -75,6 +75,51 @@ def test_grid_search_equals_one_transformation_at_a_time() -> None:
     )
 
 
+def test_early_stopping_keeps_the_robust_points_and_classifies_fewer_images() -> None:
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = linear(x).argmax(1)
+    rotations, translations = [-10.0, 0.0, 10.0], [-0.5, 0.0, 0.5]
+    grid = transformation_grid(rotations, translations)
+    with torch.no_grad():
+        correct = torch.stack(
+            [
+                linear(affine_transform(x, row.float().expand(len(x), 4))).argmax(1) == y
+                for row in grid
+            ],
+            dim=1,
+        )
+    classified: list[int] = []
+
+    def model(images: torch.Tensor) -> torch.Tensor:
+        classified.append(len(images))
+        return linear(images)
+
+    results = {}
+    for every in (True, False):
+        classified.clear()
+        result = spatial_worst_case(
+            model,
+            x,
+            y,
+            rotations=rotations,
+            translations=translations,
+            batch_size=24,  # two transformations per point in the first early-stopping call
+            grid_accuracy=every,
+        )
+        results[every] = result, sum(classified)
+    (full, full_images), (fast, fast_images) = results[True], results[False]
+    robust = correct.all(1)
+    assert torch.equal(fast.robust, robust) and 0 < int(robust.sum()) < len(x)
+    assert full_images == len(x) * (1 + len(grid)) and fast_images < full_images
+    # A fooled point's worst fools it; a robust point's is the full search's, lowest margin.
+    row = (fast.worst_params[:, None] == grid.float()).all(2).float().argmax(1)
+    assert torch.equal(correct[torch.arange(len(x)), row], robust)
+    assert torch.equal(fast.worst_params[robust], full.worst_params[robust])
+    assert torch.allclose(fast.x_worst, affine_transform(x, fast.worst_params), atol=1e-6)
+
+
 def test_circular_translation_invariant_model_is_robust_to_every_circular_translation() -> None:
     # Circular convolutions commute with circular shifts; global average pooling removes them.
     model = _tiny_cnn(2, padding_mode="circular")

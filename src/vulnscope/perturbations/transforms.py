@@ -114,6 +114,47 @@ def _wrap(grid: Tensor, height: int, width: int) -> Tensor:
     return (2.0 * (wrapped + 1.0) + 1.0) / (sizes + 2.0) - 1.0
 
 
+def _sampling_grid(
+    params: Tensor, height: int, width: int, fill: Fill, dtype: torch.dtype
+) -> Tensor:
+    """(M, 4) transformations → (M, H, W, 2) sampling points of :func:`_resample`'s source.
+
+    The affine maps are built in the wider of ``params``' and ``dtype``'s precision and
+    cast once; a grid shared by many images is built once and expanded over them.
+    """
+    wide = torch.promote_types(params.dtype, dtype)
+    maps = _inverse_maps(params.to(wide), height, width).to(dtype)
+    grid = functional.affine_grid(maps, [len(params), 1, height, width], align_corners=False)
+    return _wrap(grid, height, width) if fill == "circular" else grid
+
+
+def _resample(inputs: Tensor, grid: Tensor, fill: Fill) -> Tensor:
+    """(n, C, H, W) images, (n, g, H, W, 2) sampling points → (n, g, C, H, W), bilinear.
+
+    One ``grid_sample`` call: the ``g`` grids of an image are stacked along the height of
+    one sampling grid, so the image is never copied ``g`` times, and ``grid`` may be a
+    view expanded over the images. Zero padding is the zero fill; a constant ``c``
+    resamples ``x - c`` and adds ``c`` back, which is exact because the bilinear weights
+    sum to one, so no in-image mask is resampled beside the channels.
+    """
+    n, channels, height, width = inputs.shape
+    g = grid.shape[1]
+    if fill == "circular":
+        source = functional.pad(inputs, (1, 1, 1, 1), mode="circular")
+    else:
+        source = inputs if fill == 0.0 else inputs - fill
+    sampled = functional.grid_sample(
+        source,
+        grid.reshape(n, g * height, width, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
+    if isinstance(fill, float) and fill != 0.0:
+        sampled = sampled + fill
+    return sampled.view(n, channels, g, height, width).transpose(1, 2)
+
+
 def affine_transform(inputs: Tensor, params: Tensor, *, fill: Fill = 0.0) -> Tensor:
     """Rotate, translate and scale every image by its own transformations, bilinearly.
 
@@ -123,10 +164,11 @@ def affine_transform(inputs: Tensor, params: Tensor, *, fill: Fill = 0.0) -> Ten
     the image is never copied ``G`` times. Differentiable in ``inputs`` and ``params``.
 
     A constant ``fill`` is exact: bilinear sampling with zero padding gives
-    ``Σ_in w_i x_i``, and resampling a ones-image gives the in-image weight ``Σ_in w_i``;
-    the weights sum to one, so ``sampled + (1 - mask) * fill`` is the interpolation of the
-    image padded with ``fill``. ``fill="circular"`` wraps the sampling points modulo the
-    image size and samples a one-pixel circular pad, so translations are periodic.
+    ``Σ_in w_i x_i``, and the weights ``w_i`` (in the image or not) sum to one, so
+    resampling ``x - fill`` with zero padding and adding ``fill`` back is the
+    interpolation of the image padded with ``fill``. ``fill="circular"`` wraps the
+    sampling points modulo the image size and samples a one-pixel circular pad, so
+    translations are periodic.
 
     Args:
         inputs: images, floating, shape (N, C, H, W).
@@ -151,27 +193,14 @@ def affine_transform(inputs: Tensor, params: Tensor, *, fill: Fill = 0.0) -> Ten
             f"got {describe(inputs)}"
         )
     fill = check_fill(fill)
-    n, channels, height, width = inputs.shape
+    n, _, height, width = inputs.shape
     params = _check_params(params, n)
     grouped = params.ndim == 3
     g = params.shape[1] if grouped else 1
     if g == 0:
         raise InvalidArgumentError("params must hold at least one transformation per input")
-    maps = _inverse_maps(params.reshape(n * g, 4).to(inputs.dtype), height, width)
-    grid = functional.affine_grid(maps, [n * g, channels, height, width], align_corners=False)
-    grid = grid.reshape(n, g * height, width, 2)
-    source = inputs
-    if fill == "circular":
-        grid = _wrap(grid, height, width)
-        source = functional.pad(inputs, (1, 1, 1, 1), mode="circular")
-    elif fill != 0.0:
-        source = torch.cat([inputs, inputs.new_ones(n, 1, height, width)], dim=1)
-    sampled = functional.grid_sample(
-        source, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    if isinstance(fill, float) and fill != 0.0:
-        sampled = sampled[:, :channels] + (1.0 - sampled[:, channels:]) * fill
-    out = sampled.reshape(n, channels, g, height, width).transpose(1, 2)
+    grid = _sampling_grid(params.reshape(n * g, 4), height, width, fill, inputs.dtype)
+    out = _resample(inputs, grid.view(n, g, height, width, 2), fill)
     return out if grouped else out[:, 0]
 
 
