@@ -66,9 +66,11 @@ __all__ = [
 
 Model = Callable[[Tensor], Tensor]
 
-IMAGES_PER_CALL = 2048
+IMAGES_PER_CALL = 1024
 """Transformed images per model call by default: a small CNN runs about twice as fast per
-image on batches of a few thousand 8×8 images than on one batch of tens of thousands."""
+image on batches of a thousand 8×8 images than on one batch of tens of thousands; on a
+shared machine the digits CNN's grid search ran in 0.72-0.75x Foolbox's time with 1024
+images per call, 0.70-1.08x with 2048 (``benchmarks/spatial.py``)."""
 
 IMAGES_PER_STEP = 512
 """Transformed images per model call at most when a point leaves the search once fooled
