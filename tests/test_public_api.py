@@ -66,7 +66,6 @@ def test_issue_contract_names_exist():
     )
     from vulnscope.diagnostics import input_fisher, input_hessian_eigenvalues  # noqa: F401
     from vulnscope.evaluate import robust_accuracy, standard_evaluation  # noqa: F401
-    from vulnscope.rbm import DeepRBM, train_layerwise_kl  # noqa: F401
     from vulnscope.perturbations import (  # noqa: F401
         StAdv,
         TransformResult,
@@ -76,6 +75,7 @@ def test_issue_contract_names_exist():
         verify_manipulation,
         worst_of_k,
     )
+    from vulnscope.rbm import DeepRBM, train_layerwise_kl  # noqa: F401
     from vulnscope.rg import stability_matrix  # noqa: F401
 
 

@@ -15,13 +15,13 @@ from vulnscope.perturbations.manipulations import (
     free_pixels,
     scratch,
 )
+from vulnscope.perturbations.transforms import affine_transform, transformation_grid
 from vulnscope.perturbations.verified import (
     _parameterisation,
     _Parameterised,
     verify_manipulation,
     verify_transformations,
 )
-from vulnscope.perturbations.transforms import affine_transform, transformation_grid
 
 
 def _model() -> nn.Module:

@@ -12,7 +12,11 @@ from vulnscope.perturbations.spatial import (
     spatial_worst_case,
     worst_of_k,
 )
-from vulnscope.perturbations.transforms import affine_transform, transformation_grid
+from vulnscope.perturbations.transforms import (
+    affine_transform,
+    default_spatial_grid,
+    transformation_grid,
+)
 
 
 def _tiny_cnn(seed: int = 0, padding_mode: str = "zeros") -> nn.Module:
@@ -201,3 +205,17 @@ def test_bad_ranges_and_inputs() -> None:
         spatial_worst_case(model, x, y[:1], rotations=[0.0], translations=[0.0])
     with pytest.raises(InvalidArgumentError, match="labels must hold class indices < 3"):
         spatial_worst_case(model, x, y + 3, rotations=[0.0], translations=[0.0])
+
+
+def test_the_defaults_are_engstrom_s_ranges_scaled_to_the_image() -> None:
+    model = _tiny_cnn(2)
+    x, y = _data(4, seed=2)
+    grid = default_spatial_grid(x.shape)  # 8x8: ±30° in 9 steps, ±1 px in 3
+    assert max(grid.rotations) == 30.0 and max(grid.translations) == 1.0
+    assert torch.equal(spatial_worst_case(model, x, y).grid, grid.params().to(x.dtype))
+    assert torch.equal(
+        worst_of_k(model, x, y, k=5, seed=1).worst_params,
+        worst_of_k(model, x, y, k=5, seed=1, rotation=30.0, translation=1.0).worst_params,
+    )
+    big = torch.rand(2, 1, 28, 28)
+    assert max(default_spatial_grid(big.shape).translations) == 3.0  # Engstrom's ±3 px

@@ -53,6 +53,7 @@ from vulnscope.perturbations.transforms import (
     _sampling_grid,
     affine_transform,
     check_fill,
+    default_spatial_grid,
     transformation_grid,
 )
 
@@ -336,8 +337,8 @@ def spatial_worst_case(
     inputs: Tensor,
     labels: Tensor,
     *,
-    rotations: Sequence[float],
-    translations: Sequence[float],
+    rotations: Sequence[float] | None = None,
+    translations: Sequence[float] | None = None,
     scales: Sequence[float] = (1.0,),
     fill: Fill = 0.0,
     batch_size: int | None = None,
@@ -349,9 +350,12 @@ def spatial_worst_case(
         model: maps (M, C, H, W) inputs to (M, K) logits; its state is left as found.
         inputs: (N, C, H, W) images.
         labels: (N,) int64 classes.
-        rotations: angles in degrees (counter-clockwise about the centre).
+        rotations: angles in degrees (counter-clockwise about the centre); ``None``: those
+            of :func:`~vulnscope.perturbations.transforms.default_spatial_grid` for the
+            image's size (±30°).
         translations: offsets in pixels, fractional allowed, tried along both axes (every
-            ``(dx, dy)`` pair); each smaller in magnitude than the image's sides.
+            ``(dx, dy)`` pair); each smaller in magnitude than the image's sides; ``None``:
+            the default grid's (±3 px on 28×28 and 32×32, ±1 px on 8×8).
         scales: positive zoom factors.
         fill: value of pixels from outside the image, or ``"circular"`` (wrap around).
         batch_size: the most transformed images per model call (``None``:
@@ -377,6 +381,10 @@ def spatial_worst_case(
         torch.Size([81])
 
     """
+    if rotations is None or translations is None:
+        default = default_spatial_grid(_check_images(inputs).shape)
+        rotations = default.rotations if rotations is None else rotations
+        translations = default.translations if translations is None else translations
     grid = transformation_grid(rotations, translations, scales)
     return worst_over_transformations(
         model, inputs, labels, grid, fill=fill, batch_size=batch_size, grid_accuracy=grid_accuracy
@@ -397,7 +405,14 @@ def _check_range(value: Any, name: str, *, symmetric: bool = True) -> tuple[floa
 
 
 def _ranges(x: Tensor, rotation: Any, translation: Any, scale: Any) -> tuple[Tensor, Tensor]:
-    """The box of parameters as (4,) centres and (4,) half-widths."""
+    """The box of parameters as (4,) centres and (4,) half-widths.
+
+    ``None`` for the rotation or the translation: the default grid's range for ``x``'s size.
+    """
+    if rotation is None or translation is None:
+        default = default_spatial_grid(x.shape)
+        rotation = max(default.rotations) if rotation is None else rotation
+        translation = max(default.translations) if translation is None else translation
     rot = _check_range(rotation, "rotation")
     shift = _check_range(translation, "translation")
     _check_translations(max(abs(shift[0]), abs(shift[1])), x.shape, "translation")
@@ -415,8 +430,8 @@ def worst_of_k(
     labels: Tensor,
     *,
     k: int,
-    rotation: float | tuple[float, float],
-    translation: float | tuple[float, float],
+    rotation: float | tuple[float, float] | None = None,
+    translation: float | tuple[float, float] | None = None,
     scale: tuple[float, float] = (1.0, 1.0),
     fill: Fill = 0.0,
     seed: int | None,
@@ -431,8 +446,10 @@ def worst_of_k(
         inputs: (N, C, H, W) images.
         labels: (N,) int64 classes.
         k: transformations per point.
-        rotation: degrees, ``r`` for ``[-r, r]`` or a pair ``(low, high)``.
-        translation: pixels along each axis, ``t`` for ``[-t, t]`` or a pair.
+        rotation: degrees, ``r`` for ``[-r, r]`` or a pair ``(low, high)``; ``None``:
+            the default grid's range for the image's size (±30°).
+        translation: pixels along each axis, ``t`` for ``[-t, t]`` or a pair; ``None``:
+            the default grid's (±3 px on 28×28 and 32×32, ±1 px on 8×8).
         scale: ``(low, high)`` zoom factors, positive.
         fill: as :func:`spatial_worst_case`.
         seed: seeds the draws (``None``: fresh entropy).
@@ -460,8 +477,8 @@ def spatial_first_order(
     inputs: Tensor,
     labels: Tensor,
     *,
-    rotation: float | tuple[float, float],
-    translation: float | tuple[float, float],
+    rotation: float | tuple[float, float] | None = None,
+    translation: float | tuple[float, float] | None = None,
     scale: tuple[float, float] = (1.0, 1.0),
     steps: int = 20,
     step_size: float | None = None,
@@ -481,8 +498,10 @@ def spatial_first_order(
             left as found.
         inputs: (N, C, H, W) images.
         labels: (N,) int64 classes.
-        rotation: degrees, ``r`` for ``[-r, r]`` or a pair ``(low, high)``.
-        translation: pixels along each axis, ``t`` for ``[-t, t]`` or a pair.
+        rotation: degrees, ``r`` for ``[-r, r]`` or a pair ``(low, high)``; ``None``:
+            the default grid's range for the image's size (±30°).
+        translation: pixels along each axis, ``t`` for ``[-t, t]`` or a pair; ``None``:
+            the default grid's (±3 px on 28×28 and 32×32, ±1 px on 8×8).
         scale: ``(low, high)`` zoom factors, positive.
         steps: ascent steps per restart.
         step_size: in units of each parameter's half-range (default ``2.5 / steps``, Madry
