@@ -170,6 +170,7 @@ def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, t
         "spectra",
         "amplification",
         "dangerous",
+        "beyond-lp",
         "rg",
     ]
     assert set(record["figures"]) == {
@@ -179,6 +180,7 @@ def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, t
         "spectra",
         "amplification",
         "dangerous",
+        "beyond_lp",
     }
     for name in record["figures"].values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -243,10 +245,10 @@ def test_model_with_too_few_outputs_is_refused():
 @pytest.mark.parametrize(
     ("options", "pieces"),
     [
-        ({}, 7),  # linf, l2, certified and minimal in one chunk each, three geometry stages
-        ({"batch_size": 100}, 4 * 4 + 3),
-        ({"batch_size": None}, 7),
-        ({"quick": True, "batch_size": 40}, 4 * 3 + 3),  # --quick keeps 100 samples
+        ({}, 8),  # linf, l2, certified and minimal in one chunk each, four geometry stages
+        ({"batch_size": 100}, 4 * 4 + 4),
+        ({"batch_size": None}, 8),
+        ({"quick": True, "batch_size": 40}, 4 * 3 + 4),  # --quick keeps 100 samples
         ({"stages": ["l2", "spectra"], "batch_size": 99}, 5 + 1),
     ],
 )
