@@ -47,3 +47,13 @@ def test_unknown_split_is_named():
         InvalidArgumentError, match=r"split must be one of \['train', 'test', 'all'\], got 'val'"
     ):
         load_digits("val")
+
+
+def test_the_digits_are_scikit_learn_s_read_without_importing_it():
+    import numpy as np
+    from sklearn.datasets import load_digits as scikit_learn_digits
+
+    reference = scikit_learn_digits()
+    every = load_digits("all")
+    assert torch.equal(every.x, torch.from_numpy(reference.images.astype(np.float32) / 16)[:, None])
+    assert torch.equal(every.y, torch.from_numpy(reference.target.astype(np.int64)))

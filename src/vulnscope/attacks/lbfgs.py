@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import Bounds, minimize
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from torch import Tensor
 
@@ -182,6 +181,9 @@ class LBFGS(Attack):
                 total = (const * distance).sum() + values.double().sum()
                 gradient = 2.0 * const[:, None] * r + grad.flatten(1).double()
             return float(total), gradient.cpu().numpy().ravel()
+
+        # imported here: scipy.optimize takes half a second, paid by every process otherwise
+        from scipy.optimize import Bounds, minimize
 
         # L-BFGS-B's vector operations are too small for BLAS threads: on a busy machine
         # their spin-waits made it 15-50 times slower (the model's own threads are untouched)

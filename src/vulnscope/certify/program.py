@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import csr_array
+
+if TYPE_CHECKING:
+    from scipy.optimize import Bounds, LinearConstraint
 
 __all__ = ["Array", "Expression", "Minimum", "Program"]
 
@@ -103,6 +105,11 @@ class Program:
         finding the minimum (ten times on the digits MLP of ``benchmarks/verify_milp.py``).
         ``extra`` constraints ``(expression, lower, upper)`` hold for this solve only.
         """
+        # imported here: scipy.optimize takes half a second, paid by every process that
+        # imports vulnscope.certify otherwise
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import csr_array
+
         n = self.size
         if self._built is None or self._built[0] != (n, len(self._rows)):
             blocks = [e.pad(n) for e, _, _ in self._rows]

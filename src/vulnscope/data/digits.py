@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from functools import cache
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -39,16 +42,35 @@ def load_digits(split: Literal["train", "test", "all"] = "test", *, seed: int = 
         ((397, 1, 8, 8), 10)
 
     """
-    from sklearn.datasets import load_digits as sklearn_digits  # slow import, used once
-
     split = check_choice(split, "split", ("train", "test", "all"))  # type: ignore[assignment]
     seed = check_seed(seed) or 0
-    bunch = sklearn_digits()
-    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    pixels, targets = _digits()
+    images = torch.from_numpy(pixels.astype(np.float32) / 16.0).view(-1, 1, 8, 8)
+    labels = torch.from_numpy(targets.astype(np.int64))
     if split != "all":
         order = np.random.default_rng(seed).permutation(len(labels))
         chosen = order[:DIGITS_TEST_SIZE] if split == "test" else order[DIGITS_TEST_SIZE:]
         index = torch.from_numpy(chosen)
         images, labels = images[index], labels[index]
     return ImageData(images.contiguous(), labels, 10, f"digits:{split}:seed{seed}")
+
+
+@cache
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """The (1797, 64) pixels (0..16) and (1797,) labels, read once per process.
+
+    Read from the CSV file scikit-learn ships (what its ``load_digits`` parses), found
+    without importing scikit-learn: the import costs about a second, paid by every worker
+    and subprocess an audit starts. Where the file is not at its usual place, scikit-learn
+    loads it.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1]
+    from sklearn.datasets import load_digits as sklearn_digits  # pragma: no cover
+
+    bunch = sklearn_digits()  # pragma: no cover
+    return bunch.data, bunch.target  # pragma: no cover
