@@ -254,24 +254,30 @@ def section_deepfool(model, x, y, args) -> dict[str, Any]:
     return record
 
 
-def _our_cascade(norm: str, steps: int | None) -> tuple[str | Any, ...]:
-    """The default cascade (the paper's 100 steps), or the same four attacks at ``steps``."""
-    if steps is None:
+SQUARE_QUERIES = 5000
+"""Square's queries in AutoAttack's standard version."""
+
+
+def _our_cascade(norm: str, steps: int, queries: int) -> tuple[str | Any, ...]:
+    """The default cascade (the paper's 100 steps, Square's 5000 queries), or the same four
+    attacks at ``steps`` and ``queries``."""
+    if steps == 100 and queries == SQUARE_QUERIES:
         return DEFAULT_CASCADE
     return (
         APGD(norm=norm, loss="ce", steps=steps),
         APGD(norm=norm, loss="dlr", targeted=True, steps=steps),
         FAB(norm=norm, targeted=True, steps=steps),
-        Square(norm=norm, queries=5000),
+        Square(norm=norm, queries=queries),
     )
 
 
-def _peer_cascade(model, norm: str, eps: float, steps: int | None) -> Any:
-    """torchattacks' AutoAttack as shipped (``steps`` None), or its four attacks at ``steps``."""
+def _peer_cascade(model, norm: str, eps: float, steps: int, queries: int) -> Any:
+    """torchattacks' AutoAttack as shipped (10 steps, 5000 queries), or its four attacks at
+    ``steps`` and ``queries``."""
     import torchattacks
 
     name = "Linf" if norm == "linf" else "L2"
-    if steps is None:
+    if steps == 10 and queries == SQUARE_QUERIES:
         return torchattacks.AutoAttack(
             model, norm=name, eps=eps, version="standard", n_classes=10, seed=0
         )
@@ -282,7 +288,7 @@ def _peer_cascade(model, norm: str, eps: float, steps: int | None) -> Any:
             torchattacks.FAB(
                 model, norm=name, eps=eps, steps=steps, multi_targeted=True, n_classes=10, seed=0
             ),
-            torchattacks.Square(model, norm=name, eps=eps, n_queries=5000, seed=0),
+            torchattacks.Square(model, norm=name, eps=eps, n_queries=queries, seed=0),
         ]
     )
 
@@ -298,11 +304,14 @@ def section_cascade(model, x, y, args) -> dict[str, Any]:
     """
     record: dict[str, Any] = {}
     budgets = {norm: CASCADE_EPS[norm] for norm in args.cascade_norms.split(",")}
-    for (norm, eps), (label, steps) in itertools.product(
-        budgets.items(), (("AutoAttack as shipped, 10 steps", 10), ("paper, 100 steps", 100))
-    ):
+    queries = args.square_queries
+    configurations = [int(steps) for steps in args.cascade_steps.split(",")]
+    for (norm, eps), steps in itertools.product(budgets.items(), configurations):
+        label = f"{steps} steps, Square {queries} queries"
+        if queries == SQUARE_QUERIES and steps in (10, 100):
+            label = "AutoAttack as shipped, 10 steps" if steps == 10 else "paper, 100 steps"
         outputs: dict[str, Any] = {}
-        attacks = _our_cascade(norm, None if steps == 100 else steps)
+        attacks = _our_cascade(norm, steps, queries)
 
         def ours(norm=norm, eps=eps, attacks=attacks, outputs=outputs) -> None:
             outputs["vulnscope"] = standard_evaluation(
@@ -311,7 +320,7 @@ def section_cascade(model, x, y, args) -> dict[str, Any]:
 
         contenders: dict[str, Callable[[], Any]] = {"vulnscope": ours}
         try:
-            peer = _peer_cascade(model, norm, eps, None if steps == 10 else steps)
+            peer = _peer_cascade(model, norm, eps, steps, queries)
 
             def theirs(peer=peer, outputs=outputs) -> None:
                 outputs["torchattacks"] = peer(x, y)
@@ -418,6 +427,15 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
     parser.add_argument(
         "--cascade-norms", default="linf,l2", help="threat models of the cascade section"
+    )
+    parser.add_argument(
+        "--cascade-steps",
+        default="10,100",
+        help="APGD and FAB steps of each cascade configuration (10: AutoAttack as shipped, "
+        "100: the paper's)",
+    )
+    parser.add_argument(
+        "--square-queries", type=int, default=SQUARE_QUERIES, help="Square's queries"
     )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
