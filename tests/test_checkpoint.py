@@ -120,7 +120,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_results(
         "--attacks",
         "apgd-ce,fgsm",
         "--stages",
-        "linf,minimal,spectra",
+        "linf,minimal",  # chunked stages; a sample stage resumes in the in-process test above
         "--linf-eps",
         "0.05,0.1",
     ]
