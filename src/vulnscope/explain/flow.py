@@ -66,7 +66,7 @@ class _AffineCoupling(nn.Module):
         super().__init__()
         features = mask.numel()
         self.mask: Tensor
-        self.register_buffer("mask", mask)
+        self.register_buffer("mask", mask.clone(), persistent=False)  # built, not learned
         last = nn.Linear(hidden, 2 * features)
         # A zero last layer starts the coupling at the identity (Glow, section 3.3).
         nn.init.zeros_(last.weight)
