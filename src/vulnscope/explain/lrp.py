@@ -31,7 +31,6 @@ from vulnscope._validation import (
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError
 from vulnscope.explain.network import Network, read_network
 from vulnscope.explain.rules import INPUT_RULES, LAYER_RULES, LinearMap, make_rule
-from vulnscope.models.state import preserved_model_state
 
 __all__ = [
     "DEFAULT_COMPOSITE",
@@ -166,7 +165,9 @@ def _propagate(
     check_model_matches_inputs(model, x)
     network = read_network(model)
     names = iter(_layer_rules(network, settings))
-    with preserved_model_state(model), torch.enable_grad():
+    # The model itself is never called (its weights are read, detached), so its modes and
+    # requires_grad flags need no guarding.
+    with torch.enable_grad():
         current = network.normalize(x)
         low, high = _bounds_like(network, x, bounds)
         leaves: tuple[Tensor, ...] = ()

@@ -105,6 +105,9 @@ class _ChannelsLastMap(LinearMap):
     def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return super().apply(_channels_last(x), weight, bias)
 
+    def transposed(self, grad: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+        return super().transposed(grad, _channels_last(x), weight)
+
 
 def _linear_map(name: str, module: nn.Linear | nn.Conv2d) -> LinearMap:
     weight = module.weight.detach()

@@ -67,36 +67,113 @@ class LinearMap:
         """The layer's own output ``W x + b``."""
         return self.apply(x, self.weight, self.bias)
 
+    def transposed(self, grad: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+        """``weight^T grad``: the gradient at ``x`` of ``apply(x, weight, ·)`` given ``grad``.
 
-class _Relay(torch.autograd.Function):
-    """Returns ``value``; sends ``grad * ratio`` back to ``surrogate`` (nothing to ``value``)."""
+        Only the input's gradient is computed (no weight or bias gradient, no forward).
+        """
+        if isinstance(self.module, nn.Linear):
+            return grad @ weight
+        conv = self.module
+        if isinstance(conv, nn.Conv2d) and not isinstance(conv.padding, str):
+            mask = (True, False, False)
+            return torch.ops.aten.convolution_backward(  # type: ignore[no-any-return]
+                grad, x, weight, None, conv.stride, conv.padding, conv.dilation,
+                False, (0, 0), conv.groups, mask,
+            )[0]  # fmt: skip
+        with torch.enable_grad():  # padding="same" or "valid": let autograd transpose
+            leaf = x.detach().requires_grad_()
+            (result,) = torch.autograd.grad(self.apply(leaf, weight, None), leaf, grad)
+        return result
+
+
+class _RuleLinear(torch.autograd.Function):
+    """``layer(source)`` forward; ``W'^T (grad * z / z')`` to ``x``, ``z' = W' x + b'``.
+
+    ``source`` is ``x`` except for the flat rule. ``z`` and ``z'`` are computed without
+    autograd and the backward pass is one transposed product with ``W'``: what a rule
+    costs beyond the gradient is the second forward product (none for ε) and a few
+    elementwise passes.
+    """
 
     @staticmethod
-    def forward(ctx: Any, surrogate: Tensor, ratio: Tensor, value: Tensor) -> Tensor:
-        ctx.save_for_backward(ratio)
-        return value.clone()
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        layer: LinearMap,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        stabilizer: float,
+        source: Tensor,
+    ) -> Tensor:
+        z = layer(source)
+        modified = z.clone() if weight is None else layer.apply(x, weight, bias)
+        ctx.layer, ctx.weight = layer, layer.weight if weight is None else weight
+        ctx.save_for_backward(x, torch.div(z, _stabilize(modified, stabilizer), out=modified))
+        return z
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        (ratio,) = ctx.saved_tensors
-        return grad * ratio, None, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, ratio = ctx.saved_tensors
+        return (ctx.layer.transposed(_scaled(ctx, ratio, grad), x, ctx.weight),) + (None,) * 5
 
 
-def _stabilized(z: Tensor, epsilon: float) -> Tensor:
-    """``z + epsilon * sign(z)``, with sign(0) = 1."""
-    return z + torch.where(z >= 0, epsilon, -epsilon)
+def _rule_output(
+    layer: LinearMap,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    stabilizer: float,
+    source: Tensor | None = None,
+) -> Tensor:
+    """``layer(source)`` whose gradient times ``x`` is ``x * W'^T (R / (W' x + b'))``.
+
+    ``weight`` ``None``: ``W' x + b'`` is ``layer(x)`` itself (LRP-ε).
+    """
+    output = _RuleLinear.apply(x, layer, weight, bias, stabilizer, x if source is None else source)
+    return output  # type: ignore[no-any-return]
 
 
-def _relay(surrogate: Tensor, value: Tensor, denominator: Tensor) -> Tensor:
-    """``value`` forward; the gradient ``g * value / denominator`` into ``surrogate``."""
-    ratio = value.detach() / denominator.detach()
-    return _Relay.apply(surrogate, ratio, value.detach())  # type: ignore[no-any-return]
+class _ZBLinear(torch.autograd.Function):
+    """zᴮ as one product: ``z`` forward, ``[W, -W⁺, -W⁻]^T (grad * z / zᴮ)`` to x, l, h."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, low: Tensor, high: Tensor, layer: LinearMap) -> Tensor:
+        weight = layer.weight
+        stacked = torch.cat([weight, -weight.clamp(min=0), -weight.clamp(max=0)], dim=1)
+        leaves = torch.cat([x, low, high], dim=1)
+        z = layer(x)
+        ctx.layer, ctx.weight = layer, stacked
+        modified = _stabilize(layer.apply(leaves, stacked, None), STABILIZER)
+        ctx.save_for_backward(leaves, torch.div(z, modified, out=modified))
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        leaves, ratio = ctx.saved_tensors
+        grads = ctx.layer.transposed(_scaled(ctx, ratio, grad), leaves, ctx.weight)
+        return (*grads.chunk(3, dim=1), None)
 
 
-def _modified(layer: LinearMap, x: Tensor, change: Callable[[Tensor], Tensor]) -> Tensor:
-    """``layer`` on ``x`` with ``change`` applied to its weight and bias."""
-    bias = None if layer.bias is None else change(layer.bias)
-    return layer.apply(x, change(layer.weight), bias)
+def _scaled(ctx: Any, ratio: Tensor, grad: Tensor) -> Tensor:
+    """``grad * ratio``, written over ``ratio``: a large buffer less to allocate.
+
+    The ratio is then spent, so the relay's backward runs once only (LRP propagates once).
+    """
+    if getattr(ctx, "spent", False):
+        raise RuntimeError("an LRP relay's backward pass runs once only (no retain_graph)")
+    ctx.spent = True
+    return ratio.mul_(grad)
+
+
+def _stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """``z + epsilon * sign(z)`` in place, with sign(0) = sign(-0) = 1.
+
+    ``z + 0.0`` turns -0 into +0 for ``copysign`` and changes nothing else; ``torch.where``
+    on a comparison would do the same several times slower on CPU.
+    """
+    z.add_(0.0)
+    return z.add_(torch.copysign(z.new_tensor(epsilon).expand_as(z), z))
 
 
 class Rule(abc.ABC):
@@ -126,8 +203,7 @@ class EpsilonRule(Rule):
     name = "epsilon"
 
     def __call__(self, layer: LinearMap, x: Tensor) -> Tensor:
-        z = layer(x)
-        return _relay(z, z, _stabilized(z, self.epsilon))
+        return _rule_output(layer, x, None, None, self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -138,10 +214,9 @@ class GammaRule(Rule):
     name = "gamma"
 
     def __call__(self, layer: LinearMap, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            z = layer(x)
-        modified = _modified(layer, x, lambda p: p + self.gamma * p.clamp(min=0))
-        return _relay(modified, z, _stabilized(modified, STABILIZER))
+        weight = layer.weight + self.gamma * layer.weight.clamp(min=0)
+        bias = None if layer.bias is None else layer.bias + self.gamma * layer.bias.clamp(min=0)
+        return _rule_output(layer, x, weight, bias, STABILIZER)
 
 
 class ZPlusRule(Rule):
@@ -150,10 +225,7 @@ class ZPlusRule(Rule):
     name = "zplus"
 
     def __call__(self, layer: LinearMap, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            z = layer(x)
-        positive = layer.apply(x, layer.weight.clamp(min=0), None)
-        return _relay(positive, z, _stabilized(positive, STABILIZER))
+        return _rule_output(layer, x, layer.weight.clamp(min=0), None, STABILIZER)
 
 
 class InputRule(abc.ABC):
@@ -185,15 +257,7 @@ class ZBRule(InputRule):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         low = low.detach().requires_grad_()
         high = high.detach().requires_grad_()
-        with torch.no_grad():
-            z = layer(x)
-        weight = layer.weight
-        surrogate = (
-            layer.apply(x, weight, None)
-            - layer.apply(low, weight.clamp(min=0), None)
-            - layer.apply(high, weight.clamp(max=0), None)
-        )
-        return _relay(surrogate, z, _stabilized(surrogate, STABILIZER)), (x, low, high)
+        return _ZBLinear.apply(x, low, high, layer), (x, low, high)
 
 
 class FlatRule(InputRule):
@@ -205,10 +269,8 @@ class FlatRule(InputRule):
         self, layer: LinearMap, x: Tensor, low: Tensor, high: Tensor
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         ones = torch.ones_like(x, requires_grad=True)
-        with torch.no_grad():
-            z = layer(x)
-        counts = layer.apply(ones, torch.ones_like(layer.weight), None)
-        return _relay(counts, z, _stabilized(counts, STABILIZER)), (ones,)
+        counts = torch.ones_like(layer.weight)
+        return _rule_output(layer, ones, counts, None, STABILIZER, source=x), (ones,)
 
 
 LAYER_RULES: tuple[str, ...] = ("zero", "epsilon", "gamma", "zplus")
