@@ -1,11 +1,13 @@
-"""LRP on the digits CNN beside Captum's LRP and one gradient x input (its floor).
+"""LRP on the digits CNN beside Captum's LRP and one gradient x input.
 
 Relevance of the true class for the 397 test digits, with the default composite (zᴮ at
 the input, γ for the convolutions, ε for the dense layers) and, for the comparison with
 Captum on the same rules, γ for the convolutions and ε for the dense layers everywhere
-(Captum has no zᴮ). Captum needs its own layer types and no Flatten module, so it runs on
-an equal copy of the network (plain Conv2d and MaxPool2d, a reshape in forward). One
-thread, CPU time per call, rotating rounds, ratios paired within each round:
+(Captum has no zᴮ). The floor of any one-pass LRP with γ convolutions is timed too: one
+gradient x input plus the second forward product of each convolution. Captum needs its
+own layer types and no Flatten module, so it runs on an equal copy of the network (plain
+Conv2d and MaxPool2d, a reshape in forward). One thread, CPU time per call, rotating
+rounds, ratios paired within each round:
 
     python benchmarks/lrp.py [--rounds 7] [--threads 1]
 """
@@ -64,6 +66,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require")
     model = pretrained("digits-cnn")
+    # A fair floor: gradient x input computes no weight gradient, as LRP computes none.
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
     data = load_digits("test")
     x, y = data.x, data.y
     captum_model = _CaptumCNN(model).eval()
@@ -73,11 +78,19 @@ def main() -> None:
         (grad,) = torch.autograd.grad(model(inputs).gather(1, y[:, None]).sum(), inputs)
         return grad * x
 
+    def one_pass_floor() -> torch.Tensor:
+        # What any one-pass γ-conv LRP must do: the gradient, plus the second (modified)
+        # forward product of each convolution; the elementwise work of the rule is left out.
+        with torch.no_grad():
+            model.conv2(torch.relu(model.conv1(x)))
+        return gradient_times_input()
+
     contenders = {
         "vulnscope lrp (default composite)": lambda: lrp(model, x, y),
         "vulnscope lrp (γ conv, ε dense)": lambda: lrp(model, x, y, rules=SAME_RULES),
         "captum LRP (γ conv, ε dense)": lambda: LRP(captum_model).attribute(x, target=y),
         "gradient x input": gradient_times_input,
+        "floor: gradient x input + conv forwards": one_pass_floor,
     }
     # Captum's γ leaves the bias as it is (ours adds γ b⁺, as Montavon et al.): the
     # relevance maps are compared under ε everywhere, where both conventions agree.
@@ -90,12 +103,14 @@ def main() -> None:
     print(f"max |vulnscope - captum| under ε everywhere: {float(gap.max()):.2e}")
     times = timed_rounds(contenders, args.rounds, clock=time.process_time)
     for name, values in times.items():
-        print(f"  {name:36s} median {sorted(values)[len(values) // 2] * 1e3:7.2f} ms")
+        print(f"  {name:40s} median {sorted(values)[len(values) // 2] * 1e3:7.2f} ms")
     pairs = [
         ("vulnscope lrp (default composite)", "captum LRP (γ conv, ε dense)"),
         ("vulnscope lrp (γ conv, ε dense)", "captum LRP (γ conv, ε dense)"),
         ("vulnscope lrp (default composite)", "gradient x input"),
         ("vulnscope lrp (γ conv, ε dense)", "gradient x input"),
+        ("floor: gradient x input + conv forwards", "gradient x input"),
+        ("vulnscope lrp (γ conv, ε dense)", "floor: gradient x input + conv forwards"),
     ]
     for numerator, denominator in pairs:
         ratio = paired_ratio(times, numerator, denominator)
