@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "vulnscope.diagnostics",
     "vulnscope.errors",
     "vulnscope.evaluate",
+    "vulnscope.explain",
     "vulnscope.models",
     "vulnscope.audit",
     "vulnscope.report",
@@ -66,6 +67,14 @@ def test_issue_contract_names_exist():
     )
     from vulnscope.diagnostics import input_fisher, input_hessian_eigenvalues  # noqa: F401
     from vulnscope.evaluate import robust_accuracy, standard_evaluation  # noqa: F401
+    from vulnscope.explain import (  # noqa: F401
+        concept_atlas,
+        counterfactual,
+        crp,
+        lrp,
+        non_robust_dataset,
+        unit_analysis,
+    )
     from vulnscope.perturbations import (  # noqa: F401
         StAdv,
         TransformResult,

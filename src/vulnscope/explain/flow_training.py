@@ -12,6 +12,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import cast
 
 import torch
@@ -25,7 +26,7 @@ from vulnscope.errors import DataError, InvalidArgumentError, InvalidTypeError, 
 from vulnscope.explain.flow import AffineCouplingFlow, load_flow, save_flow
 from vulnscope.models.seeded import build_seeded
 
-__all__ = ["FlowRecipe", "pretrained_flow", "train_flow"]
+__all__ = ["FlowRecipe", "cached_flow", "pretrained_flow", "train_flow"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def pretrained_flow(*, seed: int = 0, use_cache: bool = True) -> AffineCouplingF
     """
     seed = check_seed(seed) or 0
     recipe = FlowRecipe()
-    path = cache_dir() / f"{recipe.key(seed)}.safetensors"
+    path = _cached_path(seed)
     if use_cache and path.is_file():
         try:
             return load_flow(path)
@@ -173,3 +174,22 @@ def pretrained_flow(*, seed: int = 0, use_cache: bool = True) -> AffineCouplingF
     if use_cache:
         save_flow(flow, path, metadata={"recipe": json.dumps(asdict(recipe)), "seed": str(seed)})
     return flow
+
+
+def _cached_path(seed: int) -> Path:
+    return cache_dir() / f"{FlowRecipe().key(seed)}.safetensors"
+
+
+def cached_flow(*, seed: int = 0) -> AffineCouplingFlow | None:
+    """The digits flow if the cache holds it (see :func:`pretrained_flow`), else ``None``.
+
+    For callers that should not spend the training (about 10–20 s on one thread) on a
+    quick look.
+    """
+    path = _cached_path(check_seed(seed) or 0)
+    if not path.is_file():
+        return None
+    try:
+        return load_flow(path)
+    except DataError:
+        return None
