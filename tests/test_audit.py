@@ -171,6 +171,7 @@ def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, t
         "amplification",
         "dangerous",
         "beyond-lp",
+        "explain",
         "rg",
     ]
     assert set(record["figures"]) == {
@@ -181,6 +182,7 @@ def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, t
         "amplification",
         "dangerous",
         "beyond_lp",
+        "explain",
     }
     for name in record["figures"].values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -245,10 +247,10 @@ def test_model_with_too_few_outputs_is_refused():
 @pytest.mark.parametrize(
     ("options", "pieces"),
     [
-        ({}, 8),  # linf, l2, certified and minimal in one chunk each, four geometry stages
-        ({"batch_size": 100}, 4 * 4 + 4),
-        ({"batch_size": None}, 8),
-        ({"quick": True, "batch_size": 40}, 4 * 3 + 4),  # --quick keeps 100 samples
+        ({}, 9),  # linf, l2, certified and minimal in one chunk each, five geometry stages
+        ({"batch_size": 100}, 4 * 4 + 5),
+        ({"batch_size": None}, 9),
+        ({"quick": True, "batch_size": 40}, 4 * 3 + 5),  # --quick keeps 100 samples
         ({"stages": ["l2", "spectra"], "batch_size": 99}, 5 + 1),
     ],
 )

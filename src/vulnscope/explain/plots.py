@@ -13,7 +13,7 @@ from vulnscope._validation import check_int, check_tensor, describe
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.explain.crp import ConceptAtlas
 
-__all__ = ["plot_concept_atlas"]
+__all__ = ["plot_concept_atlas", "plot_explanations"]
 
 # Concepts drawn when none are chosen: the most relevant ones, at most this many.
 _DEFAULT_CONCEPTS = 6
@@ -102,4 +102,73 @@ def plot_concept_atlas(
                 ax.set_yticks([])
             row[0].set_ylabel(f"concept {concept}\n{label}", fontsize=8)
     figure.suptitle(f"Concept atlas of layer {atlas.layer!r}", fontsize=10)
+    return save_png(figure, path)
+
+
+def _show(ax: Any, image: Tensor, title: str, *, cmap: str = "gray", signed: bool = False) -> None:
+    picture = image.detach().float().cpu()
+    picture = (
+        picture.sum(0) if picture.dim() == 3 and (signed or picture.shape[0] == 1) else picture
+    )
+    if signed:
+        reach = float(picture.abs().max()) or 1.0
+        ax.imshow(picture.numpy(), cmap="bwr", vmin=-reach, vmax=reach)
+    elif picture.dim() == 3:
+        ax.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy())
+    else:
+        ax.imshow(picture.numpy(), cmap=cmap, vmin=0.0, vmax=1.0)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_explanations(
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    y_adv: Tensor,
+    clean_map: Tensor,
+    adversarial_map: Tensor,
+    heatmap: Tensor | None,
+    counterfactuals: Tensor | None,
+    path: str | Path,
+) -> Path:
+    """The audit's explain figure: one row per point.
+
+    Columns: the clean input and its LRP map for its class, the adversarial example and
+    its LRP map for the class it gets (red: evidence for the class, blue: against), where
+    the concepts the perturbation switched on act (CRP), and the counterfactual found in
+    a flow's coordinates towards the same class, when there is one.
+
+    Args:
+        x: (N, C, H, W) clean inputs.
+        y: (N,) their classes.
+        x_adv: (N, C, H, W) adversarial examples.
+        y_adv: (N,) the classes they get.
+        clean_map: (N, C, H, W) LRP of ``x`` for ``y``.
+        adversarial_map: (N, C, H, W) LRP of ``x_adv`` for ``y_adv``.
+        heatmap: (N, C, H, W) CRP of the switched-on concepts, or None.
+        counterfactuals: (N, C, H, W) or None.
+        path: where the PNG goes.
+
+    Returns:
+        ``path``.
+
+    """
+    columns = 4 + (heatmap is not None) + (counterfactuals is not None)
+    rows = max(1, x.shape[0])
+    figure, axes = new_figure(rows, columns, size=(1.9 * columns, 2.0 * rows))
+    for row in range(x.shape[0]):
+        panels = [
+            (x[row], f"clean → {int(y[row])}", False),
+            (clean_map[row], f"LRP for {int(y[row])}", True),
+            (x_adv[row], f"adversarial → {int(y_adv[row])}", False),
+            (adversarial_map[row], f"LRP for {int(y_adv[row])}", True),
+        ]
+        if heatmap is not None:
+            panels.append((heatmap[row], "switched-on concepts", True))
+        if counterfactuals is not None:
+            panels.append((counterfactuals[row], f"counterfactual → {int(y_adv[row])}", False))
+        for column, (image, title, signed) in enumerate(panels):
+            _show(axes[row, column], image, title, signed=signed)
     return save_png(figure, path)

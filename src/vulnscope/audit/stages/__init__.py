@@ -17,6 +17,7 @@ BUILTIN = (
     "amplification",
     "dangerous",
     "beyond_lp",
+    "explain",
     "rg",
 )
 """The built-in stages' modules, in the order they run (each stage is named after its
