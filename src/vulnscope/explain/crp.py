@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from vulnscope._validation import check_int, check_tensor, describe
+from vulnscope.data.dataset import ImageData
 from vulnscope.errors import InvalidArgumentError, InvalidTypeError
 from vulnscope.explain.lrp import Composite, _propagate, _settings
 from vulnscope.explain.network import check_layer, read_network
@@ -162,7 +163,7 @@ def _activations(model: nn.Module, inputs: Tensor, step: int) -> Tensor:
 
 def concept_atlas(
     model: nn.Module,
-    data: Tensor,
+    data: Tensor | ImageData,
     *,
     layer: str,
     top: int = 8,
@@ -174,7 +175,7 @@ def concept_atlas(
 
     Args:
         model: as for ``lrp``.
-        data: (N, ...) inputs in [0, 1].
+        data: (N, ...) inputs in [0, 1], or an :class:`~vulnscope.data.ImageData`.
         layer: dotted name of the layer whose channels are the concepts.
         top: inputs kept per concept, k <= N.
         target: the class explained per input ((N,) or one int); ``None``: the class the
@@ -186,7 +187,7 @@ def concept_atlas(
         :class:`ConceptAtlas`; :func:`vulnscope.explain.plots.plot_concept_atlas` draws it.
 
     """
-    x = check_tensor(data, "data")
+    x = check_tensor(data.x if isinstance(data, ImageData) else data, "data")
     top = check_int(top, "top")
     batch_size = check_int(batch_size, "batch_size")
     step = check_layer(read_network(model), layer)

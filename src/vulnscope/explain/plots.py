@@ -10,6 +10,7 @@ from torch import Tensor
 
 from vulnscope._plotting import new_figure, save_png
 from vulnscope._validation import check_int, check_tensor, describe
+from vulnscope.data.dataset import ImageData
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.explain.crp import ConceptAtlas
 
@@ -47,7 +48,7 @@ def _chosen(atlas: ConceptAtlas, concepts: Sequence[int] | None) -> list[int]:
 
 def plot_concept_atlas(
     atlas: ConceptAtlas,
-    data: Tensor,
+    data: Tensor | ImageData,
     path: str | Path,
     *,
     concepts: Sequence[int] | None = None,
@@ -77,7 +78,7 @@ def plot_concept_atlas(
             ``data`` not the atlas's inputs.
 
     """
-    x = check_tensor(data, "data")
+    x = check_tensor(data.x if isinstance(data, ImageData) else data, "data")
     if x.ndim != 4 or x.shape[0] != atlas.relevance.shape[0]:
         raise InvalidArgumentError(
             f"data must be the atlas's {atlas.relevance.shape[0]} images, shape (N, C, H, W), "
