@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor, nn
 
@@ -51,6 +51,7 @@ from vulnscope.errors import DataError, InvalidArgumentError, MissingFileError, 
 __all__ = [
     "DETECTOR_FORMAT",
     "Detector",
+    "detector_bytes",
     "load_detector",
     "model_digest",
     "save_detector",
@@ -84,6 +85,8 @@ class Detector(nn.Module, abc.ABC):
         paper: the paper the design comes from.
         differentiable: :meth:`score` is differentiable in the input (else an adaptive
             attack needs BPDA or EOT).
+        stochastic: :meth:`score` is random (dropout at test time): an adaptive attack
+            averages its gradient over several passes (EOT).
         set_level: the detector is a test on a set of inputs.
         threshold: the flagging threshold (NaN until :meth:`threshold_at`).
         input_shape: (C, H, W) of the inputs it was fitted on.
@@ -95,6 +98,7 @@ class Detector(nn.Module, abc.ABC):
     name: ClassVar[str]
     paper: ClassVar[str]
     differentiable: ClassVar[bool] = True
+    stochastic: ClassVar[bool] = False
     set_level: ClassVar[bool] = False
 
     def __init__(self) -> None:
@@ -254,6 +258,11 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
         ``path``.
 
     """
+    return write_bytes_atomic(path, detector_bytes(detector))
+
+
+def detector_bytes(detector: Detector) -> bytes:
+    """A fitted detector as the bytes :func:`save_detector` writes (safetensors)."""
     if not isinstance(detector, Detector):
         raise InvalidArgumentError(f"detector must be a Detector, got {type(detector).__name__}")
     if not detector.input_shape:
@@ -268,16 +277,19 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
         "threshold": repr(detector.threshold),
     }
     state = {key: value.detach().cpu().contiguous() for key, value in detector.state_dict().items()}
-    return write_bytes_atomic(path, save(state, metadata=header))
+    return save(state, metadata=header)
 
 
 def load_detector(
-    path: str | Path, model: Model, *, registry: Mapping[str, type[Detector]] | None = None
+    path: str | Path | bytes,
+    model: Model,
+    *,
+    registry: Mapping[str, type[Detector]] | None = None,
 ) -> Detector:
     """Read a detector written by :func:`save_detector` and attach it to ``model``.
 
     Args:
-        path: the file.
+        path: the file, or its bytes (:func:`detector_bytes`).
         model: the classifier it was fitted on (checked by digest).
         registry: the detector classes by name (default :data:`vulnscope.detect.DETECTORS`).
 
@@ -291,22 +303,25 @@ def load_detector(
         from vulnscope.detect.registry import DETECTORS
 
         registry = DETECTORS
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"detector file {str(path)!r} does not exist")
+    if isinstance(path, bytes):
+        raw, where = path, "detector bytes"
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise MissingFileError(f"detector file {str(file)!r} does not exist")
+        raw, where = file.read_bytes(), str(file)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise DataError(f"{path}: not a detector file ({error})") from None
+        header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")]).get("__metadata__", {})
+    except (ValueError, UnicodeDecodeError, AttributeError) as error:
+        raise DataError(f"{where}: not a detector file ({error})") from None
     if header.get("format") != str(DETECTOR_FORMAT):
         raise DataError(
-            f"{path}: a detector file of format {header.get('format', 'unknown')!r}; this "
+            f"{where}: a detector file of format {header.get('format', 'unknown')!r}; this "
             f"vulnscope reads format {DETECTOR_FORMAT}: refit the detector and save it again"
         )
     name = header.get("detector", "")
     if name not in registry:
-        raise DataError(f"{path}: unknown detector {name!r}; known: {sorted(registry)}")
+        raise DataError(f"{where}: unknown detector {name!r}; known: {sorted(registry)}")
     try:
         detector = registry[name](**json.loads(header["settings"]))
         detector.input_shape = tuple(json.loads(header["input_shape"]))
@@ -314,7 +329,7 @@ def load_detector(
         detector.fitted_on = header["fitted_on"]
         detector.threshold = float(header["threshold"])
         detector.build(detector.input_shape, detector.num_classes)
-        detector.load_state_dict(load(path.read_bytes()))
-    except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        raise DataError(f"{path}: a damaged {name} detector file ({error})") from None
+        detector.load_state_dict(load(raw))
+    except (KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as error:
+        raise DataError(f"{where}: a damaged {name} detector file ({error})") from None
     return detector.eval().attach(model)
