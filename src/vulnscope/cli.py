@@ -440,7 +440,15 @@ def _add_defend(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
         "Wong-Kolter) and save it as a TorchScript file that 'vulnscope audit --model "
         "FILE' reads.",
     )
-    defend.add_argument("--method", required=True, choices=DEFENCE_METHODS, help="the defence")
+    from vulnscope.detect.registry import DETECTORS
+
+    defend.add_argument(
+        "--method",
+        required=True,
+        choices=[*DEFENCE_METHODS, *DETECTORS],
+        help="the defence, or a detector (fitted on the reference CNN and stored in its "
+        "model file, which the audit's detect stage evaluates)",
+    )
     defend.add_argument("--out", required=True, type=Path, help="model file to write (.pt)")
     defend.add_argument(
         "--eps",
@@ -667,11 +675,29 @@ def _load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
     else:
         data = load_data(args.data, seed=args.seed)
     model = load_model(args.model, weights=args.weights, seed=args.seed)
+    model = _with_detector(args.model, model)
     if args.mean is not None:
         from vulnscope.models.normalized import Normalized
 
         model = Normalized(model, args.mean, args.std)
     return model, data
+
+
+def _with_detector(spec: str, model: Any) -> Any:
+    """``model`` with the detector its TorchScript file holds (``vulnscope defend``), if any."""
+    if not spec.endswith((".pt", ".pth", ".torchscript")) or not Path(spec).is_file():
+        return model
+    from vulnscope.models.saving import DETECTOR_FILE_NAME, torchscript_extra
+
+    try:
+        holds = bool(torchscript_extra(spec, DETECTOR_FILE_NAME))
+    except VulnscopeError:
+        return model  # not a TorchScript file: no detector inside
+    if not holds:
+        return model
+    from vulnscope.detect.detected import load_detected
+
+    return load_detected(spec, model) or model
 
 
 def _run_diagnose(args: argparse.Namespace) -> int:
@@ -813,22 +839,54 @@ def _run_defend(args: argparse.Namespace) -> int:
         "beta": args.beta,
         "seed": args.seed,
     }
+    from vulnscope.detect.registry import DETECTORS
+
     stored = None if args.fresh else _defended_record(args.out)
     if stored is not None:  # the finished model: kept when asked again, never replaced
         from vulnscope._checkpoint import FRESH_FLAG, check_same_settings
         from vulnscope.defences.digits import defence_settings
 
-        given = {"method": args.method} | defence_settings(args.method, **options)
+        if args.method in DETECTORS:
+            from vulnscope.detect.digits import DETECTOR_FPR
+
+            detector = {"detector": DETECTORS[args.method]().settings()}
+            given = {"method": args.method, **detector, "fpr": DETECTOR_FPR, "seed": args.seed}
+        else:
+            given = {"method": args.method} | defence_settings(args.method, **options)
         check_same_settings(str(args.out), stored, given)
         print(f"{args.method}: {args.out} already holds this model; {FRESH_FLAG} retrains it")
         print(f"audit it with: vulnscope audit --model {args.out}")
         return 0
+    if args.method in DETECTORS:
+        return _fit_detector(args)
     defended = defend_digits(args.method, **options)
     test = load_digits("test")
     clean = accuracy(defended.model, test.x, test.y)
     metadata = {"method": args.method, "settings": defended.settings, "test_accuracy": clean}
     save_torchscript(defended.model, args.out, metadata=metadata)
     print(f"{args.method}: test accuracy {clean:.1%}; wrote {args.out}")
+    print(f"audit it with: vulnscope audit --model {args.out}")
+    return 0
+
+
+def _fit_detector(args: argparse.Namespace) -> int:
+    """``vulnscope defend --method <detector>``: the reference CNN with a fitted detector."""
+    from vulnscope.data import load_digits
+    from vulnscope.detect.detected import save_detected
+    from vulnscope.detect.digits import detect_digits
+    from vulnscope.evaluate import accuracy
+
+    fitted = detect_digits(args.method, seed=args.seed)
+    test = load_digits("test")
+    clean = accuracy(fitted.classifier, test.x, test.y)
+    flagged = float(fitted.detector.flags(test.x).float().mean())
+    metadata = {"method": args.method, "settings": fitted.settings, "test_accuracy": clean}
+    save_detected(fitted.classifier, fitted.detector, args.out, metadata=metadata)
+    print(
+        f"{args.method}: test accuracy {clean:.1%}; the detector flags {flagged:.1%} of the "
+        f"clean test images (threshold set at {fitted.settings['fpr']:.0%} on held-out "
+        f"training images); wrote {args.out}"
+    )
     print(f"audit it with: vulnscope audit --model {args.out}")
     return 0
 
