@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vulnscope.detect.base import Detector
 from vulnscope.detect.binary import BinaryDetector
+from vulnscope.detect.blur import MeanBlur
 from vulnscope.detect.density import DensityDetector
 from vulnscope.detect.dropout import DropoutDetector
 from vulnscope.detect.extra_class import ExtraClassDetector
@@ -25,3 +26,4 @@ DETECTORS["subnetwork"] = SubnetworkDetector
 DETECTORS["density"] = DensityDetector
 DETECTORS["dropout"] = DropoutDetector
 DETECTORS["sdae"] = SDAEDetector
+DETECTORS["blur"] = MeanBlur
