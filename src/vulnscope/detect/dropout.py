@@ -69,7 +69,7 @@ class DropoutDetector(Detector):
 
     name = "dropout"
     paper = "Feinman et al. 2017, Detecting adversarial samples from artifacts (uncertainty)"
-    random: bool = True
+    stochastic = True
     """The score is a random variable: adaptive attacks average over calls (EOT)."""
 
     def __init__(
