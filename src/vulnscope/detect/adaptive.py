@@ -54,7 +54,9 @@ class DetectorAttackResult:
     """What :class:`DetectorAwareCW` returns.
 
     Attributes:
-        x_adv: (N, C, H, W) each sample's smallest successful point, else its input.
+        x_adv: (N, C, H, W) each sample's smallest successful point; else its
+            misclassified point of lowest score (what a transfer attack still submits);
+            else its input.
         success: (N,) bool: ``x_adv`` is misclassified and its score is at most the
             threshold, both by a fresh forward pass.
         norms: (N,) L2 distance of ``x_adv`` from the input.
@@ -166,6 +168,8 @@ class DetectorAwareCW:
         const = torch.full_like(best_norm, self.initial_const)
         low = torch.zeros_like(best_norm)
         high = torch.full_like(best_norm, math.inf)
+        nearest = x.clone()
+        near = torch.full_like(best_norm, math.inf)
         for _ in range(self.binary_search_steps):
             w = w0.clone().requires_grad_(True)
             optimiser = torch.optim.Adam([w], lr=self.learning_rate)
@@ -191,12 +195,17 @@ class DetectorAwareCW:
                     best[better] = x_adv[better]
                     best_norm[better] = norms[better]
                     found |= hit
+                    # the fallback of a sample never broken: its least-flagged wrong point
+                    wrong_now = (logits.argmax(1) != y) & (scores < near)
+                    near = torch.where(wrong_now, scores.detach(), near)
+                    nearest[wrong_now] = x_adv[wrong_now]
                 w.grad = grad
                 optimiser.step()
             high = torch.where(found, torch.minimum(high, const), high)
             low = torch.where(found, low, torch.maximum(low, const))
             const = torch.where(high.isfinite(), (low + high) / 2.0, const * 10.0)
         with torch.no_grad():
+            best = torch.where(best_norm.isfinite().view(-1, *[1] * (x.dim() - 1)), best, nearest)
             success = (model(best).argmax(1) != y) & (detector.score(best) <= threshold)
         return DetectorAttackResult(
             x_adv=best,
