@@ -9,6 +9,7 @@ from vulnscope.detect.density import DensityDetector
 from vulnscope.detect.dropout import DropoutDetector
 from vulnscope.detect.extra_class import ExtraClassDetector
 from vulnscope.detect.pca import PCAReduced, PCAStatistics
+from vulnscope.detect.reconstruction import ReconstructionDetector
 from vulnscope.detect.sdae import SDAEDetector
 from vulnscope.detect.subnetwork import SubnetworkDetector
 
@@ -27,3 +28,4 @@ DETECTORS["density"] = DensityDetector
 DETECTORS["dropout"] = DropoutDetector
 DETECTORS["sdae"] = SDAEDetector
 DETECTORS["blur"] = MeanBlur
+DETECTORS["magnet-reconstruction"] = ReconstructionDetector
