@@ -18,9 +18,10 @@ each fine-tuned on all 1400 labels, and again on the first ``--labels`` of them 
 unlabelled images still pre-train: the semi-supervised case pre-training is meant for),
 for as many Adam steps as on all labels (``--finetune-epochs`` scaled by 1400 / n). The
 test error is on the 397 test images; each cell gives the mean over seeds with its 95 %
-Student-t interval. Writes ``DIR/sdae_pretraining.json`` (default
-``experiment-sdae-pretraining``) and prints the Markdown table. About two minutes on one
-thread (``--quick``: two seeds, fewer epochs, well under one).
+Student-t interval, and the last rows the paired (same seed) differences of the errors.
+Writes ``DIR/sdae_pretraining.json`` (default ``experiment-sdae-pretraining``) and prints
+the Markdown table. About two and a half minutes on one thread (``--quick``: two seeds,
+fewer epochs, under half a minute).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from vulnscope.data import load_digits
 from vulnscope.defences.sdae import StackedDenoisingAutoencoder, fit_sdae, sdae_classifier
 
 ARMS = ("SDAE", "SAE (no corruption)", "from scratch")
+DIFFERENCES = (("SDAE", "SAE (no corruption)"), ("SDAE", "from scratch"))
+"""Paired by seed: the arms of one seed share their initial weights and minibatch order."""
 
 
 def test_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -94,21 +97,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             n: {arm: mean_interval(values).to_dict() for arm, values in by_arm.items()}
             for n, by_arm in errors.items()
         },
+        "paired_differences": {
+            n: {
+                f"{a} - {b}": mean_interval(
+                    [u - v for u, v in zip(by_arm[a], by_arm[b], strict=True)]
+                ).to_dict()
+                for a, b in DIFFERENCES
+            }
+            for n, by_arm in errors.items()
+        },
         "seconds": time.perf_counter() - started,
     }
 
 
 def table(record: dict[str, Any]) -> str:
-    """Test error (%) per arm and label count, mean ± 95 % half-width over seeds."""
+    """Test error (%) per arm and label count, mean ± 95 % half-width over seeds.
+
+    Then the paired differences of the errors (percentage points; negative: SDAE better).
+    """
     counts = list(record["intervals"])
     lines = [
         "| pre-training | " + " | ".join(f"test error, {n} labels (%)" for n in counts) + " |",
         "|---|" + "---|" * len(counts),
     ]
-    for arm in ARMS:
+    rows = [("intervals", arm) for arm in ARMS]
+    rows += [("paired_differences", f"{a} - {b}") for a, b in DIFFERENCES]
+    for key, arm in rows:
         cells = []
         for n in counts:
-            cell = record["intervals"][n][arm]
+            cell = record[key][n][arm]
             half = cell["half_width"]
             spread = "" if half is None else f" ± {100 * half:.1f}"
             cells.append(f"{100 * cell['mean']:.1f}{spread}")
