@@ -8,6 +8,7 @@ from vulnscope.detect.blur import MeanBlur
 from vulnscope.detect.density import DensityDetector
 from vulnscope.detect.dropout import DropoutDetector
 from vulnscope.detect.extra_class import ExtraClassDetector
+from vulnscope.detect.mmd import MMDTest
 from vulnscope.detect.pca import PCAReduced, PCAStatistics
 from vulnscope.detect.reconstruction import ReconstructionDetector
 from vulnscope.detect.sdae import SDAEDetector
@@ -29,3 +30,4 @@ DETECTORS["dropout"] = DropoutDetector
 DETECTORS["sdae"] = SDAEDetector
 DETECTORS["blur"] = MeanBlur
 DETECTORS["magnet-reconstruction"] = ReconstructionDetector
+DETECTORS["mmd"] = MMDTest
