@@ -5,6 +5,7 @@ from __future__ import annotations
 from vulnscope.detect.base import Detector
 from vulnscope.detect.binary import BinaryDetector
 from vulnscope.detect.blur import MeanBlur
+from vulnscope.detect.cascade import ConvCascade
 from vulnscope.detect.density import DensityDetector
 from vulnscope.detect.dropout import DropoutDetector
 from vulnscope.detect.extra_class import ExtraClassDetector
@@ -31,3 +32,4 @@ DETECTORS["sdae"] = SDAEDetector
 DETECTORS["blur"] = MeanBlur
 DETECTORS["magnet-reconstruction"] = ReconstructionDetector
 DETECTORS["mmd"] = MMDTest
+DETECTORS["conv-cascade"] = ConvCascade
