@@ -161,7 +161,7 @@ def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, t
         digits_cnn, digits_test.take(30), model_name="cnn", quick=True, out=tmp_path, **SMALL
     ).to_dict()
     assert record["settings"]["stages"] == default_stages(digits_cnn)
-    assert default_stages(digits_cnn) == [s for s in STAGES if s != "rg"]
+    assert default_stages(digits_cnn) == [s for s in STAGES if s not in ("detect", "rg")]
     assert list(STAGES) == [
         "linf",
         "l2",
@@ -172,6 +172,7 @@ def test_every_stage_writes_its_figure_and_the_report(digits_cnn, digits_test, t
         "dangerous",
         "beyond-lp",
         "explain",
+        "detect",
         "rg",
     ]
     assert set(record["figures"]) == {

@@ -151,7 +151,7 @@ def test_audit_on_an_npz_file(tmp_path, digits_cnn, digits_test):
             2,
             "vulnscope audit: error: argument --stages: unknown stage 'l7'; choose a "
             "comma-separated list from linf, l2, certified, minimal, spectra, amplification, "
-            "dangerous, beyond-lp, explain, rg",
+            "dangerous, beyond-lp, explain, detect, rg",
         ),
         (
             ["--stages", "linf,linf"],

@@ -7,8 +7,8 @@ detection methods", judge a detector against three threat models:
 - **perfect knowledge**: C&W's combined loss through the detector's own score and
   threshold (:class:`~vulnscope.detect.adaptive.DetectorAwareCW`);
 - **limited knowledge**: the attacker fits its own copy of the detector (same class,
-  same settings) on a disjoint half of the data, attacks that copy with perfect knowledge,
-  and the real detector scores the result (transfer).
+  same settings) on a disjoint half of the data (half of each class), attacks that copy
+  with perfect knowledge, and the real detector scores the result (transfer).
 
 Each gives a :class:`DetectionReport`: the ROC curve of the detector separating held-out
 clean inputs from the adversarial examples that fool the classifier, its AUC, its true
@@ -202,8 +202,7 @@ def evaluate_detector(
         adaptive = DetectorAwareCW(seed=key)
     evaluated = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     if level == "limited":
-        order = torch.randperm(x.shape[0], generator=make_generator(key, "cpu")).to(x.device)
-        evaluated[order[: x.shape[0] // 2]] = False
+        evaluated[_attacker_half(y, key)] = False
     held_out = x[evaluated] if clean is None else clean
     saved = detector.threshold
     with preserved_model_state(model), preserved_model_state(detector):
@@ -214,6 +213,22 @@ def evaluate_detector(
             )
         finally:
             detector.threshold = saved
+
+
+def _attacker_half(y: Tensor, key: int | None) -> Tensor:
+    """The indices the limited-knowledge attacker fits its copy on.
+
+    A seeded half of each class (the larger half where a class is odd), so that its copy
+    sees every class the data has, as a detector fitted per class (the density) needs.
+    """
+    generator = make_generator(key, "cpu")
+    order = torch.randperm(y.shape[0], generator=generator).to(y.device)
+    chosen = [
+        members[: (members.numel() + 1) // 2]
+        for label in torch.unique(y)
+        for members in [order[y[order] == label]]
+    ]
+    return torch.cat(chosen)
 
 
 def _evaluate(

@@ -18,6 +18,7 @@ BUILTIN = (
     "dangerous",
     "beyond_lp",
     "explain",
+    "detect",
     "rg",
 )
 """The built-in stages' modules, in the order they run (each stage is named after its
