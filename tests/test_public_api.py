@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "vulnscope.data",
     "vulnscope.defences",
     "vulnscope.defences.digits",
+    "vulnscope.detect",
     "vulnscope.diagnostics",
     "vulnscope.errors",
     "vulnscope.evaluate",
@@ -64,6 +65,15 @@ def test_issue_contract_names_exist():
         ReverseSigmoid,
         Rounding,
         extract,
+    )
+    from vulnscope.defences import StackedDenoisingAutoencoder, train_sdae  # noqa: F401
+    from vulnscope.detect import (  # noqa: F401
+        DETECTORS,
+        DetectionReport,
+        Detector,
+        evaluate_detector,
+        load_detector,
+        save_detector,
     )
     from vulnscope.diagnostics import input_fisher, input_hessian_eigenvalues  # noqa: F401
     from vulnscope.evaluate import robust_accuracy, standard_evaluation  # noqa: F401

@@ -48,6 +48,16 @@ from vulnscope.defences.provable_training import (
     wong_kolter_training,
     worst_case_logits,
 )
+from vulnscope.defences.sdae import (
+    Reformer,
+    StackedDenoisingAutoencoder,
+    corrupt,
+    denoising_loss,
+    fit_sdae,
+    reconstruction_loss,
+    sdae_classifier,
+    train_sdae,
+)
 from vulnscope.defences.trades import TRADES, trades_loss
 
 __all__ = [
@@ -67,16 +77,21 @@ __all__ = [
     "MixupDraw",
     "ProvableTraining",
     "RampSchedule",
+    "Reformer",
     "ScheduleValues",
+    "StackedDenoisingAutoencoder",
     "Tempered",
     "activation_dropout",
+    "corrupt",
     "crown_ibp_training",
     "curvature_penalty",
     "defensive_distillation",
+    "denoising_loss",
     "evaluate_adaptive",
     "evaluate_oblivious",
     "fast_fgsm_training",
     "fit_magnet",
+    "fit_sdae",
     "fit_threshold",
     "ibp_training",
     "jensen_shannon",
@@ -84,10 +99,13 @@ __all__ = [
     "parseval_retraction",
     "pgd_training",
     "reconstruction_error",
+    "reconstruction_loss",
     "robust_cross_entropy",
+    "sdae_classifier",
     "soft_labels",
     "trades_loss",
     "train_autoencoder",
+    "train_sdae",
     "wong_kolter_training",
     "worst_case_logits",
 ]
