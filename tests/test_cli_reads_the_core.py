@@ -52,8 +52,9 @@ def test_rg_and_diagnose_defaults_are_those_of_their_jobs():
 
 def test_defend_offers_every_method_of_the_library():
     from vulnscope.defences.digits import DEFENCE_METHODS, defend_digits
+    from vulnscope.detect.registry import DETECTORS
 
-    assert _choices("defend", "--method") == DEFENCE_METHODS
+    assert _choices("defend", "--method") == (*DEFENCE_METHODS, *DETECTORS)
     args, expected = (
         vars(_parse("defend", "--method", "pgd", "--out", "m.pt")),
         _defaults(defend_digits),

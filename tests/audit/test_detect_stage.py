@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import vulnscope.audit.stages.detect as detect_stage
+from vulnscope.attacks import CarliniWagner
 from vulnscope.audit import audit
 from vulnscope.audit.settings import default_stages
 from vulnscope.data import load_digits
+from vulnscope.detect.adaptive import DetectorAwareCW
 from vulnscope.detect.density import DensityDetector
 from vulnscope.detect.detected import Detected
+from vulnscope.detect.evaluation import evaluate_detector
 
 
 def test_the_stage_runs_the_three_threat_models_and_never_trusts_zero_knowledge_alone(
@@ -15,6 +20,13 @@ def test_the_stage_runs_the_three_threat_models_and_never_trusts_zero_knowledge_
 ):
     monkeypatch.setattr(detect_stage, "_ATTACKED", 40)  # every class
     monkeypatch.setattr(detect_stage, "_CLEAN", 40)
+    # the stage's own attacks, shortened: what is tested here is the stage, not their strength
+    short = functools.partial(
+        evaluate_detector,
+        attack=CarliniWagner(steps=20, binary_search_steps=3, initial_const=0.1),
+        adaptive=DetectorAwareCW(steps=30, binary_search_steps=3, seed=0),
+    )
+    monkeypatch.setattr(detect_stage, "evaluate_detector", short)
     train = load_digits("train")
     detector = DensityDetector().fit(digits_cnn, train.x[:300], train.y[:300], seed=0)
     model = Detected(digits_cnn, detector)
