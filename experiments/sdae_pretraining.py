@@ -38,7 +38,8 @@ import torch
 from vulnscope._io import write_json_atomic
 from vulnscope._statistics import mean_interval
 from vulnscope.data import load_digits
-from vulnscope.defences.sdae import StackedDenoisingAutoencoder, fit_sdae, sdae_classifier
+from vulnscope.defences.sdae import StackedDenoisingAutoencoder
+from vulnscope.defences.sdae_training import fit_sdae, sdae_classifier
 
 ARMS = ("SDAE", "SAE (no corruption)", "from scratch")
 DIFFERENCES = (("SDAE", "SAE (no corruption)"), ("SDAE", "from scratch"))

@@ -16,9 +16,8 @@ from vulnscope.defences.sdae import (
     corrupt,
     denoising_loss,
     reconstruction_loss,
-    sdae_classifier,
-    train_sdae,
 )
+from vulnscope.defences.sdae_training import sdae_classifier, train_sdae
 from vulnscope.errors import InvalidArgumentError
 
 

@@ -53,11 +53,9 @@ from vulnscope.defences.sdae import (
     StackedDenoisingAutoencoder,
     corrupt,
     denoising_loss,
-    fit_sdae,
     reconstruction_loss,
-    sdae_classifier,
-    train_sdae,
 )
+from vulnscope.defences.sdae_training import fit_sdae, sdae_classifier, train_sdae
 from vulnscope.defences.trades import TRADES, trades_loss
 
 __all__ = [

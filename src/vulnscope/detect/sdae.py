@@ -19,7 +19,8 @@ from torch import Tensor
 
 from vulnscope._validation import check_choice, check_int, check_real, describe
 from vulnscope.defences.magnet import reconstruction_error
-from vulnscope.defences.sdae import ACTIVATIONS, CORRUPTIONS, StackedDenoisingAutoencoder, fit_sdae
+from vulnscope.defences.sdae import ACTIVATIONS, CORRUPTIONS, StackedDenoisingAutoencoder
+from vulnscope.defences.sdae_training import fit_sdae
 from vulnscope.detect.base import Detector, Model
 from vulnscope.errors import InvalidArgumentError
 
