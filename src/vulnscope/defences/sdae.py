@@ -19,9 +19,9 @@ k-th on the clean codes of the k - 1 layers below (corruption only ever enters t
 being trained). The stack is then fine-tuned as a whole: here without labels, reconstructing
 the clean input from its corruption through every layer (the deep autoencoder of Hinton and
 Salakhutdinov 2006, what a reformer and a reconstruction-error detector need), or with
-labels by :func:`~vulnscope.defences.sdae_training.sdae_classifier` (the encoder under a softmax layer, the paper's
-supervised fine-tuning). The decoders are untied (:math:`W' \ne W^\top`), the paper's
-general form.
+labels by :func:`~vulnscope.defences.sdae_training.sdae_classifier` (the encoder under a
+softmax layer, the paper's supervised fine-tuning). The decoders are untied
+(:math:`W' \ne W^\top`), the paper's general form.
 
 Uses: :class:`Reformer` puts the stack in front of a classifier (MagNet's reformer,
 scriptable), and :class:`vulnscope.detect.sdae.SDAEDetector` flags inputs it reconstructs
