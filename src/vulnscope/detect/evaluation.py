@@ -162,7 +162,9 @@ def evaluate_detector(
         labels: (N,) their labels.
         knowledge: ``"zero"``, ``"perfect"`` or ``"limited"`` (see the module docstring).
         attack: the detector-blind L2 attack: the zero-knowledge attack and the
-            undefended baseline of ``distortion_ratio`` (default C&W L2, 50 steps, 5 runs).
+            undefended baseline of ``distortion_ratio`` (default C&W L2, 100 steps at rate
+            0.05, 5 runs of the binary search: it fools every digit the CNN gets right,
+            where 50 steps at 0.01 fooled fewer than half).
         adaptive: the perfect- and limited-knowledge attack (default
             :class:`~vulnscope.detect.adaptive.DetectorAwareCW` with ``seed``).
         fpr: false-positive rate of the threshold on held-out clean inputs, in (0, 1).
@@ -195,7 +197,9 @@ def evaluate_detector(
     rate = check_fraction(fpr, "fpr")
     key = check_seed(seed)
     if attack is None:
-        attack = CarliniWagner(steps=50, binary_search_steps=5, initial_const=0.1)
+        attack = CarliniWagner(
+            steps=100, binary_search_steps=5, initial_const=0.1, learning_rate=0.05
+        )
     if not isinstance(attack, Attack) or attack.norm != "l2":
         raise InvalidTypeError(f"attack must be an L2 vulnscope Attack, got {describe(attack)}")
     if adaptive is None:

@@ -38,6 +38,7 @@ from vulnscope.audit.stages.sample import SampleStage
 from vulnscope.detect.detected import Detected
 from vulnscope.detect.evaluation import KNOWLEDGE, DetectionReport, evaluate_detector
 from vulnscope.detect.plots import plot_detection
+from vulnscope.errors import VulnscopeError
 
 __all__ = ["Detection", "DetectionStage", "ThreatModel"]
 
@@ -59,11 +60,14 @@ class ThreatModel:
     gradient: str
     auc: float | None
     tpr_at_5fpr: float | None
-    success_rate: float
+    success_rate: float | None
     distortion_ratio: float | None
     attacked: int
     fooled: int
     successes: int
+    skipped: str | None = None
+    """Why this attacker could not run (its copy of the detector could not be fitted on
+    half the points, say), else None."""
 
 
 @dataclass(frozen=True)
@@ -140,17 +144,19 @@ class DetectionStage(SampleStage[Detection]):
                         "attacked",
                         "fooled",
                         "successes",
+                        "skipped",
                     ],
                     "properties": {
                         "knowledge": {"enum": list(KNOWLEDGE)},
                         "gradient": {"type": "string"},
                         "auc": _NUMBER,
                         "tpr_at_5fpr": _NUMBER,
-                        "success_rate": {"$ref": "#/$defs/fraction"},
+                        "success_rate": {"oneOf": [{"$ref": "#/$defs/fraction"}, {"type": "null"}]},
                         "distortion_ratio": _NUMBER,
                         "attacked": {"type": "integer", "minimum": 0},
                         "fooled": {"type": "integer", "minimum": 0},
                         "successes": {"type": "integer", "minimum": 0},
+                        "skipped": {"type": ["string", "null"]},
                     },
                 },
             },
@@ -175,12 +181,28 @@ class DetectionStage(SampleStage[Detection]):
         # half holds every class to fit its copy of the detector on
         x, y = plan.rows(0, min(len(plan.data), max(_ATTACKED, int(plan.sample.numel()))))
         clean = plan.data.x[:_CLEAN].to(plan.device)
-        reports = [
-            evaluate_detector(
-                detector, classifier, x, y, knowledge=level, fpr=_FPR, clean=clean, seed=plan.seed
-            )
-            for level in ("zero", "perfect", "limited")
-        ]
+        reports: list[DetectionReport] = []
+        models: list[ThreatModel] = []
+        for level in KNOWLEDGE:
+            try:
+                report = evaluate_detector(
+                    detector,
+                    classifier,
+                    x,
+                    y,
+                    knowledge=level,
+                    fpr=_FPR,
+                    clean=clean,
+                    seed=plan.seed,
+                )
+            except VulnscopeError as error:
+                if level != "limited":
+                    raise
+                # the attacker's copy is fitted on half the points: too few for some
+                models.append(ThreatModel(level, "", None, None, None, None, 0, 0, 0, str(error)))
+                continue
+            reports.append(report)
+            models.append(_threat_model(report))
         if plan.directory is not None:
             plot_detection(reports, plan.directory / _FIGURE)
         return Detection(
@@ -188,7 +210,9 @@ class DetectionStage(SampleStage[Detection]):
             paper=detector.paper,
             fpr=_FPR,
             clean=int(clean.shape[0]),
-            threat_models=[_threat_model(report) for report in reports],
+            threat_models=sorted(
+                models, key=lambda m: ("zero", "perfect", "limited").index(m.knowledge)
+            ),
         )
 
     @override
@@ -199,12 +223,16 @@ class DetectionStage(SampleStage[Detection]):
             f"adversarial examples of an attacker who ignores it (at {result.fpr:.0%} false "
             f"positives), "
         )
-        adaptive = (
-            f"but an attacker who knows it succeeds on {perfect.success_rate:.0%} of the "
-            f"points{_distortion(perfect.distortion_ratio)}, and one who fits its own copy "
-            f"on {limited.success_rate:.0%}."
+        copy = (
+            f"one who fits its own copy on {limited.success_rate:.0%}"
+            if limited.success_rate is not None
+            else "an attacker's own copy could not be fitted on half the points"
         )
-        if perfect.success_rate >= _BROKEN:
+        adaptive = (
+            f"but an attacker who knows it succeeds on {_share(perfect.success_rate)} of the "
+            f"points{_distortion(perfect.distortion_ratio)}, and {copy}."
+        )
+        if perfect.success_rate is not None and perfect.success_rate >= _BROKEN:
             closing = "Zero-knowledge figures say nothing of its robustness: it is broken."
         else:
             closing = (
@@ -217,7 +245,7 @@ class DetectionStage(SampleStage[Detection]):
     def summary(self, result: Detection) -> list[str]:
         parts = [
             f"{model.knowledge} knowledge: AUC {_plain(model.auc)}, attack succeeds "
-            f"{model.success_rate:.0%}"
+            f"{_share(model.success_rate)}"
             for model in result.threat_models
         ]
         return [f"detect ({result.detector}): " + "; ".join(parts)]
@@ -240,7 +268,7 @@ class DetectionStage(SampleStage[Detection]):
                 report.percent(model.tpr_at_5fpr),
                 report.percent(model.success_rate),
                 report.number(model.distortion_ratio),
-                f"{model.successes} / {model.attacked}",
+                f"{model.successes} / {model.attacked}" if model.skipped is None else model.skipped,
             )
             for model in result.threat_models
         ]
