@@ -24,7 +24,7 @@ from vulnscope.data import load_digits
 from vulnscope.distributed import Sharding, rank_and_world
 from vulnscope.evaluate import minimal_perturbations, robust_accuracy, standard_evaluation_curve
 
-SAMPLES, CHUNK = 40, 7
+SAMPLES, CHUNK = 30, 5
 
 
 def _classifier() -> nn.Module:
@@ -32,7 +32,7 @@ def _classifier() -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     train = load_digits("train")
     optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(60):
+    for _ in range(40):
         optimiser.zero_grad()
         nn.functional.cross_entropy(model(train.x), train.y).backward()
         optimiser.step()

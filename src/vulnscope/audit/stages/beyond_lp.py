@@ -7,7 +7,8 @@ On the geometry sample, the perturbations that leave the Lp ball
   image (:func:`~vulnscope.perturbations.transforms.default_spatial_grid`: ±30° and ±1 px
   on 8×8, ±3 px on 28×28), with black fill;
 - random and semi-random noise against the minimal adversarial L2 norm, beside Fawzi et
-  al.'s (2016) predictions √d and √(d/m), for m = d/8, d/4 and d/2;
+  al.'s (2016) predictions √d and √(d/m), for m = d/8, d/4 and d/2 (d/4 alone with
+  ``--quick``);
 - a grey patch (Zeiler and Fergus 2014; Sharif et al. 2016) of a quarter of the image's
   side slid over it at half its size's stride.
 
@@ -125,8 +126,9 @@ def _finite(value: float) -> float | None:
     return value if torch.isfinite(torch.tensor(value)) else None
 
 
-def _subspaces(dimension: int) -> list[int]:
-    return sorted({max(1, dimension // k) for k in (8, 4, 2)})
+def _subspaces(dimension: int, *, quick: bool) -> list[int]:
+    """The subspace dimensions: d/8, d/4 and d/2 (d/4 alone with ``--quick``)."""
+    return sorted({max(1, dimension // k) for k in ((4,) if quick else (8, 4, 2))})
 
 
 def _predictions(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -223,7 +225,7 @@ class BeyondLpStage(SampleStage[BeyondLp]):
                 adversarial_norms=random.adversarial_norms,
                 seed=plan.seed,
             )
-            for m in _subspaces(random.dimension)
+            for m in _subspaces(random.dimension, quick=plan.quick)
         ]
         side = min(x.shape[-2:])
         patch = max(2, round(side / 4))
