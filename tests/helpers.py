@@ -229,3 +229,12 @@ def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> Path:
     payload = header + big_endian.tobytes()
     path.write_bytes(gzip.compress(payload) if compress else payload)
     return path
+
+
+def pairwise_auc(clean: torch.Tensor, adversarial: torch.Tensor) -> float:
+    """ROC AUC of detector scores, independent of vulnscope's ``roc_curve``.
+
+    P(an adversarial score > a clean score), ties counting half (the Mann-Whitney form).
+    """
+    difference = adversarial[:, None] - clean[None, :]
+    return float((difference > 0).double().mean() + 0.5 * (difference == 0).double().mean())

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from torch import Tensor
 
+from helpers import pairwise_auc
 from vulnscope.attacks import PGD
 from vulnscope.data import load_digits
 from vulnscope.detect.base import load_detector, save_detector
@@ -15,12 +15,6 @@ from vulnscope.detect.blur import MeanBlur, mean_blur
 from vulnscope.detect.registry import DETECTORS
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models import pretrained
-
-
-def _auc(clean: Tensor, adversarial: Tensor) -> float:
-    """P(adversarial score > clean score), ties counting half (the Mann-Whitney form)."""
-    difference = adversarial[:, None] - clean[None, :]
-    return float((difference > 0).double().mean() + 0.5 * (difference == 0).double().mean())
 
 
 def test_blur_is_the_mean_over_the_window_inside_the_image():
@@ -52,7 +46,7 @@ def test_separates_pgd_examples_and_round_trips(tmp_path):
         clean_scores, adversarial_scores = detector.score(clean), detector.score(adversarial)
         probabilities = torch.softmax(model(clean), 1)
         blurred = torch.softmax(model(mean_blur(clean)), 1)
-    auc = _auc(clean_scores, adversarial_scores)
+    auc = pairwise_auc(clean_scores, adversarial_scores)
     assert auc > 0.7, auc
     changed = probabilities.argmax(1) != blurred.argmax(1)
     expected = changed.float() + (probabilities - blurred).abs().sum(1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
 
+from helpers import pairwise_auc
 from vulnscope.attacks import PGD
 from vulnscope.data import load_digits
 from vulnscope.detect.base import load_detector, save_detector
@@ -13,12 +13,6 @@ from vulnscope.detect.cascade import ConvCascade, layer_outputs
 from vulnscope.detect.registry import DETECTORS
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models import pretrained
-
-
-def _auc(clean: Tensor, adversarial: Tensor) -> float:
-    """P(adversarial score > clean score), ties counting half (the Mann-Whitney form)."""
-    difference = adversarial[:, None] - clean[None, :]
-    return float((difference > 0).double().mean() + 0.5 * (difference == 0).double().mean())
 
 
 def test_separates_pgd_examples_and_round_trips(tmp_path):
@@ -33,7 +27,7 @@ def test_separates_pgd_examples_and_round_trips(tmp_path):
         first = model.conv1(clean)
         second = model.conv2(torch.relu(first))
         stages = [detector.stages_[0](first), detector.stages_[1](second)]
-    auc = _auc(clean_scores, adversarial_scores)
+    auc = pairwise_auc(clean_scores, adversarial_scores)
     assert auc > 0.8, auc
     assert torch.allclose(clean_scores, torch.maximum(*stages), atol=1e-5)
     detector.threshold_at(0.1, clean)

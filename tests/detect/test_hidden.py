@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from helpers import pairwise_auc
 from vulnscope.attacks import FGSM, PGD
 from vulnscope.data import load_digits
 from vulnscope.detect.base import Detector, load_detector, save_detector
@@ -16,13 +17,6 @@ from vulnscope.detect.registry import DETECTORS
 from vulnscope.detect.statistics_hidden import hidden_output
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models import pretrained
-
-
-def auc(clean: Tensor, adversarial: Tensor) -> float:
-    """ROC AUC by the rank-sum formula (ties are rare for continuous scores)."""
-    ranks = torch.cat([clean, adversarial]).argsort().argsort().double() + 1
-    n0, n1 = clean.numel(), adversarial.numel()
-    return float((ranks[n0:].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +46,7 @@ def test_separates_fgsm_and_pgd_and_round_trips(detector: Detector, digits, tmp_
         clean = detector.score(digits["clean"])
         assert torch.equal(again.score(digits["clean"]), clean)  # the dropout masks too
         for attack in ("fgsm", "pgd"):
-            assert auc(clean, detector.score(digits[attack])) > 0.75, attack
+            assert pairwise_auc(clean, detector.score(digits[attack])) > 0.75, attack
     assert again.settings() == detector.settings()
 
 

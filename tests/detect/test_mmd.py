@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import Tensor
 
+from helpers import pairwise_auc
 from vulnscope.attacks import PGD
 from vulnscope.data import load_digits
 from vulnscope.detect.base import load_detector, save_detector
@@ -16,12 +16,6 @@ from vulnscope.detect.mmd import MMDTest, median_bandwidth, mmd_power, mmd_test
 from vulnscope.detect.registry import DETECTORS
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models import pretrained
-
-
-def _auc(clean: Tensor, adversarial: Tensor) -> float:
-    """P(adversarial score > clean score), ties counting half (the Mann-Whitney form)."""
-    difference = adversarial[:, None] - clean[None, :]
-    return float((difference > 0).double().mean() + 0.5 * (difference == 0).double().mean())
 
 
 def _direct_mmd(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
@@ -66,7 +60,7 @@ def test_detector_scores_separate_pgd_examples_and_average_to_the_statistic(tmp_
     assert DETECTORS["mmd"] is MMDTest and detector.set_level
     with torch.no_grad():
         clean_scores, adversarial_scores = detector.score(clean), detector.score(adversarial)
-    auc = _auc(clean_scores, adversarial_scores)
+    auc = pairwise_auc(clean_scores, adversarial_scores)
     assert auc > 0.7, auc
     statistic, _ = detector.test(adversarial[:40])
     assert float(detector.score(adversarial[:40]).mean()) == pytest.approx(statistic, rel=1e-4)

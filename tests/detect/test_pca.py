@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
 
+from helpers import pairwise_auc
 from vulnscope.attacks import PGD
 from vulnscope.data import load_digits
 from vulnscope.detect.base import load_detector, save_detector
@@ -13,12 +13,6 @@ from vulnscope.detect.pca import PCAReduced, PCAStatistics, principal_components
 from vulnscope.detect.registry import DETECTORS
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models import pretrained
-
-
-def _auc(clean: Tensor, adversarial: Tensor) -> float:
-    """P(adversarial score > clean score), ties counting half (the Mann-Whitney form)."""
-    difference = adversarial[:, None] - clean[None, :]
-    return float((difference > 0).double().mean() + 0.5 * (difference == 0).double().mean())
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +43,7 @@ def test_separates_pgd_examples_and_round_trips(digits, detector_class, tmp_path
     detector = detector_class().fit(model, x, y, seed=0)
     assert DETECTORS[detector.name] is detector_class
     with torch.no_grad():
-        auc = _auc(detector.score(clean), detector.score(adversarial))
+        auc = pairwise_auc(detector.score(clean), detector.score(adversarial))
     assert auc > 0.8, auc
     detector.threshold_at(0.1, clean)
     again = load_detector(save_detector(detector, tmp_path / "d.safetensors"), model)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
+from helpers import pairwise_auc
 from vulnscope.attacks import PGD
 from vulnscope.data import load_digits
 from vulnscope.defences.magnet import DigitsAutoencoder
@@ -12,12 +12,6 @@ from vulnscope.detect.base import load_detector, save_detector
 from vulnscope.detect.reconstruction import ReconstructionDetector
 from vulnscope.detect.registry import DETECTORS
 from vulnscope.models import pretrained
-
-
-def _auc(clean: Tensor, adversarial: Tensor) -> float:
-    """P(adversarial score > clean score), ties counting half (the Mann-Whitney form)."""
-    difference = adversarial[:, None] - clean[None, :]
-    return float((difference > 0).double().mean() + 0.5 * (difference == 0).double().mean())
 
 
 def test_separates_pgd_examples_and_round_trips(tmp_path):
@@ -32,7 +26,7 @@ def test_separates_pgd_examples_and_round_trips(tmp_path):
         clean_scores = detector.score(clean)
         adversarial_scores = detector.score(adversarial)
         reconstruction = detector.autoencoder_(clean)
-    auc = _auc(clean_scores, adversarial_scores)
+    auc = pairwise_auc(clean_scores, adversarial_scores)
     assert auc > 0.8, auc
     expected = (clean - reconstruction).abs().flatten(1).sum(1)
     assert torch.allclose(clean_scores, expected, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import pairwise_auc
 from vulnscope.attacks import FGSM, PGD
 from vulnscope.data import load_digits
 from vulnscope.defences.magnet import reconstruction_error
@@ -12,13 +13,6 @@ from vulnscope.detect.base import load_detector, save_detector
 from vulnscope.detect.registry import DETECTORS
 from vulnscope.detect.sdae import SDAEDetector
 from vulnscope.errors import InvalidArgumentError
-
-
-def _auc(clean: torch.Tensor, adversarial: torch.Tensor) -> float:
-    """ROC AUC by the Mann-Whitney rank formula (no ties among continuous scores)."""
-    ranks = torch.cat([clean, adversarial]).argsort().argsort().double() + 1
-    n0, n1 = clean.numel(), adversarial.numel()
-    return float((ranks[n0:].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def test_flags_fgsm_and_pgd_examples_above_chance(fitted):
         clean = detector.score(x)
         for attack in (FGSM(eps=0.2), PGD(eps=0.2, steps=10, seed=0)):
             adversarial = detector.score(attack(model, x, y).x_adv)
-            assert _auc(clean, adversarial) > 0.8, type(attack).__name__
+            assert pairwise_auc(clean, adversarial) > 0.8, type(attack).__name__
 
 
 def test_score_is_the_stacks_l1_reconstruction_error_and_differentiable(fitted):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from helpers import pairwise_auc
 from vulnscope.attacks import FGSM, PGD
 from vulnscope.data import load_digits
 from vulnscope.detect.base import Detector, load_detector, save_detector
@@ -17,13 +18,6 @@ from vulnscope.detect.registry import DETECTORS
 from vulnscope.detect.subnetwork import SubnetworkDetector
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models import pretrained
-
-
-def auc(clean: Tensor, adversarial: Tensor) -> float:
-    """ROC AUC by the rank-sum formula (ties are rare for continuous scores)."""
-    ranks = torch.cat([clean, adversarial]).argsort().argsort().double() + 1
-    n0, n1 = clean.numel(), adversarial.numel()
-    return float((ranks[n0:].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +53,7 @@ def test_separates_its_own_attack_and_round_trips(detector: Detector, digits, tm
             detector.score(digits["clean"]),
             detector.score(digits[detector.attack]),
         )
-    assert auc(clean, adversarial) > 0.75
+    assert pairwise_auc(clean, adversarial) > 0.75
     x = digits["clean"][:5].clone().requires_grad_(True)
     (gradient,) = torch.autograd.grad(detector.score(x).sum(), x)
     assert gradient.abs().sum() > 0  # differentiable in the input, for the adaptive attack

@@ -7,13 +7,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vulnscope.detect.base import Detector
-from vulnscope.detect.trained import adversarial_examples, check_training, network, train
+from vulnscope.detect.trained import TrainedDetector, adversarial_examples, network, train
 
 __all__ = ["BinaryDetector"]
 
 
-class BinaryDetector(Detector):
+class BinaryDetector(TrainedDetector):
     r"""A network that tells clean inputs (class 0) from adversarial ones (class 1).
 
     Gong, Wang and Ku (2017), "Adversarial and clean data are not twins": a separate
@@ -40,20 +39,6 @@ class BinaryDetector(Detector):
 
     name = "binary"
     paper = "Gong et al. 2017, Adversarial and clean data are not twins"
-
-    def __init__(
-        self,
-        *,
-        attack: str = "fgsm",
-        eps: float = 0.1,
-        epochs: int = 20,
-        architecture: str = "digits-cnn",
-    ) -> None:
-        super().__init__()
-        self.attack, self.eps, self.epochs, checked = check_training(
-            attack=attack, eps=eps, epochs=epochs, architecture=architecture
-        )
-        self.architecture = str(checked)
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> None:
         """The two-output network."""

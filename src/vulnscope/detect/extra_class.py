@@ -7,13 +7,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vulnscope.detect.base import Detector
-from vulnscope.detect.trained import adversarial_examples, check_training, network, train
+from vulnscope.detect.trained import TrainedDetector, adversarial_examples, network, train
 
 __all__ = ["ExtraClassDetector"]
 
 
-class ExtraClassDetector(Detector):
+class ExtraClassDetector(TrainedDetector):
     r"""A classifier with one class more, the adversarial one, trained on clean and attacked data.
 
     Grosse, Manoharan, Papernot, Backes and McDaniel (2017), "On the (statistical) detection
@@ -43,20 +42,6 @@ class ExtraClassDetector(Detector):
 
     name = "extra-class"
     paper = "Grosse et al. 2017, On the (statistical) detection of adversarial examples"
-
-    def __init__(
-        self,
-        *,
-        attack: str = "fgsm",
-        eps: float = 0.1,
-        epochs: int = 20,
-        architecture: str = "digits-cnn",
-    ) -> None:
-        super().__init__()
-        self.attack, self.eps, self.epochs, checked = check_training(
-            attack=attack, eps=eps, epochs=epochs, architecture=architecture
-        )
-        self.architecture = str(checked)
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> None:
         """The network with ``num_classes + 1`` outputs."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from vulnscope._validation import check_choice, check_eps, check_int
 from vulnscope.attacks import FGSM, PGD
+from vulnscope.detect.base import Detector
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models import DigitsCNN
 from vulnscope.models.training import train_classifier
@@ -25,6 +26,7 @@ from vulnscope.models.training import train_classifier
 __all__ = [
     "ARCHITECTURES",
     "TRAINING_ATTACKS",
+    "TrainedDetector",
     "adversarial_examples",
     "check_training",
     "draw_seed",
@@ -129,3 +131,34 @@ def train(
     net.to(x.device)
     seeded_reset(net, generator)
     return train_classifier(net, x, y, epochs=epochs, batch_size=64, seed=draw_seed(generator))
+
+
+class TrainedDetector(Detector):
+    """A detector that is a network of its own trained on clean inputs and attacked ones.
+
+    Holds the settings Grosse et al.'s extra class and Gong et al.'s binary classifier
+    share; subclasses build the network and say how its outputs are labelled and scored.
+
+    Args:
+        attack: the attack the adversarial examples come from, ``"fgsm"`` or ``"pgd"``
+            (L-inf, 10 steps).
+        eps: its L-inf budget (inputs in [0, 1]).
+        epochs: training epochs.
+        architecture: ``"digits-cnn"`` (a :class:`~vulnscope.models.DigitsCNN`, 1×8×8
+            inputs) or ``"mlp"`` (any input shape).
+
+    """
+
+    def __init__(
+        self,
+        *,
+        attack: str = "fgsm",
+        eps: float = 0.1,
+        epochs: int = 20,
+        architecture: str = "digits-cnn",
+    ) -> None:
+        super().__init__()
+        self.attack, self.eps, self.epochs, checked = check_training(
+            attack=attack, eps=eps, epochs=epochs, architecture=architecture
+        )
+        self.architecture = str(checked)
