@@ -1,7 +1,7 @@
 """Carlini and Wagner's table on the digits: every registered detector, three attackers.
 
 Run:  OMP_NUM_THREADS=1 VULNSCOPE_CACHE_DIR=/tmp/vcache python experiments/detectors.py \
-          [--out DIR] [--n 100] [--limited-n 200] [--seed 0] [--detectors a,b] [--quick]
+          [--out DIR] [--n 100] [--seed 0] [--detectors a,b] [--quick]
 
 Carlini and Wagner (2017), "Adversarial examples are not easily detected: bypassing ten
 detection methods", Tables 1-2. Every detector of
@@ -18,11 +18,11 @@ test digits 200..396 (disjoint from the attacked ones while ``--n`` <= 200):
   (:class:`~vulnscope.detect.adaptive.DetectorAwareCW`; EOT for a random score, Gaussian
   smoothing for one without a gradient): success against classifier and detector, and
   the mean L2 of the successes over the undefended C&W's;
-- limited knowledge: the attacker fits its own copy on half of the first ``--limited-n``
-  test digits (half of each class) and transfers its perfect-knowledge examples, made on
-  the other half, to the real one. The copy needs enough points to fit (a PCA of the
-  64 pixels needs 64), hence 200 digits by default rather than ``--n``: about as many
-  points are attacked as under the other two threat models.
+- limited knowledge: the attacker fits its own copy (same class, same settings) on the
+  400 training digits the defender's detector was not fitted on (training images
+  1000..1399; Carlini and Wagner split the training set in half between defender and
+  attacker), sets its threshold at 5% on them, and transfers its perfect-knowledge
+  examples of the same ``--n`` test digits to the real detector.
 
 A detector that fails to fit or to be evaluated keeps its row, with its error. The
 set-level MMD test also gets its power (:func:`vulnscope.detect.mmd.mmd_power`) at sample
@@ -52,7 +52,7 @@ from vulnscope.attacks import CarliniWagner
 from vulnscope.data import load_digits
 from vulnscope.detect import registry
 from vulnscope.detect.adaptive import DetectorAwareCW
-from vulnscope.detect.digits import DigitsDetector, detect_digits
+from vulnscope.detect.digits import DETECTOR_FIT, DigitsDetector, detect_digits
 from vulnscope.detect.evaluation import KNOWLEDGE, DetectionReport, evaluate_detector
 from vulnscope.detect.mmd import MMDTest, mmd_power
 
@@ -135,8 +135,9 @@ def _attacks(quick: bool, seed: int) -> tuple[CarliniWagner, DetectorAwareCW]:
 
 def run_detector(name: str, args: argparse.Namespace, cells: Path) -> dict[str, Any]:
     """Fit ``name`` (lazily: only when a cell is missing) and evaluate it three times."""
-    test = load_digits("test")
+    test, train = load_digits("test"), load_digits("train")
     x, y, clean = test.x[: args.n], test.y[: args.n], test.x[CLEAN]
+    attacker = train.x[DETECTOR_FIT:], train.y[DETECTOR_FIT:]
     attack, adaptive = _attacks(args.quick, args.seed)
     try:
         defaults = registry.DETECTORS[name]().settings()
@@ -146,7 +147,6 @@ def run_detector(name: str, args: argparse.Namespace, cells: Path) -> dict[str, 
         "detector": name,
         "defaults": defaults,
         "n": args.n,
-        "limited_n": args.limited_n,
         "clean": [CLEAN.start, CLEAN.stop],
         "fpr": FPR,
         "seed": args.seed,
@@ -173,24 +173,27 @@ def run_detector(name: str, args: argparse.Namespace, cells: Path) -> dict[str, 
 
         def evaluate(level: str = level) -> dict[str, Any]:
             fitted_detector = fit()
-            size = args.limited_n if level == "limited" else args.n
+            own = attacker if level == "limited" else (None, None)
             report = evaluate_detector(
                 fitted_detector.detector,
                 fitted_detector.classifier,
-                test.x[:size],
-                test.y[:size],
+                x,
+                y,
                 knowledge=level,
                 attack=attack,
                 adaptive=adaptive,
                 fpr=FPR,
                 clean=clean,
+                attacker_inputs=own[0],
+                attacker_labels=own[1],
                 seed=args.seed,
             )
             return _record(report)
 
-        row["cells"][level] = _cell(
-            cells / f"{name}-{level}.json", {**common, "knowledge": level}, evaluate
-        )
+        settings = {**common, "knowledge": level}
+        if level == "limited":
+            settings["attacker"] = [DETECTOR_FIT, DETECTOR_FIT + int(attacker[0].shape[0])]
+        row["cells"][level] = _cell(cells / f"{name}-{level}.json", settings, evaluate)
         print(f"{name} {level}: {_brief(row['cells'][level])}", flush=True)
     if registry.DETECTORS[name].set_level:
         row["cells"]["power"] = _cell(
@@ -253,8 +256,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     """The Markdown table, one row per detector; errors after the figures."""
     lines = [
         "| detector | zero: AUC | zero: TPR @5% FPR | perfect: success | perfect: L2 ratio "
-        "| perfect: gradient | limited: success | seconds | error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| perfect: gradient | limited: success | limited: L2 ratio | seconds | error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = row["cells"]
@@ -264,7 +267,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {_number(zero.get('tpr_at_5fpr'), True)} "
             f"| {_number(perfect.get('success_rate'), True)} "
             f"| {_number(perfect.get('distortion_ratio'))} | {perfect.get('gradient', '–')} "
-            f"| {_number(limited.get('success_rate'), True)} | {row.get('seconds', 0.0):.0f} "
+            f"| {_number(limited.get('success_rate'), True)} "
+            f"| {_number(limited.get('distortion_ratio'))} | {row.get('seconds', 0.0):.0f} "
             f"| {row.get('error', '')} |"
         )
     return "\n".join(lines)
@@ -275,14 +279,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("experiment-detectors"))
     parser.add_argument("--n", type=int, default=100, help="test digits attacked")
-    parser.add_argument("--limited-n", type=int, default=200, help="digits of limited knowledge")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detectors", default="", help="comma-separated names; default all")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="20 digits, short attacks")
     args = parser.parse_args()
     if args.quick:
-        args.n, args.limited_n = min(args.n, 20), min(args.limited_n, 40)
+        args.n = min(args.n, 20)
         args.out = args.out / "quick"
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -297,7 +300,6 @@ def main() -> None:
         "paper": "Carlini and Wagner (2017), Adversarial examples are not easily detected",
         "classifier": "pretrained('digits-cnn')",
         "n": args.n,
-        "limited_n": args.limited_n,
         "clean": [CLEAN.start, CLEAN.stop],
         "fpr": FPR,
         "seed": args.seed,

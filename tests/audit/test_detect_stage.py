@@ -33,7 +33,7 @@ def test_the_stage_runs_the_three_threat_models_and_never_trusts_zero_knowledge_
     assert "detect" in default_stages(model) and "detect" not in default_stages(digits_cnn)
     result = audit(
         model,
-        digits_test.take(40),
+        digits_test.take(80),  # 40 attacked and clean, 40 the attacker's own
         model_name="cnn+density",
         stages=["detect"],
         quick=True,
@@ -42,8 +42,10 @@ def test_the_stage_runs_the_three_threat_models_and_never_trusts_zero_knowledge_
     section = result.results["detect"]
     assert [t.knowledge for t in section.threat_models] == ["zero", "perfect", "limited"]
     assert section.detector == "density" and section.clean == 40
-    zero, perfect, _ = section.threat_models
+    zero, perfect, limited = section.threat_models
     assert perfect.gradient == "exact" and perfect.attacked == zero.attacked > 0
+    # the attacker fitted its copy on points 40..79 and attacked every one of the 40
+    assert limited.skipped is None and limited.attacked == zero.attacked
     assert perfect.successes <= perfect.fooled <= perfect.attacked
     text = result.verdict.text
     assert "an attacker who knows it succeeds on" in text

@@ -130,6 +130,26 @@ def test_limited_knowledge_fits_its_copy_on_the_other_half():
     assert 0.0 <= report.success_rate <= 1.0 and report.knowledge == "limited"
 
 
+def test_limited_knowledge_fits_its_copy_on_the_attackers_own_data():
+    model, x, y, detector = _setup(n=20)
+    own = torch.rand(30, 1, 4, 4)
+    LowMargin.fitted_rows.clear()
+    report = evaluate_detector(
+        detector,
+        model,
+        x,
+        y,
+        knowledge="limited",
+        attack=_BLIND,
+        adaptive=_AWARE,
+        attacker_inputs=own,
+        attacker_labels=torch.zeros(30).long(),
+    )
+    (seen,) = LowMargin.fitted_rows
+    assert torch.equal(seen, own)
+    assert bool(report.evaluated.all()) and report.attacked == 20 and report.clean == 20
+
+
 def test_bad_input_gets_one_clear_error_each():
     model, x, y, detector = _setup()
     other = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
@@ -139,3 +159,21 @@ def test_bad_input_gets_one_clear_error_each():
         evaluate_detector(detector, model, x, y, clean=x[:19])
     with pytest.raises(InvalidArgumentError, match="knowledge must be one of"):
         evaluate_detector(detector, model, x, y, knowledge="partial")
+    with pytest.raises(InvalidArgumentError, match="only the limited-knowledge attacker"):
+        evaluate_detector(detector, model, x, y, attacker_inputs=x, attacker_labels=y)
+    with pytest.raises(InvalidArgumentError, match=r"attacker_labels: .* got only one"):
+        evaluate_detector(detector, model, x, y, knowledge="limited", attacker_inputs=x)
+    with pytest.raises(InvalidArgumentError, match=r"shape per point \(1, 4, 4\), got \(16,\)"):
+        evaluate_detector(
+            detector,
+            model,
+            x,
+            y,
+            knowledge="limited",
+            attacker_inputs=x.flatten(1),
+            attacker_labels=y,
+        )
+    with pytest.raises(InvalidArgumentError, match="cannot be fitted on its 3 points"):
+        evaluate_detector(
+            detector, model, x, y, knowledge="limited", attacker_inputs=x[:3], attacker_labels=y[:3]
+        )

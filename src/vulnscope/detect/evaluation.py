@@ -7,8 +7,11 @@ detection methods", judge a detector against three threat models:
 - **perfect knowledge**: C&W's combined loss through the detector's own score and
   threshold (:class:`~vulnscope.detect.adaptive.DetectorAwareCW`);
 - **limited knowledge**: the attacker fits its own copy of the detector (same class,
-  same settings) on a disjoint half of the data (half of each class), attacks that copy
-  with perfect knowledge, and the real detector scores the result (transfer).
+  same settings) on data of its own, disjoint from the defender's, attacks that copy with
+  perfect knowledge, and the real detector scores the result (transfer). Carlini and
+  Wagner split the training set in half between defender and attacker; pass the
+  attacker's half as ``attacker_inputs``/``attacker_labels``. Without them the attacker
+  takes half of each class of the evaluated points, a far smaller copy.
 
 Each gives a :class:`DetectionReport`: the ROC curve of the detector separating held-out
 clean inputs from the adversarial examples that fool the classifier, its AUC, its true
@@ -40,7 +43,7 @@ from vulnscope.attacks.base import Attack
 from vulnscope.attacks.carlini_wagner import CarliniWagner
 from vulnscope.detect.adaptive import DetectorAwareCW
 from vulnscope.detect.base import Detector, Model, model_digest
-from vulnscope.errors import InvalidTypeError, ModelError
+from vulnscope.errors import InvalidArgumentError, InvalidTypeError, ModelError, VulnscopeError
 from vulnscope.models.state import preserved_model_state
 
 __all__ = ["KNOWLEDGE", "ROC", "DetectionReport", "evaluate_detector", "roc_curve"]
@@ -110,13 +113,13 @@ class DetectionReport:
         mean_distortion: the numerator; NaN without successes.
         undefended_distortion: the denominator.
         attacked: how many inputs were attacked (those the classifier gets right; for
-            limited knowledge, of the half the attacker did not see).
+            limited knowledge without attacker data, of the half the attacker did not see).
         fooled: how many adversarial examples fool the classifier.
         successes: how many also escape the detector.
         clean: how many held-out clean inputs set the threshold and the ROC's negatives.
         roc: the ROC curve.
         evaluated: (N,) bool over ``inputs``: those the attacker may attack (all but, for
-            limited knowledge, the half its copy of the detector was fitted on).
+            limited knowledge without attacker data, the half its copy was fitted on).
 
     """
 
@@ -150,6 +153,8 @@ def evaluate_detector(
     adaptive: DetectorAwareCW | None = None,
     fpr: float = 0.05,
     clean: Tensor | None = None,
+    attacker_inputs: Tensor | None = None,
+    attacker_labels: Tensor | None = None,
     seed: int | None = 0,
 ) -> DetectionReport:
     """Evaluate a fitted ``detector`` of ``model`` against one threat model.
@@ -169,7 +174,14 @@ def evaluate_detector(
             :class:`~vulnscope.detect.adaptive.DetectorAwareCW` with ``seed``).
         fpr: false-positive rate of the threshold on held-out clean inputs, in (0, 1).
         clean: (M, C, H, W) held-out clean inputs for the threshold and the ROC; default
-            ``inputs`` themselves (for limited knowledge, the half the attacker did not see).
+            ``inputs`` themselves (for limited knowledge without ``attacker_inputs``, the
+            half the attacker did not see).
+        attacker_inputs: (A, C, H, W) in [0, 1]: the limited-knowledge attacker's own clean
+            data, on which it fits its copy of the detector and sets the copy's threshold
+            at ``fpr``; it should be disjoint from the data the detector was fitted on.
+            Then every input is attacked. Default: half of each class of ``inputs``
+            (seeded), which are then not attacked. Only with ``knowledge="limited"``.
+        attacker_labels: (A,) their labels; given exactly when ``attacker_inputs`` is.
         seed: seed of the limited-knowledge split and the attacker's copy.
 
     Returns:
@@ -177,8 +189,9 @@ def evaluate_detector(
 
     Raises:
         ModelError: ``detector`` was fitted on another classifier.
-        InvalidArgumentError: too few clean inputs for a threshold at ``fpr``, or an
-            unknown ``knowledge``.
+        InvalidArgumentError: too few clean inputs for a threshold at ``fpr``, an
+            unknown ``knowledge``, or attacker data without limited knowledge, without its
+            labels, or too little of it to fit the copy.
 
     """
     if not isinstance(detector, Detector):
@@ -204,19 +217,58 @@ def evaluate_detector(
         raise InvalidTypeError(f"attack must be an L2 vulnscope Attack, got {describe(attack)}")
     if adaptive is None:
         adaptive = DetectorAwareCW(seed=key)
+    attacker = _attacker_data(attacker_inputs, attacker_labels, level, x)
     evaluated = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    if level == "limited":
+    if level == "limited" and attacker is None:
         evaluated[_attacker_half(y, key)] = False
+        attacker = x[~evaluated], y[~evaluated]
     held_out = x[evaluated] if clean is None else clean
     saved = detector.threshold
     with preserved_model_state(model), preserved_model_state(detector):
         try:
             detector.threshold_at(rate, held_out)
             return _evaluate(
-                detector, model, x, y, evaluated, level, attack, adaptive, rate, key, held_out
+                detector,
+                model,
+                x,
+                y,
+                evaluated,
+                attacker,
+                level,
+                attack,
+                adaptive,
+                rate,
+                key,
+                held_out,
             )
         finally:
             detector.threshold = saved
+
+
+def _attacker_data(
+    inputs: Tensor | None, labels: Tensor | None, level: str, x: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """The limited-knowledge attacker's own (inputs, labels), checked; None when not given."""
+    if inputs is None and labels is None:
+        return None
+    if level != "limited":
+        raise InvalidArgumentError(
+            f"attacker_inputs: only the limited-knowledge attacker fits its own copy of the "
+            f"detector, got knowledge={level!r}"
+        )
+    if inputs is None or labels is None:
+        missing = "attacker_labels" if labels is None else "attacker_inputs"
+        raise InvalidArgumentError(
+            f"{missing}: attacker_inputs and attacker_labels are given together, got only one"
+        )
+    data = check_inputs(inputs, bounds=_BOUNDS, name="attacker_inputs")
+    if data.shape[1:] != x.shape[1:]:
+        raise InvalidArgumentError(
+            f"attacker_inputs must have the inputs' shape per point {tuple(x.shape[1:])}, got "
+            f"{tuple(data.shape[1:])}"
+        )
+    targets = check_labels(labels, n=data.shape[0], device=data.device, name="attacker_labels")
+    return data.to(x.device), targets.to(x.device)
 
 
 def _attacker_half(y: Tensor, key: int | None) -> Tensor:
@@ -241,6 +293,7 @@ def _evaluate(
     x: Tensor,
     y: Tensor,
     evaluated: Tensor,
+    attacker: tuple[Tensor, Tensor] | None,
     level: str,
     attack: Attack,
     adaptive: DetectorAwareCW,
@@ -252,18 +305,16 @@ def _evaluate(
         right = model(x).argmax(1) == y
     chosen = evaluated & right
     xs, ys = x[chosen], y[chosen]
+    target = detector
+    if level == "limited":  # fitted first: a copy that cannot be fitted fails fast
+        assert attacker is not None  # evaluate_detector supplies it
+        target = _attackers_copy(detector, model, attacker, rate, key)
     baseline = attack(model, xs, ys)
     undefended = _mean(baseline.norms[baseline.success])
     gradient = ""
     if level == "zero":
         x_adv = baseline.x_adv
     else:
-        target = detector
-        if level == "limited":
-            seen = ~evaluated
-            target = type(detector)(**detector.settings())
-            target.fit(model, x[seen], y[seen], seed=key)
-            target.threshold_at(rate, x[seen])
         with torch.enable_grad():
             result = adaptive(target, model, xs, ys)
         x_adv, gradient = result.x_adv, result.gradient
@@ -298,6 +349,32 @@ def _evaluate(
         roc=roc,
         evaluated=evaluated,
     )
+
+
+def _attackers_copy(
+    detector: Detector,
+    model: Model,
+    data: tuple[Tensor, Tensor],
+    rate: float,
+    key: int | None,
+) -> Detector:
+    """The detector's class with its settings, fitted and thresholded on the attacker's data.
+
+    The copy's threshold is set on the same clean points it was fitted on: the attacker has
+    no others.
+    """
+    x, y = data
+    copy = type(detector)(**detector.settings())
+    try:
+        copy.fit(model, x, y, seed=key)
+        copy.threshold_at(rate, x)
+    except VulnscopeError as error:
+        raise InvalidArgumentError(
+            f"attacker_inputs: the limited-knowledge attacker's copy of the {detector.name} "
+            f"detector cannot be fitted on its {x.shape[0]} points (give it more as "
+            f"attacker_inputs): {error}"
+        ) from error
+    return copy
 
 
 def _mean(values: Tensor) -> float:

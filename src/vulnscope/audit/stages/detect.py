@@ -7,8 +7,9 @@ the first 64 points of the data (:func:`~vulnscope.detect.evaluation.evaluate_de
 - **zero knowledge**: C&W L2 ignores the detector;
 - **perfect knowledge**: C&W's combined loss through the detector's score (EOT for a
   random score);
-- **limited knowledge**: the attacker fits its own copy of the detector on half the
-  points and transfers its examples.
+- **limited knowledge**: the attacker fits its own copy of the detector on up to 200
+  points of its own (those after the 200 that set the threshold, disjoint from the
+  attacked ones), attacks the copy and transfers its examples to the real detector.
 
 Each gives the ROC AUC, the true-positive rate at 5% false positives (the threshold set
 on the first 200 clean points of the data), the attack's success against classifier and
@@ -48,6 +49,8 @@ _CLEAN = 200
 _FPR = 0.05
 _ATTACKED = 64
 """The fewest points attacked (the first of the data; more with a larger geometry sample)."""
+_ATTACKER = 200
+"""Points the limited-knowledge attacker fits its copy on: the data's after the clean ones."""
 _BROKEN = 0.5
 """A perfect-knowledge success rate from which the verdict says the detector is broken."""
 
@@ -66,8 +69,8 @@ class ThreatModel:
     fooled: int
     successes: int
     skipped: str | None = None
-    """Why this attacker could not run (its copy of the detector could not be fitted on
-    half the points, say), else None."""
+    """Why this attacker could not run (no points were left to fit its copy of the
+    detector on, or too few, say), else None."""
 
 
 @dataclass(frozen=True)
@@ -177,13 +180,19 @@ class DetectionStage(SampleStage[Detection]):
         model = plan.model
         assert isinstance(model, Detected)  # applies_to checked it
         detector, classifier = model.detector, model[0]
-        # the attacked points: at least _ATTACKED, so that the limited-knowledge attacker's
-        # half holds every class to fit its copy of the detector on
         x, y = plan.rows(0, min(len(plan.data), max(_ATTACKED, int(plan.sample.numel()))))
         clean = plan.data.x[:_CLEAN].to(plan.device)
+        own = plan.rows(_CLEAN, _CLEAN + _ATTACKER)
         reports: list[DetectionReport] = []
         models: list[ThreatModel] = []
         for level in KNOWLEDGE:
+            if level == "limited" and own[0].shape[0] == 0:
+                reason = (
+                    f"the data has no points after the {clean.shape[0]} clean ones for the "
+                    f"attacker's copy of the detector"
+                )
+                models.append(ThreatModel(level, "", None, None, None, None, 0, 0, 0, reason))
+                continue
             try:
                 report = evaluate_detector(
                     detector,
@@ -193,12 +202,14 @@ class DetectionStage(SampleStage[Detection]):
                     knowledge=level,
                     fpr=_FPR,
                     clean=clean,
+                    attacker_inputs=own[0] if level == "limited" else None,
+                    attacker_labels=own[1] if level == "limited" else None,
                     seed=plan.seed,
                 )
             except VulnscopeError as error:
                 if level != "limited":
                     raise
-                # the attacker's copy is fitted on half the points: too few for some
+                # the attacker's copy could not be fitted on the points left to it
                 models.append(ThreatModel(level, "", None, None, None, None, 0, 0, 0, str(error)))
                 continue
             reports.append(report)
@@ -226,7 +237,7 @@ class DetectionStage(SampleStage[Detection]):
         copy = (
             f"one who fits its own copy on {limited.success_rate:.0%}"
             if limited.success_rate is not None
-            else "an attacker's own copy could not be fitted on half the points"
+            else f"an attacker's own copy could not be fitted ({limited.skipped})"
         )
         adaptive = (
             f"but an attacker who knows it succeeds on {_share(perfect.success_rate)} of the "
