@@ -97,6 +97,24 @@ def test_perfect_knowledge_examples_fool_classifier_and_detector(detector_class)
     assert torch.allclose(result.norms, (result.x_adv - x).flatten(1).norm(dim=1))
 
 
+def test_with_confidence_the_kept_examples_clear_both_margins():
+    model, x, y, detector = _setup(n=20)
+    threshold = detector.threshold_at(0.05, torch.rand(40, 1, 4, 4))
+    kappa = 0.3
+    confident = DetectorAwareCW(steps=40, binary_search_steps=4, confidence=kappa)
+    result = confident(detector, model, x, y)
+    with torch.no_grad():
+        logits = model(result.x_adv)
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        other = logits.scatter(1, y[:, None], -torch.inf).amax(1)
+        cleared = (other - true >= kappa - 1e-4) & (
+            detector.score(result.x_adv) <= threshold - kappa + 1e-4
+        )
+    # a point never found with both margins falls back to its least-flagged wrong iterate;
+    # without κ in the success test, the kept points would sit just across both boundaries
+    assert int(cleared.sum()) >= 15 and bool((result.success | ~cleared).all())
+
+
 @pytest.mark.parametrize("detector_class", [LowMargin, QuantisedLowMargin])
 def test_perfect_knowledge_evades_where_zero_knowledge_is_caught(detector_class):
     model, x, y, detector = _setup(detector_class)

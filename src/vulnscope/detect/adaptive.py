@@ -112,7 +112,11 @@ class DetectorAwareCW:
         steps: Adam steps per run.
         binary_search_steps: runs, one per value of ``c``.
         initial_const: the first ``c`` > 0.
-        confidence: ``κ >= 0``, the margin beyond which each term stops pulling.
+        confidence: ``κ >= 0``, the margin beyond which each term stops pulling; an
+            iterate counts as a success only with both margins cleared (logit margin at
+            least κ, score at most ``t - κ``), as in C&W's L2 attack. For a random score
+            (``stochastic``) a κ of a fraction of its spread keeps the chosen point from
+            being one whose averaged score merely happened to dip under ``t``.
         learning_rate: Adam's step size in ``w``.
         samples: passes averaged per step for a stochastic score; noise pairs for a
             non-differentiable one.
@@ -189,7 +193,14 @@ class DetectorAwareCW:
                 )
                 (grad,) = torch.autograd.grad(loss.sum(), w)
                 with torch.no_grad():
-                    hit = (logits.argmax(1) != y) & (scores <= threshold)
+                    # success with confidence κ, as C&W's reference code counts it: the
+                    # kept iterates clear both margins (a random score's fresh draw then
+                    # still passes more often than one picked for lying just under t)
+                    hit = (
+                        (logits.argmax(1) != y)
+                        & (wrong <= -self.confidence)
+                        & (scores <= threshold - self.confidence)
+                    )
                     norms = (x_adv - x).flatten(1).norm(dim=1)
                     better = hit & (norms < best_norm)
                     best[better] = x_adv[better]
