@@ -53,6 +53,20 @@ class QuantisedLowMargin(LowMargin):
     differentiable = False
 
 
+class NoisyLowMargin(LowMargin):
+    """The low-margin score plus Gaussian noise of standard deviation 0.3: a random score."""
+
+    stochastic = True
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().build(input_shape, num_classes)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def raw_score(self, model, x: Tensor) -> Tensor:
+        noise = torch.randn(x.shape[0], generator=self.generator)
+        return super().raw_score(model, x) + 0.3 * noise
+
+
 def _setup(detector_class=LowMargin, n: int = 40):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
@@ -113,6 +127,21 @@ def test_with_confidence_the_kept_examples_clear_both_margins():
     # a point never found with both margins falls back to its least-flagged wrong iterate;
     # without κ in the success test, the kept points would sit just across both boundaries
     assert int(cleared.sum()) >= 15 and bool((result.success | ~cleared).all())
+
+
+def test_against_a_random_score_the_kept_points_pass_fresh_draws_with_the_assurance():
+    model, x, y, detector = _setup(NoisyLowMargin, n=12)
+    threshold = detector.threshold_at(0.05, torch.rand(40, 1, 4, 4))
+    passed = {}
+    for assurance in (0.5, 0.95):
+        attack = DetectorAwareCW(steps=30, binary_search_steps=3, assurance=assurance)
+        result = attack(detector, model, x, y)
+        assert result.gradient == "eot"
+        with torch.no_grad():
+            draws = torch.stack([detector.score(result.x_adv) for _ in range(200)])
+        passed[assurance] = float((draws <= threshold).double().mean())
+    # aiming at the mean keeps points a fresh draw flags about half the time
+    assert passed[0.5] < 0.7 and passed[0.95] > 0.85
 
 
 @pytest.mark.parametrize("detector_class", [LowMargin, QuantisedLowMargin])
