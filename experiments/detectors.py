@@ -1,7 +1,8 @@
 """Carlini and Wagner's table on the digits: every registered detector, three attackers.
 
 Run:  OMP_NUM_THREADS=1 VULNSCOPE_CACHE_DIR=/tmp/vcache python experiments/detectors.py \
-          [--out DIR] [--n 100] [--seed 0] [--detectors a,b] [--quick]
+          [--out DIR] [--n 100] [--seed 0] [--detectors a,b] [--limited-confidence K]
+          [--quick]
 
 Carlini and Wagner (2017), "Adversarial examples are not easily detected: bypassing ten
 detection methods", Tables 1-2. Every detector of
@@ -22,7 +23,9 @@ test digits 200..396 (disjoint from the attacked ones while ``--n`` <= 200):
   400 training digits the defender's detector was not fitted on (training images
   1000..1399; Carlini and Wagner split the training set in half between defender and
   attacker), sets its threshold at 5% on them, and transfers its perfect-knowledge
-  examples of the same ``--n`` test digits to the real detector.
+  examples of the same ``--n`` test digits to the real detector. Its attack is the
+  perfect-knowledge one at confidence ``--limited-confidence`` (default 0): Carlini and
+  Wagner raised the confidence for examples that transfer.
 
 A detector that fails to fit or to be evaluated keeps its row, with its error. The
 set-level MMD test also gets its power (:func:`vulnscope.detect.mmd.mmd_power`) at sample
@@ -139,6 +142,7 @@ def run_detector(name: str, args: argparse.Namespace, cells: Path) -> dict[str, 
     x, y, clean = test.x[: args.n], test.y[: args.n], test.x[CLEAN]
     attacker = train.x[DETECTOR_FIT:], train.y[DETECTOR_FIT:]
     attack, adaptive = _attacks(args.quick, args.seed)
+    transfer = DetectorAwareCW(**{**vars(adaptive), "confidence": args.limited_confidence})
     try:
         defaults = registry.DETECTORS[name]().settings()
     except Exception as error:
@@ -181,7 +185,7 @@ def run_detector(name: str, args: argparse.Namespace, cells: Path) -> dict[str, 
                 y,
                 knowledge=level,
                 attack=attack,
-                adaptive=adaptive,
+                adaptive=transfer if level == "limited" else adaptive,
                 fpr=FPR,
                 clean=clean,
                 attacker_inputs=own[0],
@@ -191,9 +195,13 @@ def run_detector(name: str, args: argparse.Namespace, cells: Path) -> dict[str, 
             return _record(report)
 
         settings = {**common, "knowledge": level}
+        stem = f"{name}-{level}"
         if level == "limited":
             settings["attacker"] = [DETECTOR_FIT, DETECTOR_FIT + int(attacker[0].shape[0])]
-        row["cells"][level] = _cell(cells / f"{name}-{level}.json", settings, evaluate)
+            settings["adaptive"] = repr(transfer)
+            if args.limited_confidence:  # a cell of its own beside the default one
+                stem += f"-kappa{args.limited_confidence:g}"
+        row["cells"][level] = _cell(cells / f"{stem}.json", settings, evaluate)
         print(f"{name} {level}: {_brief(row['cells'][level])}", flush=True)
     if registry.DETECTORS[name].set_level:
         row["cells"]["power"] = _cell(
@@ -282,6 +290,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detectors", default="", help="comma-separated names; default all")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--limited-confidence", type=float, default=0.0, help="the transfer attack's kappa"
+    )
     parser.add_argument("--quick", action="store_true", help="20 digits, short attacks")
     args = parser.parse_args()
     if args.quick:
@@ -300,6 +311,7 @@ def main() -> None:
         "paper": "Carlini and Wagner (2017), Adversarial examples are not easily detected",
         "classifier": "pretrained('digits-cnn')",
         "n": args.n,
+        "limited_confidence": args.limited_confidence,
         "clean": [CLEAN.start, CLEAN.stop],
         "fpr": FPR,
         "seed": args.seed,
