@@ -237,3 +237,19 @@ def test_provable_methods_train_on_their_bound_with_the_scaled_schedule(  # type
     assert (objective.kappa_start, objective.kappa_end) == kappa
     assert defended.settings["train_eps"] == pytest.approx(0.3)
     assert digits.defence_settings(method)["epochs"] == digits.PROVABLE_EPOCHS[method]
+
+
+def test_sdae_reformer_puts_the_trained_stack_in_front_of_the_reference_cnn(test_split) -> None:  # type: ignore[no-untyped-def]
+    from vulnscope.defences.sdae import Reformer, StackedDenoisingAutoencoder
+
+    defended = defend_digits("sdae-reformer", epochs=1, seed=0)
+    model = defended.model
+    assert isinstance(model, Reformer)
+    assert isinstance(model.autoencoder, StackedDenoisingAutoencoder)
+    assert list(model.autoencoder.sizes) == defended.settings["sizes"]
+    assert defended.settings["sdae_epochs"] == 1
+    x = test_split.x[:8]
+    with torch.no_grad():
+        reconstruction = model.autoencoder(x)
+        assert not torch.equal(reconstruction, x)  # a real filter, not the identity
+        torch.testing.assert_close(model(x), model.classifier(reconstruction))

@@ -3,7 +3,8 @@
 Each method trains :class:`vulnscope.models.DigitsCNN` on the digits training split with
 the reference recipe (:data:`vulnscope.models.PRETRAINED`: Adam, the same epochs, batch
 size and learning rate), changing only what the defence changes: the objective, an
-after-step constraint, the labels (distillation) or a filter in front (MagNet). The
+after-step constraint, the labels (distillation) or a filter in front (MagNet, a stacked
+denoising autoencoder's reformer). The
 result is an ordinary ``nn.Module`` in eval mode that TorchScript can save, so
 ``vulnscope audit --model FILE`` attacks it like any other model.
 """
@@ -32,6 +33,8 @@ from vulnscope.defences.provable_training import (
     ibp_training,
     wong_kolter_training,
 )
+from vulnscope.defences.sdae import Reformer
+from vulnscope.defences.sdae_training import train_sdae
 from vulnscope.defences.trades import TRADES
 from vulnscope.errors import InvalidArgumentError
 from vulnscope.models.cache import PRETRAINED
@@ -47,6 +50,8 @@ __all__ = [
     "PROVABLE_SCHEDULE",
     "PROVABLE_TRAINING",
     "PROVABLE_TRAIN_EPS",
+    "SDAE_EPOCHS",
+    "SDAE_REFORMER",
     "DefendedModel",
     "defence_settings",
     "defend_digits",
@@ -62,6 +67,7 @@ DEFENCE_METHODS = (
     "parseval",
     "mixup",
     "magnet",
+    "sdae-reformer",
     "ibp",
     "crown-ibp",
     "wong-kolter",
@@ -102,6 +108,13 @@ MAGNET_FPR = 0.02
 AUTOENCODER_EPOCHS = 100
 """Epochs of MagNet's autoencoder with the default recipe (another ``epochs`` is used as is)."""
 
+SDAE_REFORMER = {"sizes": [64, 128, 64], "corruption": "masking", "level": 0.25, "lr": 1e-2}
+"""The stacked denoising autoencoder of ``"sdae-reformer"`` (Vincent et al. 2010): two
+sigmoid layers, masking noise 0.25, Adam; 20 epochs per layer and 20 of fine-tuning with
+the default recipe (another ``epochs`` is used as is), on every training image."""
+
+SDAE_EPOCHS = 20
+
 
 @dataclass(frozen=True)
 class DefendedModel:
@@ -140,7 +153,9 @@ def defend_digits(
             Wong et al. 2020), ``"trades"`` (Zhang et al. 2019), ``"distill"``
             (Papernot et al. 2016), ``"cure"`` (Moosavi-Dezfooli et al. 2019),
             ``"parseval"`` (Cissé et al. 2017), ``"mixup"`` (Manifold Mixup, Verma et al.
-            2019), ``"magnet"`` (Meng and Chen 2017), provable training: ``"ibp"``
+            2019), ``"magnet"`` (Meng and Chen 2017), ``"sdae-reformer"`` (the
+            classifier behind a stacked denoising autoencoder, Vincent et al. 2010; the
+            whole pipeline is what the audit attacks), provable training: ``"ibp"``
             (Gowal et al. 2018), ``"crown-ibp"`` (Zhang et al. 2020), ``"wong-kolter"``
             (Wong and Kolter 2018; slow on the CNN: its dual bounds every neuron), or
             ``"none"``.
@@ -236,6 +251,18 @@ def defend_digits(
                 objective=objective,
                 after_step=after_step,
             )
+        if method == "sdae-reformer":
+            sdae = train_sdae(
+                train.x,
+                sizes=settings["sizes"],
+                corruption=settings["corruption"],
+                level=settings["level"],
+                epochs=settings["sdae_epochs"],
+                finetune_epochs=settings["sdae_epochs"],
+                lr=settings["sdae_lr"],
+                seed=seed,
+            )
+            return DefendedModel(Reformer(classifier, sdae).eval(), method, settings)
         if method != "magnet":
             return DefendedModel(classifier, method, settings)
         autoencoder = train_autoencoder(
@@ -312,6 +339,14 @@ def defence_settings(
         warmup, ramp = PROVABLE_SCHEDULE
         settings.update(
             eps=eps, train_eps=PROVABLE_TRAIN_EPS * eps, warmup=warmup * epochs, ramp=ramp * epochs
+        )
+    elif method == "sdae-reformer":
+        settings.update(
+            sizes=SDAE_REFORMER["sizes"],
+            corruption=SDAE_REFORMER["corruption"],
+            level=SDAE_REFORMER["level"],
+            sdae_lr=SDAE_REFORMER["lr"],
+            sdae_epochs=SDAE_EPOCHS if epochs == recipe.epochs else epochs,
         )
     elif method == "magnet":
         settings.update(
