@@ -42,6 +42,26 @@ def test_a_scripted_forward_that_is_not_its_children_in_order_is_refused():
         certify(model, x, model(x).argmax(1), eps=0.01)
 
 
+class _Reformed(nn.Module):
+    """A classifier behind a filter, registered first (as the SDAE reformer): no chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        self.filter = nn.Sequential(nn.Flatten(), nn.Linear(64, 64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.filter(x))
+
+
+def test_a_scripted_forward_whose_children_do_not_chain_gets_a_model_error():
+    torch.manual_seed(0)
+    model = torch.jit.script(_Reformed().eval())
+    x = torch.rand(4, 1, 8, 8)
+    with pytest.raises(ModelError, match=r"submodules, run in the order .* do not chain"):
+        certify(model, x, model(x).argmax(1), eps=0.01)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch deprecates TorchScript
 def test_a_loaded_script_file_is_read_like_the_module_it_was_saved_from(tmp_path):
     torch.manual_seed(0)

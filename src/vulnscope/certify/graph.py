@@ -388,7 +388,18 @@ def read_graph(model: nn.Module, example: Tensor) -> Graph:
     reader = _Reader(example.detach())
     readable = eager_equivalent(model) if is_scripted(model) else model
     with torch.no_grad():
-        last = reader.module(readable, "", 0)
+        try:
+            last = reader.module(readable, "", 0)
+        except RuntimeError as error:
+            if not is_scripted(model):
+                raise
+            # a scripted module is read as its children in order; shapes that do not chain
+            # mean its forward is something else (a reformer runs its second child first)
+            raise ModelError(
+                "the TorchScript model's submodules, run in the order they were registered, "
+                "do not chain (its forward is not its children in sequence); certify cannot "
+                f"read it: {str(error).splitlines()[0]}"
+            ) from None
         expected = model(example)
     if last == 0:
         raise ModelError("the model has no layer certify can bound: it is the identity")
