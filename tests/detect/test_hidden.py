@@ -5,33 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
 
 from helpers import pairwise_auc
-from vulnscope.attacks import FGSM, PGD
-from vulnscope.data import load_digits
 from vulnscope.detect.base import Detector, load_detector, save_detector
 from vulnscope.detect.density import DensityDetector, gaussian_log_density
 from vulnscope.detect.dropout import DropoutDetector, dropout_uncertainty
 from vulnscope.detect.registry import DETECTORS
 from vulnscope.detect.statistics_hidden import hidden_output
 from vulnscope.errors import InvalidArgumentError
-from vulnscope.models import pretrained
-
-
-@pytest.fixture(scope="module")
-def digits() -> dict[str, Tensor]:
-    model = pretrained("digits-cnn")
-    train, test = load_digits("train"), load_digits("test")
-    x, y = test.x[:100], test.y[:100]
-    return {
-        "model": model,
-        "x": train.x[:500],
-        "y": train.y[:500],
-        "clean": x,
-        "fgsm": FGSM(eps=0.1)(model, x, y).x_adv,
-        "pgd": PGD(eps=0.1, steps=10, seed=1)(model, x, y).x_adv,
-    }
 
 
 @pytest.mark.parametrize(
