@@ -70,17 +70,7 @@ def save_torchscript(
 
 def torchscript_metadata(path: str | Path) -> dict[str, Any]:
     """The record :func:`save_torchscript` stored in a TorchScript file (``{}`` if none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"model file {str(path)!r} does not exist")
-    extra = {METADATA_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except (RuntimeError, ValueError) as error:
-            raise ModelError(f"{path}: is not a TorchScript model ({error})") from None
-    text = extra[METADATA_FILE]
+    text = torchscript_extra(path, METADATA_FILE).decode()
     if not text:
         return {}
     record = json.loads(text)
